@@ -1,0 +1,62 @@
+# tfx-nsl developer entry points. Everything runs inside .venv, created from
+# a Python 3.10 that really runs and installed with constraints.txt.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUTPUT_ROOT ?= runs
+PYTEST_ARGS ?=
+
+# Keras 2 for NSL, in every process we start (design.md, "Keras 2 only").
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# First candidate that really runs Python 3.10 with venv: a pyenv shim on
+# PATH may exist and still refuse to run, so each one is tried.
+find_python310 = $(firstword $(foreach p,$(PYTHON) python3.10 \
+    $(sort $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.10*/bin/python3.10)) \
+    /usr/local/bin/python3.10 /usr/bin/python3.10,\
+    $(shell $(p) -c 'import sys, venv, ensurepip; assert sys.version_info[:2] == (3, 10)' \
+        >/dev/null 2>&1 && echo $(p))))
+
+.PHONY: help install run test clean constraints
+
+help:
+	@echo "make run    run the NSL pipeline on the bundled digits data (outputs in $(OUTPUT_ROOT)/)"
+	@echo "make test   run the test suite"
+	@echo "make clean  remove $(OUTPUT_ROOT)/, build outputs and .venv"
+
+install: $(STAMP)
+
+# Reinstalls when the constraints or the package metadata change.
+$(STAMP): constraints.txt setup.py pyproject.toml
+	@python310="$(call find_python310)"; \
+	if [ -z "$$python310" ]; then \
+	  echo "error: no working Python 3.10 found (tried PYTHON=$(PYTHON), python3.10 on PATH, pyenv versions, /usr/bin). Install Python 3.10 or pass PYTHON=/path/to/python3.10." >&2; \
+	  exit 1; \
+	fi; \
+	if [ ! -x $(PY) ] || ! $(PY) -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then \
+	  echo "Creating $(VENV) with $$python310"; rm -rf $(VENV); "$$python310" -m venv $(VENV) || exit 1; \
+	fi
+	$(PY) -m pip install --quiet -c constraints.txt pip setuptools wheel
+	$(PY) -m pip install --quiet -c constraints.txt --no-build-isolation -e '.[test]'
+	$(PY) -m pip check
+	@touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/tfx-nsl run --output-root $(OUTPUT_ROOT)
+
+test: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Re-pins every package from what the current .venv resolved.
+constraints: $(STAMP)
+	@{ sed -n '1,2p' constraints.txt; \
+	   $(PY) -m pip freeze --all --exclude-editable | grep -v -i '^tfx-nsl'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(OUTPUT_ROOT) build dist *.egg-info $(VENV)

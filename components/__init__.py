@@ -1,0 +1,1 @@
+"""TFX components of tfx-nsl (GraphBuilder, GraphAugmentation) land here."""

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines (v2) runner for the tfx-nsl pipeline lands here."""

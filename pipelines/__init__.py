@@ -1,0 +1,1 @@
+"""Pipeline definitions (`create_pipeline`), bundled data sets and the local runner."""

@@ -1,0 +1,163 @@
+"""Runs the pipeline locally: LocalDagRunner, Beam DirectRunner, SQLite MLMD."""
+import logging
+import os
+import sys
+import time
+from typing import Any, Dict, Optional, Sequence
+
+from tfx import v1 as tfx
+
+from tfx_nsl import constants
+from tfx_nsl.pipelines import datasets
+from tfx_nsl.pipelines.nsl_pipeline import create_pipeline
+
+DIGITS_TRAINER_CONFIG = {
+    'feature_keys': [datasets.DIGITS_FEATURE],
+    'num_classes': datasets.DIGITS_NUM_CLASSES,
+    'model': {'hidden_units': [128, 64]},
+    'adversarial': {'multiplier': 0.2, 'adv_step_size': 0.1,
+                    'adv_grad_norm': 'infinity',
+                    'clip_value_min': 0.0, 'clip_value_max': 1.0},
+    'epochs': 10,
+    'batch_size': 32,
+}
+
+
+class _ProgressHandler(logging.Handler):
+  """Prints TFX's per-component start/finish lines with elapsed time."""
+  _START = 'Component %s is running.'
+  _END = 'Component %s is finished.'
+  _CACHED = 'A cached execution %d is used.'
+
+  def __init__(self, stream):
+    super().__init__(logging.INFO)
+    self._stream = stream
+    self._started = {}
+    self._cached = set()
+    self._current = None
+
+  def emit(self, record):
+    if record.msg == self._START:
+      self._current = record.args[0]
+      self._started[self._current] = time.time()
+    elif record.msg == self._END:
+      node = record.args[0]
+      if node in self._cached:
+        status = 'cached: reused the outputs of an identical earlier run'
+      else:
+        status = f'done in {time.time() - self._started[node]:.1f} s'
+      self._stream.write(f'  {node:<18} {status}\n')
+      self._stream.flush()
+    elif record.msg == self._CACHED and self._current:
+      self._cached.add(self._current)
+
+
+def _show_progress(verbose):
+  """Quiet logs except per-component progress, unless `verbose`."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.INFO)
+  if not verbose:
+    for handler in logging.getLogger().handlers:
+      handler.setLevel(logging.WARNING)
+  logging.getLogger('absl').addHandler(_ProgressHandler(sys.stdout))
+
+
+def latest_outputs(metadata_path, pipeline_name):
+  """{node_id: {output_key: [mlmd Artifact]}} of each node's latest execution."""
+  from ml_metadata.metadata_store import metadata_store  # pylint: disable=g-import-not-at-top
+  from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+  store = metadata_store.MetadataStore(
+      tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path))
+  result = {}
+  prefix = f'{pipeline_name}.'
+  for context in store.get_contexts_by_type('node'):
+    if not context.name.startswith(prefix):
+      continue
+    executions = store.get_executions_by_context(context.id)
+    if not executions:
+      continue
+    latest = max(executions, key=lambda e: (e.create_time_since_epoch, e.id))
+    outputs = {}
+    events = [e for e in store.get_events_by_execution_ids([latest.id])
+              if e.type == metadata_store_pb2.Event.OUTPUT]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id(
+        [e.artifact_id for e in events])}
+    for event in events:
+      key = event.path.steps[0].key if event.path.steps else ''
+      outputs.setdefault(key, []).append(artifacts[event.artifact_id])
+    result[context.name[len(prefix):]] = outputs
+  return result
+
+
+def _custom(artifact, name, default=None):
+  value = artifact.custom_properties.get(name)
+  if value is None:
+    return default
+  return value.string_value or value.int_value or value.double_value
+
+
+def summarize(metadata_path, pipeline_name) -> Dict[str, Any]:
+  """Accuracy, blessing and push destination of the latest run."""
+  import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
+  outputs = latest_outputs(metadata_path, pipeline_name)
+  summary: Dict[str, Any] = {}
+  evaluation = outputs.get('Evaluator', {})
+  if evaluation.get('evaluation'):
+    result = tfma.load_eval_result(evaluation['evaluation'][0].uri)
+    metrics = dict(result.slicing_metrics)[()]['']['']
+    summary['accuracy'] = metrics['sparse_categorical_accuracy']['doubleValue']
+    summary['eval_examples'] = int(metrics['example_count']['doubleValue'])
+  if evaluation.get('blessing'):
+    summary['blessed'] = bool(_custom(evaluation['blessing'][0], 'blessed', 0))
+  pushed = outputs.get('Pusher', {}).get('pushed_model')
+  if pushed:
+    summary['pushed'] = bool(_custom(pushed[0], 'pushed', 0))
+    summary['pushed_model'] = _custom(pushed[0], 'pushed_destination')
+  return summary
+
+
+def format_summary(summary):
+  lines = ['', 'tfx-nsl run summary']
+  if 'accuracy' in summary:
+    lines.append(f"  clean accuracy (eval, {summary['eval_examples']} examples): "
+                 f"{summary['accuracy']:.4f}")
+  lines.append(f"  blessed: {summary.get('blessed', 'unknown')}")
+  if summary.get('pushed'):
+    lines.append(f"  pushed model: {summary['pushed_model']}")
+  else:
+    lines.append('  pushed model: none (the model was not blessed)')
+  return '\n'.join(lines)
+
+
+def run_local(
+    output_root: str = 'runs',
+    pipeline_name: str = 'tfx-nsl-digits',
+    trainer_config: Optional[Dict[str, Any]] = None,
+    train_steps: int = 500,
+    min_accuracy: float = 0.9,
+    beam_pipeline_args: Sequence[str] = constants.DEFAULT_BEAM_ARGS,
+    enable_cache: bool = True,
+    verbose: bool = False,
+) -> Dict[str, Any]:
+  """Runs the digits pipeline under `output_root`; returns the summary."""
+  output_root = os.path.abspath(output_root)
+  data_root = datasets.write_digits(os.path.join(output_root, 'data'))
+  metadata_path = os.path.join(output_root, 'metadata', f'{pipeline_name}.db')
+  os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
+  pipeline = create_pipeline(
+      pipeline_name=pipeline_name,
+      pipeline_root=os.path.join(output_root, 'pipelines', pipeline_name),
+      data_root=data_root,
+      serving_model_dir=os.path.join(output_root, 'serving', pipeline_name),
+      trainer_config=trainer_config or DIGITS_TRAINER_CONFIG,
+      train_steps=train_steps,
+      min_accuracy=min_accuracy,
+      metadata_connection_config=(
+          tfx.orchestration.metadata.sqlite_metadata_connection_config(
+              metadata_path)),
+      beam_pipeline_args=beam_pipeline_args,
+      enable_cache=enable_cache)
+  _show_progress(verbose)
+  print(f'Running pipeline {pipeline_name!r} under {output_root}', flush=True)
+  tfx.orchestration.LocalDagRunner().run(pipeline)
+  return summarize(metadata_path, pipeline_name)

@@ -1,0 +1,109 @@
+"""The tfx-nsl pipeline definition, shared by the local and Kubeflow runners."""
+from typing import Any, Dict, List, Optional, Sequence
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.proto import example_gen_pb2
+
+from tfx_nsl import constants
+from tfx_nsl.trainer_modules.config import TrainerConfig
+
+TRAINER_RUN_FN = 'tfx_nsl.trainer_modules.nsl_trainer.run_fn'
+
+
+def eval_config(label_key: str, min_accuracy: float) -> tfma.EvalConfig:
+  """TFMA config: clean accuracy, gated by `min_accuracy`."""
+  if not 0.0 <= min_accuracy <= 1.0:
+    raise ValueError(f'min_accuracy must be in [0, 1], got {min_accuracy}')
+  threshold = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+      lower_bound={'value': min_accuracy}))
+  return tfma.EvalConfig(
+      model_specs=[tfma.ModelSpec(
+          label_key=label_key, signature_name=constants.SERVING_SIGNATURE)],
+      slicing_specs=[tfma.SlicingSpec()],
+      metrics_specs=[tfma.MetricsSpec(metrics=[
+          tfma.MetricConfig(class_name='ExampleCount'),
+          tfma.MetricConfig(class_name='SparseCategoricalAccuracy',
+                            threshold=threshold),
+      ])])
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    serving_model_dir: str,
+    trainer_config: Dict[str, Any],
+    train_steps: int = 1000,
+    eval_steps: Optional[int] = None,
+    min_accuracy: float = 0.9,
+    train_pattern: str = f'{constants.TRAIN_SPLIT}/*',
+    eval_pattern: str = f'{constants.EVAL_SPLIT}/*',
+    metadata_connection_config: Optional[Any] = None,
+    beam_pipeline_args: Sequence[str] = constants.DEFAULT_BEAM_ARGS,
+    enable_cache: bool = True,
+) -> tfx.dsl.Pipeline:
+  """Builds the NSL pipeline.
+
+  Args:
+    pipeline_name: name in ML Metadata (and KFP).
+    pipeline_root: where component outputs go.
+    data_root: folder of TFRecord files of tf.Examples, one subfolder per split.
+    serving_model_dir: Pusher's filesystem destination.
+    trainer_config: Trainer `custom_config`, see
+      `tfx_nsl.trainer_modules.config`; validated here.
+    train_steps: Trainer train steps.
+    eval_steps: Trainer validation steps (None: the whole eval split).
+    min_accuracy: the Evaluator blesses only models at or above this clean
+      accuracy on the eval split.
+    train_pattern: glob under `data_root` of the train split.
+    eval_pattern: glob under `data_root` of the eval split.
+    metadata_connection_config: ML Metadata connection; None lets the
+      orchestrator (e.g. Kubeflow) provide one.
+    beam_pipeline_args: arguments for every Beam-based component.
+    enable_cache: reuse outputs of unchanged components.
+  """
+  config = TrainerConfig.from_dict(trainer_config)
+  if train_steps < 1:
+    raise ValueError(f'train_steps must be >= 1, got {train_steps}')
+
+  example_gen = tfx.components.ImportExampleGen(
+      input_base=data_root,
+      input_config=example_gen_pb2.Input(splits=[
+          example_gen_pb2.Input.Split(name=constants.TRAIN_SPLIT,
+                                      pattern=train_pattern),
+          example_gen_pb2.Input.Split(name=constants.EVAL_SPLIT,
+                                      pattern=eval_pattern),
+      ]))
+  statistics_gen = tfx.components.StatisticsGen(
+      examples=example_gen.outputs['examples'])
+  schema_gen = tfx.components.SchemaGen(
+      statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True)
+  trainer = tfx.components.Trainer(
+      run_fn=TRAINER_RUN_FN,
+      examples=example_gen.outputs['examples'],
+      schema=schema_gen.outputs['schema'],
+      train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+      eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+      custom_config=config.to_dict())
+  evaluator = tfx.components.Evaluator(
+      examples=example_gen.outputs['examples'],
+      model=trainer.outputs['model'],
+      example_splits=[constants.EVAL_SPLIT],
+      eval_config=eval_config(config.label_key, min_accuracy))
+  pusher = tfx.components.Pusher(
+      model=trainer.outputs['model'],
+      model_blessing=evaluator.outputs['blessing'],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(
+              base_directory=serving_model_dir)))
+
+  components: List[Any] = [example_gen, statistics_gen, schema_gen, trainer,
+                           evaluator, pusher]
+  return tfx.dsl.Pipeline(
+      pipeline_name=pipeline_name,
+      pipeline_root=pipeline_root,
+      components=components,
+      metadata_connection_config=metadata_connection_config,
+      beam_pipeline_args=list(beam_pipeline_args),
+      enable_cache=enable_cache)

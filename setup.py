@@ -1,0 +1,39 @@
+"""tfx-nsl: Neural Structured Learning as TFX pipeline components.
+
+The source folders sit at the top of the repository (components/, pipelines/,
+trainer_modules/, kubeflow/) and install as subpackages of `tfx_nsl`, so a
+user's own `components` package never collides with ours.
+"""
+import setuptools
+
+_SUBPACKAGES = ('components', 'pipelines', 'trainer_modules', 'kubeflow')
+
+setuptools.setup(
+    name='tfx-nsl',
+    version='0.1.0',
+    description='Neural Structured Learning (graph and adversarial '
+                'regularization) as TFX pipeline components.',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.9,<3.11',
+    packages=['tfx_nsl'] + [f'tfx_nsl.{p}' for p in _SUBPACKAGES],
+    package_dir={'tfx_nsl': 'tfx_nsl',
+                 **{f'tfx_nsl.{p}': p for p in _SUBPACKAGES}},
+    # Exact versions live in constraints.txt; these are the supported ranges.
+    install_requires=[
+        'tfx[kfp]>=1.16,<1.17',
+        'tensorflow>=2.16,<2.17',
+        'tf-keras>=2.16,<2.17',
+        'apache-beam[gcp]>=2.59,<2.65',
+        'neural-structured-learning>=1.4,<1.5',
+        'scikit-learn>=1.0',
+        'matplotlib>=3.5',
+    ],
+    extras_require={'test': ['pytest>=7']},
+    entry_points={'console_scripts': ['tfx-nsl=tfx_nsl.cli:main']},
+    classifiers=[
+        'Programming Language :: Python :: 3.10',
+        'Operating System :: POSIX :: Linux',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+)

@@ -1,0 +1,59 @@
+"""`tfx-nsl` command line: `tfx-nsl run` runs the pipeline locally."""
+import os
+
+# Before anything imports TensorFlow (see design.md, "Keras 2 only").
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+
+def _parser():
+  parser = argparse.ArgumentParser(prog='tfx-nsl', description=__doc__)
+  commands = parser.add_subparsers(dest='command', required=True)
+  run = commands.add_parser(
+      'run', help='run the NSL pipeline on the bundled digits data locally')
+  run.add_argument('--output-root', default='runs',
+                   help='where data, pipeline outputs, ML Metadata and the '
+                        'pushed model go (default: %(default)s)')
+  run.add_argument('--pipeline-name', default='tfx-nsl-digits')
+  run.add_argument('--train-steps', type=int, default=500)
+  run.add_argument('--min-accuracy', type=float, default=0.9,
+                   help='clean eval accuracy needed to bless and push')
+  run.add_argument('--no-adversarial', action='store_true',
+                   help='train the base model without NSL regularization')
+  run.add_argument('--beam-arg', action='append', default=None,
+                   help='a Beam pipeline argument, repeatable (default: '
+                        'DirectRunner in_memory, one worker)')
+  run.add_argument('--no-cache', action='store_true',
+                   help='rerun every component even if its inputs are unchanged')
+  run.add_argument('--verbose', action='store_true', help='show all logs')
+  return parser
+
+
+def main(argv=None):
+  args = _parser().parse_args(argv)
+  from tfx_nsl import constants  # pylint: disable=g-import-not-at-top
+  from tfx_nsl.pipelines import local_runner  # pylint: disable=g-import-not-at-top
+  config = dict(local_runner.DIGITS_TRAINER_CONFIG)
+  if args.no_adversarial:
+    config['adversarial'] = None
+  start = time.time()
+  summary = local_runner.run_local(
+      output_root=args.output_root,
+      pipeline_name=args.pipeline_name,
+      trainer_config=config,
+      train_steps=args.train_steps,
+      min_accuracy=args.min_accuracy,
+      beam_pipeline_args=args.beam_arg or constants.DEFAULT_BEAM_ARGS,
+      enable_cache=not args.no_cache,
+      verbose=args.verbose)
+  print(local_runner.format_summary(summary))
+  print(f'  wall time: {time.time() - start:.0f} s')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,1 @@
+"""TFX Trainer modules with NSL regularization; see `config` for `custom_config`."""

@@ -1,0 +1,101 @@
+"""`custom_config` of the NSL Trainer: the one place its keys are documented.
+
+`TrainerConfig.from_dict` is called by `create_pipeline` (so a bad key fails
+when the pipeline is built, not minutes later inside the Trainer) and again
+by `run_fn`. It imports no TensorFlow.
+
+Keys (all optional except `feature_keys`):
+
+  feature_keys       list of raw feature names the model reads.
+  label_key          int label feature (default 'label').
+  num_classes        number of classes (default 10).
+  model              {'hidden_units': [64, 64], 'dropout': 0.0}: the built-in
+                     dense classifier.
+  model_fn           'package.module.function' returning a Keras 2 model that
+                     takes {feature: tensor} for `feature_keys` and outputs
+                     class probabilities; replaces `model`. Called as
+                     fn(feature_shapes: dict, num_classes: int).
+  adversarial        None, or NSL adversarial regularization settings:
+                     multiplier, adv_step_size, adv_grad_norm ('infinity' or
+                     'l2'), clip_value_min, clip_value_max, pgd_iterations,
+                     pgd_epsilon.
+  learning_rate      Adam learning rate (default 1e-3).
+  batch_size         (default 32).
+  epochs             the Trainer's train steps are spread over this many
+                     epochs (default 1).
+  seed               TensorFlow and shuffle seed (default 0).
+"""
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+from tfx_nsl import constants
+
+_ADVERSARIAL_DEFAULTS = {
+    'multiplier': 0.2,
+    'adv_step_size': 0.05,
+    'adv_grad_norm': 'infinity',
+    'clip_value_min': None,
+    'clip_value_max': None,
+    'pgd_iterations': 1,
+    'pgd_epsilon': None,
+}
+_MODEL_DEFAULTS = {'hidden_units': [64, 64], 'dropout': 0.0}
+
+
+def _merge(name, given, defaults):
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise ValueError(f'custom_config[{name!r}] has unknown keys {unknown}; '
+                     f'known keys: {sorted(defaults)}')
+  return {**defaults, **given}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+  """Validated Trainer settings; see the module docstring for each key."""
+  feature_keys: List[str]
+  label_key: str = constants.LABEL_FEATURE
+  num_classes: int = 10
+  model: Dict[str, Any] = dataclasses.field(
+      default_factory=lambda: dict(_MODEL_DEFAULTS))
+  model_fn: Optional[str] = None
+  adversarial: Optional[Dict[str, Any]] = None
+  learning_rate: float = 1e-3
+  batch_size: int = 32
+  epochs: int = 1
+  seed: int = 0
+
+  @classmethod
+  def from_dict(cls, config):
+    if not isinstance(config, dict):
+      raise TypeError(f'custom_config must be a dict, got {type(config)}')
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+      raise ValueError(f'custom_config has unknown keys {unknown}; known keys: '
+                       f'{sorted(known)} (see tfx_nsl.trainer_modules.config)')
+    if not config.get('feature_keys'):
+      raise ValueError("custom_config['feature_keys'] must list the model's "
+                       'input features, e.g. ["pixels"]')
+    values = dict(config)
+    values['feature_keys'] = list(config['feature_keys'])
+    values['model'] = _merge('model', config.get('model') or {}, _MODEL_DEFAULTS)
+    if config.get('adversarial') is not None:
+      values['adversarial'] = _merge('adversarial', config['adversarial'],
+                                     _ADVERSARIAL_DEFAULTS)
+      if values['adversarial']['adv_grad_norm'] not in ('infinity', 'l2', 'l1'):
+        raise ValueError("adversarial['adv_grad_norm'] must be 'infinity', "
+                         f"'l2' or 'l1', got {values['adversarial']['adv_grad_norm']!r}")
+    if config.get('model_fn') is not None and '.' not in config['model_fn']:
+      raise ValueError("custom_config['model_fn'] must be an import path like "
+                       f"'package.module.function', got {config['model_fn']!r}")
+    for key in ('num_classes', 'batch_size', 'epochs'):
+      if int(values.get(key, 1)) < 1:
+        raise ValueError(f'custom_config[{key!r}] must be >= 1, got {values[key]}')
+    if values.get('label_key', constants.LABEL_FEATURE) in values['feature_keys']:
+      raise ValueError(f"label_key {values.get('label_key', 'label')!r} is also "
+                       'in feature_keys; the label must not be a model input')
+    return cls(**values)
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
