@@ -1,1 +1,4 @@
-"""TFX components of tfx-nsl (GraphBuilder, GraphAugmentation) land here."""
+"""Custom TFX components of tfx-nsl."""
+from tfx_nsl.components.graph_builder import GraphBuilder
+
+__all__ = ['GraphBuilder']

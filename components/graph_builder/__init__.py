@@ -1,0 +1,2 @@
+"""GraphBuilder component."""
+from tfx_nsl.components.graph_builder.component import GraphBuilder

@@ -1,0 +1,467 @@
+"""GraphBuilder executor: embeddings -> similarity graph, as one Beam pipeline.
+
+Stages (each element is a batch of arrays, never one Python object per pair):
+  read     TFXIO RecordBatches (or RunInference outputs) -> EmbeddingBatch
+  corpus   all batches -> one id-sorted, validated, normalized corpus (side input)
+  score    exact: fixed index ranges of query rows, one matrix product per
+           chunk against the corpus; lsh: one matrix product per bucket
+  merge    edges keyed by source shard: dedupe (max weight), top-k per source,
+           optional reverse edges, then sorted TSV shards and statistics.
+"""
+import collections
+import json
+import os
+from typing import Any, Dict, List
+
+from absl import logging
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import tensorflow as tf
+from tfx.components.util import tfxio_utils
+from tfx.dsl.components.base import base_beam_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+from tfx.utils import path_utils
+
+from tfx_nsl import graph_io
+from tfx_nsl.components.graph_builder import graph_core
+from tfx_nsl.components.graph_builder.params import GraphBuilderParams
+
+NAMESPACE = 'tfx_nsl.GraphBuilder'
+_RAW_RECORD = '__raw_record__'
+_PARTIAL_STATS = '.stats-partial.json'
+_EXAMPLES_NAMED_IN_LOGS = 5
+
+# ids: object array of str; lengths: [n, num_features] int (-1: missing);
+# flats: per feature, the concatenated values of the rows that have it.
+EmbeddingBatch = collections.namedtuple('EmbeddingBatch',
+                                        ['ids', 'lengths', 'flats'])
+Corpus = collections.namedtuple('Corpus', ['ids', 'vectors'])
+
+
+def _counter(name):
+  return beam.metrics.Metrics.counter(NAMESPACE, name)
+
+
+def _column(record_batch, name):
+  index = record_batch.schema.get_field_index(name)
+  return None if index < 0 else record_batch.column(index)
+
+
+def _ids_from(record_batch, id_feature):
+  """Example ids as str; missing ones derived from the example's bytes."""
+  column = _column(record_batch, id_feature)
+  raw = _column(record_batch, _RAW_RECORD)
+  ids = np.empty(record_batch.num_rows, object)
+  values = column.to_pylist() if column is not None else [None] * len(ids)
+  derived = 0
+  for i, value in enumerate(values):
+    if value:
+      first = value[0]
+      ids[i] = first.decode('utf-8') if isinstance(first, bytes) else str(first)
+    else:
+      ids[i] = graph_io.derive_example_id(raw[i].as_py()[0])
+      derived += 1
+  return ids, derived
+
+
+def _lengths_and_flat(column, num_rows):
+  if column is None:
+    return np.full(num_rows, -1, np.int64), np.zeros(0, np.float32)
+  lengths = pc.list_value_length(column).fill_null(-1).to_numpy(
+      zero_copy_only=False).astype(np.int64)
+  flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+  return lengths, flat
+
+
+class _ExtractFeatures(beam.DoFn):
+  """RecordBatch -> EmbeddingBatch from numeric features."""
+
+  def __init__(self, split, params):
+    self._split = split
+    self._params = params
+    self._read = _counter(f'examples_read_{split}')
+    self._derived = _counter('ids_derived_from_content')
+
+  def process(self, record_batch: pa.RecordBatch):
+    ids, derived = _ids_from(record_batch, self._params.id_feature)
+    self._read.inc(record_batch.num_rows)
+    self._derived.inc(derived)
+    lengths, flats = [], []
+    for feature in self._params.embedding_features:
+      column = _column(record_batch, feature)
+      if column is not None and not pa.types.is_floating(
+          column.type.value_type) and not pa.types.is_integer(
+              column.type.value_type):
+        raise ValueError(
+            f'embedding feature {feature!r} in split {self._split!r} holds '
+            f'{column.type.value_type} values; it must be a float or int list')
+      feature_lengths, flat = _lengths_and_flat(column, record_batch.num_rows)
+      lengths.append(feature_lengths)
+      flats.append(flat)
+    yield EmbeddingBatch(ids, np.stack(lengths, axis=1), flats)
+
+
+class _ExtractPredictions(beam.DoFn):
+  """PredictionLogs of an embedding model -> (id, embedding) rows."""
+
+  def __init__(self, split, params):
+    self._params = params
+    self._read = _counter(f'examples_read_{split}')
+    self._derived = _counter('ids_derived_from_content')
+
+  def process(self, prediction_log):
+    predict = prediction_log.predict_log
+    serialized = tf.make_ndarray(next(iter(predict.request.inputs.values())))
+    serialized = serialized.reshape(-1)[0]
+    example = tf.train.Example.FromString(serialized)
+    feature = example.features.feature.get(self._params.id_feature)
+    values = (list(feature.bytes_list.value) or list(feature.int64_list.value)
+              ) if feature is not None else []
+    self._read.inc()
+    if values:
+      first = values[0]
+      example_id = first.decode('utf-8') if isinstance(first, bytes) else str(
+          first)
+    else:
+      example_id = graph_io.derive_example_id(serialized)
+      self._derived.inc()
+    outputs = predict.response.outputs
+    key = self._params.embedding_output or (next(iter(outputs)) if len(
+        outputs) == 1 else None)
+    if key not in outputs:
+      raise ValueError(
+          f'the embedding model returns outputs {sorted(outputs)}; set '
+          'embedding_output to the one that holds the embedding')
+    yield example_id, tf.make_ndarray(outputs[key]).reshape(-1).astype(
+        np.float32)
+
+
+def _rows_to_batch(rows):
+  ids = np.array([r[0] for r in rows], object)
+  lengths = np.array([[len(r[1])] for r in rows], np.int64)
+  flat = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0)
+  return EmbeddingBatch(ids, lengths, [flat.astype(np.float32)])
+
+
+def _matrix(batch, dims, keep):
+  """[kept rows, sum(dims)] from a batch's per-feature flat values."""
+  columns = []
+  for f, d in enumerate(dims):
+    lengths = np.maximum(batch.lengths[:, f], 0)
+    offsets = np.cumsum(lengths) - lengths
+    columns.append(batch.flats[f][offsets[keep][:, None] + np.arange(d)])
+  return np.concatenate(columns, axis=1)
+
+
+class _BuildCorpus(beam.DoFn):
+  """All EmbeddingBatches -> one validated Corpus sorted by id."""
+
+  def __init__(self, params):
+    self._params = params
+
+  def process(self, batches: List[EmbeddingBatch]):
+    params = self._params
+    batches = [b for b in batches if len(b.ids)]
+    if not batches:
+      raise ValueError('GraphBuilder found no examples in splits '
+                       f'{params.splits}; nothing to build a graph from')
+    lengths = np.concatenate([b.lengths for b in batches])
+    ids = np.concatenate([b.ids for b in batches])
+    present = lengths >= 0
+    missing = ~present.all(axis=1)
+    # With an embedding model, its output is the one "feature".
+    features = params.embedding_features or [
+        f'model output {params.embedding_output or params.embedding_signature}']
+    dims = []
+    for f, feature in enumerate(features):
+      values, counts = np.unique(lengths[present[:, f], f], return_counts=True)
+      if not len(values):
+        raise ValueError(f'embedding feature {feature!r} is in none of the '
+                         f'examples of splits {params.splits}')
+      # The most common length is the dimension; ties go to the larger one.
+      dims.append(int(values[np.lexsort((values, counts))[-1]]))
+    wrong_dim = ~missing & (lengths != np.array(dims)).any(axis=1)
+    self._report('missing_embedding', ids[missing],
+                 f'lack one of the embedding features {features}')
+    self._report('wrong_dimension', ids[wrong_dim],
+                 f'have embedding lengths other than {dims}')
+    keep = ~missing & ~wrong_dim
+    keep_per_batch = np.split(keep, np.cumsum([len(b.ids) for b in batches])[:-1])
+    vectors = np.concatenate([_matrix(b, dims, k)
+                              for b, k in zip(batches, keep_per_batch)])
+    ids = ids[keep]
+    vectors, usable = graph_core.prepare_vectors(vectors, params.similarity)
+    nonfinite = ~np.isfinite(vectors).all(axis=1)
+    self._report('non_finite_embedding', ids[nonfinite],
+                 'have NaN or infinite embedding values')
+    self._report('zero_embedding', ids[~usable & ~nonfinite],
+                 'have an all-zero embedding (no direction for cosine)')
+    ids, vectors = ids[usable], vectors[usable]
+    order = np.argsort(ids, kind='stable')
+    ids, vectors = ids[order], vectors[order]
+    duplicated = ids[1:][ids[1:] == ids[:-1]]
+    if len(duplicated):
+      raise ValueError(
+          f'{len(duplicated)} duplicate example ids in splits {params.splits}, '
+          f'e.g. {sorted(set(duplicated.tolist()))[:_EXAMPLES_NAMED_IN_LOGS]}; '
+          f'graph nodes must be unique: fix the {params.id_feature!r} feature')
+    _counter('nodes').inc(len(ids))
+    logging.info('GraphBuilder corpus: %d nodes, %d dimensions', len(ids),
+                 vectors.shape[1])
+    yield Corpus(ids, np.ascontiguousarray(vectors))
+
+  def _report(self, name, ids, what):
+    _counter(name).inc(len(ids))
+    if len(ids):
+      logging.warning('GraphBuilder left out %d examples that %s, e.g. %s',
+                      len(ids), what, ids[:_EXAMPLES_NAMED_IN_LOGS].tolist())
+
+
+
+def _num_shards(params, num_nodes):
+  return params.num_shards or max(1, min(256, num_nodes // 50_000))
+
+
+def _by_shard(edges, num_nodes, num_shards):
+  shard = edges.src * num_shards // max(1, num_nodes)
+  for s in np.unique(shard):
+    mask = shard == s
+    yield int(s), graph_core.Edges(*(a[mask] for a in edges))
+
+
+class _ScoreRange(beam.DoFn):
+  """Exact: a fixed range of query rows against the whole corpus."""
+
+  def __init__(self, params):
+    self._params = params
+
+  def process(self, index_range, corpus):
+    start, end = index_range
+    edges = graph_core.exact_edges(
+        np.arange(start, end), corpus.vectors, self._params.max_neighbors,
+        self._params.similarity_threshold)
+    _counter('scored_pairs').inc((end - start) * len(corpus.ids))
+    yield from _by_shard(edges, len(corpus.ids),
+                         _num_shards(self._params, len(corpus.ids)))
+
+
+class _ScoreBucket(beam.DoFn):
+  """LSH: all pairs of one bucket as one matrix product."""
+
+  def __init__(self, params):
+    self._params = params
+
+  def process(self, members, corpus):
+    edges = graph_core.bucket_edges(members, corpus.vectors,
+                                    self._params.max_neighbors,
+                                    self._params.similarity_threshold)
+    _counter('scored_pairs').inc(len(members) ** 2)
+    yield from _by_shard(edges, len(corpus.ids),
+                         _num_shards(self._params, len(corpus.ids)))
+
+
+def _query_ranges(corpus, params):
+  num = len(corpus.ids)
+  for start in range(0, num, params.block_size):
+    yield start, min(num, start + params.block_size)
+
+
+def _lsh_buckets(corpus, params):
+  for round_index in range(params.lsh_rounds):
+    buckets = graph_core.lsh_buckets(
+        corpus.vectors, params.lsh_splits, params.seed + round_index,
+        params.lsh_max_bucket_size)
+    _counter('lsh_buckets').inc(len(buckets))
+    yield from buckets
+
+
+def _merge_shard(keyed, max_neighbors):
+  shard, parts = keyed
+  edges = graph_core.top_k_per_source(
+      graph_core.dedupe_max(graph_core.concat_edges(list(parts))),
+      max_neighbors)
+  return shard, edges
+
+
+def _reverse_by_shard(keyed, corpus, params):
+  _, edges = keyed
+  reverse = graph_core.Edges(edges.tgt, edges.src, edges.weight)
+  num = len(corpus.ids)
+  for part in (edges, reverse):
+    yield from _by_shard(part, num, _num_shards(params, num))
+
+
+def _dedupe_shard(keyed):
+  shard, parts = keyed
+  return shard, graph_core.top_k_per_source(
+      graph_core.dedupe_max(graph_core.concat_edges(list(parts))), None)
+
+
+class _WriteShard(beam.DoFn):
+  """Writes one shard's edges as sorted NSL TSV lines."""
+
+  def __init__(self, output_dir, params):
+    self._output_dir = output_dir
+    self._params = params
+
+  def process(self, keyed, corpus):
+    shard, edges = keyed
+    num_shards = _num_shards(self._params, len(corpus.ids))
+    path = os.path.join(self._output_dir,
+                        graph_io.edge_shard_name(shard, num_shards))
+    sources, targets = corpus.ids[edges.src], corpus.ids[edges.tgt]
+    with tf.io.gfile.GFile(path, 'w') as f:
+      f.write(''.join(graph_io.format_edge(s, t, w) for s, t, w in zip(
+          sources, targets, edges.weight.tolist())))
+    _counter('edges_written').inc(len(edges.src))
+    yield edges
+
+
+def _write_empty_shards(written_shards, corpus, output_dir, params):
+  """Shards that got no edges still exist, so readers see every shard."""
+  num_shards = _num_shards(params, len(corpus.ids))
+  for shard in set(range(num_shards)) - set(written_shards):
+    with tf.io.gfile.GFile(os.path.join(
+        output_dir, graph_io.edge_shard_name(shard, num_shards)), 'w'):
+      pass
+
+
+def _stats(all_edges, corpus, sampled_recall, output_dir):
+  stats = graph_core.graph_stats(len(corpus.ids),
+                                 graph_core.concat_edges(all_edges))
+  if sampled_recall is not None:
+    stats['estimated_recall_at_k'] = sampled_recall
+  with tf.io.gfile.GFile(os.path.join(output_dir, _PARTIAL_STATS), 'w') as f:
+    json.dump(stats, f)
+
+
+def _sampled_recall(found_parts, corpus, params):
+  """Recall of the approximate top-k against exact, on a fixed node sample."""
+  found = graph_core.concat_edges(found_parts)
+  rng = np.random.RandomState(params.seed)
+  size = min(params.recall_sample_size, len(corpus.ids))
+  sample = np.sort(rng.choice(len(corpus.ids), size, replace=False))
+  exact = graph_core.exact_edges(sample, corpus.vectors, params.max_neighbors,
+                                 params.similarity_threshold)
+  return graph_core.recall_at_k(found, exact, sample)
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+  """Builds a similarity graph from example embeddings with Beam."""
+
+  def Do(self, input_dict: Dict[str, List[Any]],
+         output_dict: Dict[str, List[Any]],
+         exec_properties: Dict[str, Any]) -> None:
+    self._log_startup(input_dict, output_dict, exec_properties)
+    params = GraphBuilderParams.from_exec_properties(exec_properties)
+    examples = artifact_utils.get_single_instance(input_dict['examples'])
+    available = artifact_utils.decode_split_names(examples.split_names)
+    params = params.resolve_splits(available)
+    model = (artifact_utils.get_single_instance(input_dict['model'])
+             if input_dict.get('model') else None)
+    graph = artifact_utils.get_single_instance(output_dict['graph'])
+    output_dir = graph.uri
+    tf.io.gfile.makedirs(output_dir)
+
+    with self._make_beam_pipeline() as pipeline:
+      batches = [self._read_split(pipeline, examples, model, split, params)
+                 for split in params.splits]
+      corpus = (batches | 'Flatten' >> beam.Flatten()
+                | 'CollectBatches' >> beam.combiners.ToList()
+                | 'BuildCorpus' >> beam.ParDo(_BuildCorpus(params)))
+      corpus_side = beam.pvalue.AsSingleton(corpus)
+      if params.mode == 'exact':
+        work = corpus | 'QueryRanges' >> beam.FlatMap(_query_ranges, params)
+        scorer = _ScoreRange(params)
+      else:
+        work = corpus | 'LshBuckets' >> beam.FlatMap(_lsh_buckets, params)
+        scorer = _ScoreBucket(params)
+      candidates = (work | 'Distribute' >> beam.Reshuffle()
+                    | 'Score' >> beam.ParDo(scorer, corpus_side)
+                    | 'GroupCandidates' >> beam.GroupByKey()
+                    | 'TopK' >> beam.Map(_merge_shard, params.max_neighbors))
+      recall = None
+      if params.mode == 'lsh':
+        recall = beam.pvalue.AsSingleton(
+            candidates | 'DropShard' >> beam.Values()
+            | 'CollectForRecall' >> beam.combiners.ToList()
+            | 'Recall' >> beam.Map(_sampled_recall, corpus_side, params))
+      final = candidates
+      if params.undirected:
+        final = (candidates
+                 | 'AddReverse' >> beam.FlatMap(_reverse_by_shard, corpus_side,
+                                                params)
+                 | 'GroupUndirected' >> beam.GroupByKey()
+                 | 'Dedupe' >> beam.Map(_dedupe_shard))
+      written = final | 'Write' >> beam.ParDo(
+          _WriteShard(output_dir, params), corpus_side)
+      _ = (final | 'ShardIds' >> beam.Keys()
+           | 'CollectShardIds' >> beam.combiners.ToList()
+           | 'WriteEmpty' >> beam.Map(_write_empty_shards, corpus_side,
+                                      output_dir, params))
+      _ = (written | 'CollectEdges' >> beam.combiners.ToList()
+           | 'Stats' >> beam.Map(
+               _stats, corpus_side,
+               recall if recall is not None else None, output_dir))
+
+    stats = self._finish_stats(pipeline.result, output_dir, params)
+    graph.num_nodes = stats['num_nodes']
+    graph.num_edges = stats['num_edges']
+    logging.info('GraphBuilder wrote %d nodes, %d edges to %s',
+                 stats['num_nodes'], stats['num_edges'], output_dir)
+
+  def _read_split(self, pipeline, examples, model, split, params):
+    pattern = io_utils.all_files_pattern(
+        artifact_utils.get_split_uri([examples], split))
+    if model is None:
+      factory = tfxio_utils.get_tfxio_factory_from_artifact(
+          [examples], ['tfx_nsl', 'GraphBuilder'],
+          raw_record_column_name=_RAW_RECORD)
+      return (pipeline
+              | f'Read[{split}]' >> factory(pattern).BeamSource(
+                  params.read_batch_size)
+              | f'Extract[{split}]' >> beam.ParDo(
+                  _ExtractFeatures(split, params)))
+    from tfx_bsl.public.beam import run_inference  # pylint: disable=g-import-not-at-top
+    from tfx_bsl.public.proto import model_spec_pb2  # pylint: disable=g-import-not-at-top
+    spec = model_spec_pb2.InferenceSpecType(
+        saved_model_spec=model_spec_pb2.SavedModelSpec(
+            model_path=path_utils.serving_model_path(model.uri),
+            signature_name=[params.embedding_signature]))
+    return (pipeline
+            | f'ReadRaw[{split}]' >> beam.io.ReadFromTFRecord(pattern)
+            | f'Parse[{split}]' >> beam.Map(tf.train.Example.FromString)
+            | f'Embed[{split}]' >> run_inference.RunInference(spec)
+            | f'Extract[{split}]' >> beam.ParDo(
+                _ExtractPredictions(split, params))
+            | f'Batch[{split}]' >> beam.BatchElements(
+                min_batch_size=params.read_batch_size,
+                max_batch_size=params.read_batch_size)
+            | f'ToBatch[{split}]' >> beam.Map(_rows_to_batch))
+
+  def _finish_stats(self, result, output_dir, params):
+    partial = os.path.join(output_dir, _PARTIAL_STATS)
+    with tf.io.gfile.GFile(partial) as f:
+      stats = json.load(f)
+    tf.io.gfile.remove(partial)
+    counters = {}
+    query = result.metrics().query(
+        beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
+    for counter in query['counters']:
+      name = counter.key.metric.name
+      counters[name] = counters.get(name, 0) + int(counter.committed or
+                                                   counter.attempted or 0)
+    stats['counters'] = counters
+    stats['examples_per_split'] = {
+        split: counters.get(f'examples_read_{split}', 0)
+        for split in params.splits}
+    stats['empty_splits'] = sorted(
+        s for s, n in stats['examples_per_split'].items() if n == 0)
+    for split in stats['empty_splits']:
+      logging.warning('GraphBuilder: split %r has no examples', split)
+    stats['config'] = params.to_dict()
+    graph_io.write_stats(output_dir, stats)
+    return stats

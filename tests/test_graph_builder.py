@@ -1,0 +1,286 @@
+"""GraphBuilder: core math, the Beam executor, NSL equivalence, bad input."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from graph_testing import clustered_embeddings, read_graph, write_examples_artifact
+from tfx_nsl import graph_io
+from tfx_nsl.components.graph_builder import graph_core
+
+
+def _brute_force_top_k(vectors, k, threshold):
+  """Plain numpy reference: full similarity matrix, sort each row."""
+  normalized = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+  scores = normalized @ normalized.T
+  np.fill_diagonal(scores, -np.inf)
+  edges = {}
+  for i, row in enumerate(scores):
+    order = sorted(range(len(row)), key=lambda j: (-row[j], j))
+    chosen = [j for j in order if row[j] >= threshold]
+    for j in chosen[:k] if k else chosen:
+      edges[(i, j)] = row[j]
+  return edges
+
+
+def _as_dict(edges):
+  return {(int(s), int(t)): float(w) for s, t, w in zip(*edges)}
+
+
+@pytest.mark.parametrize('k, threshold', [(3, -1.0), (5, 0.5), (None, 0.6)])
+def test_exact_edges_match_numpy_brute_force(k, threshold):
+  vectors = clustered_embeddings(300, 16, 10, 0.8, seed=1)
+  corpus, usable = graph_core.prepare_vectors(vectors, graph_core.COSINE)
+  assert usable.all()
+  # A tiny chunk forces many blocks: the result must not depend on blocking.
+  found = _as_dict(graph_core.exact_edges(np.arange(300), corpus, k, threshold,
+                                          max_entries=7 * 300))
+  expected = _brute_force_top_k(vectors.astype(np.float64), k, threshold)
+  assert found.keys() == expected.keys()
+  for key, weight in expected.items():
+    assert found[key] == pytest.approx(weight, abs=1e-5)
+
+
+def test_lsh_finds_most_exact_neighbors_and_only_true_edges():
+  vectors = clustered_embeddings(2000, 16, 40, 0.3, seed=2)
+  corpus, _ = graph_core.prepare_vectors(vectors, graph_core.COSINE)
+  exact = graph_core.exact_edges(np.arange(2000), corpus, 5, 0.0)
+  found = graph_core.concat_edges([
+      graph_core.bucket_edges(b, corpus, 5, 0.0)
+      for r in range(6) for b in graph_core.lsh_buckets(corpus, 6, r, 512)])
+  found = graph_core.top_k_per_source(graph_core.dedupe_max(found), 5)
+  recall = graph_core.recall_at_k(found, exact, np.arange(2000))
+  assert recall >= 0.9
+  exact_scores = corpus @ corpus.T
+  np.testing.assert_allclose(found.weight, exact_scores[found.src, found.tgt],
+                             atol=1e-5)
+
+
+def test_lsh_buckets_are_bounded_and_cover_every_node():
+  corpus, _ = graph_core.prepare_vectors(
+      clustered_embeddings(1000, 8, 3, 0.1, seed=3), graph_core.COSINE)
+  buckets = graph_core.lsh_buckets(corpus, 2, 0, 100)
+  assert max(len(b) for b in buckets) <= 100
+  covered = np.concatenate(buckets)
+  assert len(covered) == len(set(covered.tolist()))
+  assert len(covered) >= 990  # only singleton pieces are dropped
+
+
+def test_graph_stats():
+  edges = graph_core.Edges(np.array([0, 1, 1, 3]), np.array([1, 0, 2, 4]),
+                           np.ones(4, np.float32))
+  stats = graph_core.graph_stats(6, edges)
+  assert stats['num_edges'] == 4 and stats['num_nodes'] == 6
+  assert stats['isolated_nodes'] == 1  # node 5
+  assert stats['connected_components'] == 3  # {0,1,2} {3,4} {5}
+  assert stats['out_degree_histogram'] == {'0': 3, '1': 2, '2': 1}
+
+
+# --- The Beam executor -------------------------------------------------------
+
+
+def _rows(vectors, prefix='n', start=0):
+  return [{'id': f'{prefix}{i + start:04d}', 'emb': v,
+           'label': np.int64(i % 3)} for i, v in enumerate(vectors)]
+
+
+def _run_executor(tmp_path, splits, name='graph', beam_args=None, model=None,
+                  **params):
+  from tfx.types import standard_artifacts
+  from tfx_nsl.components.graph_builder import executor
+  from tfx_nsl.components.graph_builder.params import GraphBuilderParams
+  from tfx_nsl.types import Graph
+  examples = write_examples_artifact(tmp_path / f'{name}-examples', splits)
+  graph = Graph()
+  graph.uri = str(tmp_path / name)
+  values = GraphBuilderParams(**params).to_dict()
+  inputs = {'examples': [examples]}
+  if model is not None:
+    inputs['model'] = [model]
+  context = executor.Executor.Context(
+      beam_pipeline_args=beam_args or ['--direct_running_mode=in_memory'],
+      tmp_dir=str(tmp_path / 'tmp'))
+  executor.Executor(context).Do(inputs, {'graph': [graph]}, values)
+  return graph, read_graph(graph.uri), graph_io.read_stats(graph.uri)
+
+
+def test_executor_equals_nsl_build_graph(tmp_path):
+  from tfx_nsl.nsl_compat import import_nsl
+  nsl = import_nsl()
+  vectors = clustered_embeddings(400, 12, 8, 0.7, seed=4)
+  rows = _rows(vectors)
+  graph, found, stats = _run_executor(
+      tmp_path, {'train': rows}, embedding_features=['emb'],
+      similarity_threshold=0.7, num_shards=3)
+  assert len(graph_io.edge_files(graph.uri)) == 3
+
+  examples_file = str(tmp_path / 'nsl.tfrecord')
+  import tensorflow as tf
+  from tfx_nsl.pipelines.datasets import _example
+  with tf.io.TFRecordWriter(examples_file) as writer:
+    for row in rows:
+      writer.write(_example(row).SerializeToString())
+  nsl_graph = str(tmp_path / 'nsl.tsv')
+  nsl.tools.build_graph_from_config(
+      [examples_file], nsl_graph, nsl.configs.GraphBuilderConfig(
+          id_feature_name='id', embedding_feature_name='emb',
+          similarity_threshold=0.7))
+  expected = {}
+  with open(nsl_graph) as f:
+    for line in f:
+      source, target, weight = graph_io.parse_edge_line(line)
+      expected[(source, target)] = weight
+  assert len(expected) > 1000
+  assert found.keys() == expected.keys()
+  for key, weight in expected.items():
+    assert found[key] == pytest.approx(weight, abs=2e-6)
+  assert stats['num_edges'] == len(expected)
+  assert stats['num_nodes'] == 400
+  assert graph.num_edges == len(expected) and graph.num_nodes == 400
+
+
+def test_executor_top_k_is_byte_identical_across_running_modes(tmp_path):
+  vectors = clustered_embeddings(600, 10, 12, 0.6, seed=5)
+  splits = {'train': _rows(vectors[:500]),
+            'unlabeled': _rows(vectors[500:], prefix='u'),
+            'eval': _rows(vectors[:50], prefix='e')}
+  contents = []
+  for mode in ('in_memory', 'multi_processing'):
+    graph, found, stats = _run_executor(
+        tmp_path, splits, name=mode, embedding_features=['emb'],
+        similarity_threshold=0.0, max_neighbors=4, undirected=False,
+        num_shards=2, block_size=128,
+        beam_args=[f'--direct_running_mode={mode}', '--direct_num_workers=2'])
+    contents.append([open(p, 'rb').read()
+                     for p in graph_io.edge_files(graph.uri)])
+  assert contents[0] == contents[1]
+  # Default splits: train + unlabeled, not eval.
+  assert stats['examples_per_split'] == {'train': 500, 'unlabeled': 100}
+  assert not any(s.startswith('e') for s, _ in found)
+  expected = _brute_force_top_k(vectors.astype(np.float64), 4, 0.0)
+  ids = [f'n{i:04d}' for i in range(500)] + [f'u{i:04d}' for i in range(100)]
+  assert found.keys() == {(ids[s], ids[t]) for s, t in expected}
+  assert stats['out_degree_histogram'] == {'4': 600}
+
+
+def test_executor_lsh_reports_recall(tmp_path):
+  vectors = clustered_embeddings(3000, 16, 30, 0.3, seed=6)
+  _, found, stats = _run_executor(
+      tmp_path, {'train': _rows(vectors)}, embedding_features=['emb'],
+      similarity_threshold=0.0, max_neighbors=5, undirected=False, mode='lsh',
+      lsh_splits=5, lsh_rounds=6, recall_sample_size=300)
+  assert stats['estimated_recall_at_k'] >= 0.9
+  assert stats['num_edges'] == len(found) == 3000 * 5
+  assert stats['counters']['lsh_buckets'] > 6
+
+
+def test_undirected_adds_reverse_edges(tmp_path):
+  vectors = clustered_embeddings(200, 6, 5, 0.5, seed=7)
+  _, found, _ = _run_executor(
+      tmp_path, {'train': _rows(vectors)}, embedding_features=['emb'],
+      similarity_threshold=0.0, max_neighbors=2, undirected=True)
+  assert all((t, s) in found and found[(t, s)] == w
+             for (s, t), w in found.items())
+
+
+def test_bad_inputs_are_counted_and_named(tmp_path, caplog):
+  rng = np.random.RandomState(8)
+  good = _rows(rng.rand(50, 4).astype(np.float32))
+  bad = [
+      {'id': 'no-emb', 'label': np.int64(0)},
+      {'id': 'short', 'emb': np.ones(3, np.float32)},
+      {'id': 'nan', 'emb': np.array([1, np.nan, 0, 0], np.float32)},
+      {'id': 'inf', 'emb': np.array([1, np.inf, 0, 0], np.float32)},
+      {'id': 'zero', 'emb': np.zeros(4, np.float32)},
+      {'emb': np.array([1, 2, 3, 4], np.float32)},  # no id: derived
+  ]
+  _, found, stats = _run_executor(
+      tmp_path, {'train': good + bad, 'unlabeled': []},
+      embedding_features=['emb'], similarity_threshold=0.5)
+  counters = stats['counters']
+  assert counters['missing_embedding'] == 1
+  assert counters['wrong_dimension'] == 1
+  assert counters['non_finite_embedding'] == 2
+  assert counters['zero_embedding'] == 1
+  assert counters['ids_derived_from_content'] == 1
+  assert stats['num_nodes'] == 51
+  assert stats['empty_splits'] == ['unlabeled']
+  nodes = {s for s, _ in found} | {t for _, t in found}
+  assert not nodes & {'no-emb', 'short', 'nan', 'inf', 'zero'}
+  assert any(n.startswith('sha256-') for n in nodes)
+  for name in ('no-emb', 'short', 'nan', 'zero'):
+    assert name in caplog.text
+
+
+def test_duplicate_ids_stop_the_run(tmp_path):
+  rows = _rows(np.random.RandomState(9).rand(10, 4))
+  rows[3]['id'] = rows[7]['id']
+  with pytest.raises(Exception, match='duplicate example ids.*n0007'):
+    _run_executor(tmp_path, {'train': rows}, embedding_features=['emb'])
+
+
+def test_missing_feature_everywhere_stops_the_run(tmp_path):
+  rows = _rows(np.random.RandomState(9).rand(10, 4))
+  with pytest.raises(Exception, match="'nope' is in none of the examples"):
+    _run_executor(tmp_path, {'train': rows}, embedding_features=['nope'])
+
+
+def test_several_features_are_concatenated(tmp_path):
+  rng = np.random.RandomState(10)
+  a, b = rng.rand(80, 3).astype(np.float32), rng.rand(80, 5).astype(np.float32)
+  rows = [{'id': f'n{i:04d}', 'a': a[i], 'b': b[i]} for i in range(80)]
+  _, found, _ = _run_executor(
+      tmp_path, {'train': rows}, embedding_features=['a', 'b'],
+      similarity_threshold=-1.0, max_neighbors=3, undirected=False)
+  expected = _brute_force_top_k(np.hstack([a, b]).astype(np.float64), 3, -1.0)
+  assert found.keys() == {(f'n{s:04d}', f'n{t:04d}') for s, t in expected}
+
+
+def test_embedding_model_through_run_inference(tmp_path):
+  """A SavedModel embedding (here: a fixed linear map) gives the same graph
+  as computing that embedding by hand."""
+  import tensorflow as tf
+  from tfx.types import standard_artifacts
+  rng = np.random.RandomState(11)
+  x = rng.rand(120, 6).astype(np.float32)
+  projection = rng.standard_normal((6, 4)).astype(np.float32)
+
+  class Embed(tf.Module):
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serve(self, serialized):
+      features = tf.io.parse_example(
+          serialized, {'x': tf.io.FixedLenFeature([6], tf.float32)})
+      return {'embedding': features['x'] @ projection}
+
+  model = standard_artifacts.Model()
+  model.uri = str(tmp_path / 'model')
+  module = Embed()
+  tf.saved_model.save(module, os.path.join(model.uri, 'Format-Serving'),
+                      signatures={'serving_default': module.serve})
+  rows = [{'id': f'n{i:04d}', 'x': x[i]} for i in range(120)]
+  _, found, stats = _run_executor(
+      tmp_path, {'train': rows}, model=model, similarity_threshold=0.0,
+      max_neighbors=3, undirected=False)
+  expected = _brute_force_top_k((x @ projection).astype(np.float64), 3, 0.0)
+  assert found.keys() == {(f'n{s:04d}', f'n{t:04d}') for s, t in expected}
+  assert stats['num_nodes'] == 120
+
+
+def test_component_validates_parameters_at_construction():
+  from tfx.types import channel_utils, standard_artifacts
+  from tfx_nsl.components import GraphBuilder
+  examples = channel_utils.as_channel([standard_artifacts.Examples()])
+  with pytest.raises(ValueError, match='embedding_features'):
+    GraphBuilder(examples=examples)
+  with pytest.raises(ValueError, match='similarity must be one of'):
+    GraphBuilder(examples=examples, embedding_features=['x'], similarity='l1')
+  with pytest.raises(ValueError, match='max_neighbors must be >= 1'):
+    GraphBuilder(examples=examples, embedding_features=['x'], max_neighbors=0)
+  with pytest.raises(ValueError, match='mode must be one of'):
+    GraphBuilder(examples=examples, embedding_features=['x'], mode='fast')
+  builder = GraphBuilder(examples=examples, embedding_features=['x'],
+                         max_neighbors=5)
+  assert builder.exec_properties['max_neighbors'] == 5
+  assert builder.outputs['graph'].type_name == 'tfx_nsl.Graph'

@@ -1,0 +1,70 @@
+"""The Graph artifact's payload: NSL's TSV edge format, sharded, plus stats.
+
+Layout under a Graph artifact's uri:
+  edges-00000-of-00004.tsv ...   lines `source<TAB>target<TAB>weight`
+  stats.json                     graph statistics (see GraphBuilder)
+
+Any file matching `*.tsv` is read as edges, so a user's own NSL graph file
+brought in with `tfx.dsl.Importer` (a folder holding e.g. `graph.tsv`) works
+too. Weights are written with '%f', as `nsl.tools.build_graph` does.
+"""
+import json
+import os
+
+EDGE_FILE_GLOB = '*.tsv'
+STATS_FILE = 'stats.json'
+
+
+def edge_shard_name(index, num_shards):
+  return f'edges-{index:05d}-of-{num_shards:05d}.tsv'
+
+
+def format_edge(source, target, weight):
+  return f'{source}\t{target}\t{weight:f}\n'
+
+
+def parse_edge_line(line, where=''):
+  """(source, target, weight) from a TSV line; weight defaults to 1.0."""
+  parts = line.rstrip('\r\n').split('\t')
+  if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+    raise ValueError(f'{where}: expected source<TAB>target[<TAB>weight], got '
+                     f'{line.rstrip()!r}')
+  try:
+    weight = float(parts[2]) if len(parts) == 3 else 1.0
+  except ValueError:
+    raise ValueError(f'{where}: weight {parts[2]!r} is not a number') from None
+  return parts[0], parts[1], weight
+
+
+def edge_files(uri):
+  """Sorted edge files of a Graph artifact (or any folder of NSL TSVs)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  files = sorted(tf.io.gfile.glob(os.path.join(uri, EDGE_FILE_GLOB)))
+  if not files:
+    raise ValueError(f'no edge files ({EDGE_FILE_GLOB}) under graph {uri}')
+  return files
+
+
+def write_stats(uri, stats):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(os.path.join(uri, STATS_FILE), 'w') as f:
+    json.dump(stats, f, indent=2, sort_keys=True)
+
+
+def read_stats(uri):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  path = os.path.join(uri, STATS_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def derive_example_id(serialized):
+  """Id of an example without an id feature: a digest of its bytes.
+
+  Deterministic (design.md: never a random uuid), so reruns give the same
+  graph and GraphAugmentation finds the same node.
+  """
+  import hashlib  # pylint: disable=g-import-not-at-top
+  return 'sha256-' + hashlib.sha256(serialized).hexdigest()[:24]
