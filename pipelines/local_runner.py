@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Sequence
 from tfx import v1 as tfx
 
 from tfx_nsl import constants
+from tfx_nsl import graph_io
 from tfx_nsl.pipelines import datasets
 from tfx_nsl.pipelines.nsl_pipeline import create_pipeline
 
@@ -20,6 +21,13 @@ DIGITS_TRAINER_CONFIG = {
                     'clip_value_min': 0.0, 'clip_value_max': 1.0},
     'epochs': 10,
     'batch_size': 32,
+}
+
+
+DIGITS_GRAPH_BUILDER_CONFIG = {
+    'embedding_features': [datasets.DIGITS_FEATURE],
+    'similarity_threshold': 0.85,
+    'max_neighbors': 3,
 }
 
 
@@ -101,6 +109,9 @@ def summarize(metadata_path, pipeline_name) -> Dict[str, Any]:
   import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
   outputs = latest_outputs(metadata_path, pipeline_name)
   summary: Dict[str, Any] = {}
+  graph = outputs.get('GraphBuilder', {}).get('graph')
+  if graph:
+    summary['graph'] = graph_io.read_stats(graph[0].uri)
   evaluation = outputs.get('Evaluator', {})
   if evaluation.get('evaluation'):
     result = tfma.load_eval_result(evaluation['evaluation'][0].uri)
@@ -118,6 +129,14 @@ def summarize(metadata_path, pipeline_name) -> Dict[str, Any]:
 
 def format_summary(summary):
   lines = ['', 'tfx-nsl run summary']
+  graph = summary.get('graph')
+  if graph:
+    components = graph.get('connected_components')
+    lines.append(
+        f"  graph: {graph['num_nodes']} nodes, {graph['num_edges']} edges, "
+        f"mean out-degree {graph['mean_out_degree']:.2f}, "
+        f"{graph['isolated_nodes']} isolated, "
+        f"{components if components is not None else '?'} components")
   if 'accuracy' in summary:
     lines.append(f"  clean accuracy (eval, {summary['eval_examples']} examples): "
                  f"{summary['accuracy']:.4f}")
@@ -133,6 +152,7 @@ def run_local(
     output_root: str = 'runs',
     pipeline_name: str = 'tfx-nsl-digits',
     trainer_config: Optional[Dict[str, Any]] = None,
+    graph_builder_config: Optional[Dict[str, Any]] = DIGITS_GRAPH_BUILDER_CONFIG,
     train_steps: int = 500,
     min_accuracy: float = 0.9,
     beam_pipeline_args: Sequence[str] = constants.DEFAULT_BEAM_ARGS,
@@ -150,6 +170,7 @@ def run_local(
       data_root=data_root,
       serving_model_dir=os.path.join(output_root, 'serving', pipeline_name),
       trainer_config=trainer_config or DIGITS_TRAINER_CONFIG,
+      graph_builder_config=graph_builder_config,
       train_steps=train_steps,
       min_accuracy=min_accuracy,
       metadata_connection_config=(

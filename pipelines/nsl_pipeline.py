@@ -6,6 +6,7 @@ from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from tfx_nsl import constants
+from tfx_nsl.components import GraphBuilder
 from tfx_nsl.trainer_modules.config import TrainerConfig
 
 TRAINER_RUN_FN = 'tfx_nsl.trainer_modules.nsl_trainer.run_fn'
@@ -34,6 +35,7 @@ def create_pipeline(
     data_root: str,
     serving_model_dir: str,
     trainer_config: Dict[str, Any],
+    graph_builder_config: Optional[Dict[str, Any]] = None,
     train_steps: int = 1000,
     eval_steps: Optional[int] = None,
     min_accuracy: float = 0.9,
@@ -52,6 +54,9 @@ def create_pipeline(
     serving_model_dir: Pusher's filesystem destination.
     trainer_config: Trainer `custom_config`, see
       `tfx_nsl.trainer_modules.config`; validated here.
+    graph_builder_config: keyword arguments of `GraphBuilder` (e.g.
+      embedding_features, similarity_threshold, max_neighbors, mode); None
+      builds no graph.
     train_steps: Trainer train steps.
     eval_steps: Trainer validation steps (None: the whole eval split).
     min_accuracy: the Evaluator blesses only models at or above this clean
@@ -79,6 +84,10 @@ def create_pipeline(
       examples=example_gen.outputs['examples'])
   schema_gen = tfx.components.SchemaGen(
       statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True)
+  graph_builder = None
+  if graph_builder_config is not None:
+    graph_builder = GraphBuilder(examples=example_gen.outputs['examples'],
+                                 **graph_builder_config)
   trainer = tfx.components.Trainer(
       run_fn=TRAINER_RUN_FN,
       examples=example_gen.outputs['examples'],
@@ -98,12 +107,12 @@ def create_pipeline(
           filesystem=tfx.proto.PushDestination.Filesystem(
               base_directory=serving_model_dir)))
 
-  components: List[Any] = [example_gen, statistics_gen, schema_gen, trainer,
-                           evaluator, pusher]
+  components: List[Any] = [example_gen, statistics_gen, schema_gen,
+                           graph_builder, trainer, evaluator, pusher]
   return tfx.dsl.Pipeline(
       pipeline_name=pipeline_name,
       pipeline_root=pipeline_root,
-      components=components,
+      components=[c for c in components if c is not None],
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=list(beam_pipeline_args),
       enable_cache=enable_cache)

@@ -9,18 +9,38 @@ Keys (all optional except `feature_keys`):
   feature_keys       list of raw feature names the model reads.
   label_key          int label feature (default 'label').
   num_classes        number of classes (default 10).
-  model              {'hidden_units': [64, 64], 'dropout': 0.0}: the built-in
-                     dense classifier.
+  model              the built-in classifier: {'type': 'dense' or 'cnn',
+                     'hidden_units': [64, 64], 'dropout': 0.0,
+                     'image_shape': None, 'filters': [32, 64]}. 'cnn' reshapes
+                     the (single) input feature to image_shape, e.g. [8, 8, 1],
+                     then conv layers of `filters`, then the dense layers.
   model_fn           'package.module.function' returning a Keras 2 model that
                      takes {feature: tensor} for `feature_keys` and outputs
                      class probabilities; replaces `model`. Called as
                      fn(feature_shapes: dict, num_classes: int).
+  graph              None, or NSL graph regularization settings: max_neighbors
+                     (neighbors read per example), multiplier, distance_type
+                     ('l2', 'l1', 'cosine', 'kl_divergence', ...).
+                     Needs examples from GraphAugmentation; a missing neighbor
+                     counts with weight 0, as in NSL.
   adversarial        None, or NSL adversarial regularization settings:
                      multiplier, adv_step_size, adv_grad_norm ('infinity' or
                      'l2'), clip_value_min, clip_value_max, pgd_iterations,
-                     pgd_epsilon.
+                     pgd_epsilon, perturb_features (default: every float
+                     model input; neighbor features are never perturbed).
+                     Both `graph` and `adversarial` may be set at once.
+  distribution       tf.distribute strategy: 'auto' (TPU if a TPU cluster
+                     resolver finds one, else MirroredStrategy over visible
+                     GPUs if any, else the default strategy), 'default',
+                     'mirrored', 'tpu'. `devices` (list) pins the mirrored
+                     devices, e.g. ['/cpu:0', '/cpu:1'].
+  devices            see `distribution`.
+  optimizer          'adam' (default), 'sgd' or 'rmsprop'.
   learning_rate      Adam learning rate (default 1e-3).
-  batch_size         (default 32).
+  batch_size         global batch size, split across replicas (default 32).
+
+Examples without a label (e.g. unlabeled seeds from GraphAugmentation) take
+part in graph regularization only: their supervised loss has weight 0.
   epochs             the Trainer's train steps are spread over this many
                      epochs (default 1).
   seed               TensorFlow and shuffle seed (default 0).
@@ -38,8 +58,17 @@ _ADVERSARIAL_DEFAULTS = {
     'clip_value_max': None,
     'pgd_iterations': 1,
     'pgd_epsilon': None,
+    'perturb_features': None,
 }
-_MODEL_DEFAULTS = {'hidden_units': [64, 64], 'dropout': 0.0}
+_GRAPH_DEFAULTS = {
+    'max_neighbors': 2,
+    'multiplier': 0.1,
+    'distance_type': 'l2',
+}
+_MODEL_DEFAULTS = {'type': 'dense', 'hidden_units': [64, 64], 'dropout': 0.0,
+                   'image_shape': None, 'filters': [32, 64]}
+DISTRIBUTIONS = ('auto', 'default', 'mirrored', 'tpu')
+OPTIMIZERS = ('adam', 'sgd', 'rmsprop')
 
 
 def _merge(name, given, defaults):
@@ -59,7 +88,11 @@ class TrainerConfig:
   model: Dict[str, Any] = dataclasses.field(
       default_factory=lambda: dict(_MODEL_DEFAULTS))
   model_fn: Optional[str] = None
+  graph: Optional[Dict[str, Any]] = None
   adversarial: Optional[Dict[str, Any]] = None
+  distribution: str = 'auto'
+  devices: Optional[List[str]] = None
+  optimizer: str = 'adam'
   learning_rate: float = 1e-3
   batch_size: int = 32
   epochs: int = 1
@@ -80,6 +113,24 @@ class TrainerConfig:
     values = dict(config)
     values['feature_keys'] = list(config['feature_keys'])
     values['model'] = _merge('model', config.get('model') or {}, _MODEL_DEFAULTS)
+    if values['model']['type'] not in ('dense', 'cnn'):
+      raise ValueError("model['type'] must be 'dense' or 'cnn', got "
+                       f"{values['model']['type']!r}")
+    if values['model']['type'] == 'cnn' and (
+        not values['model']['image_shape'] or
+        len(values['feature_keys']) != 1):
+      raise ValueError("model type 'cnn' needs model['image_shape'] (e.g. "
+                       '[8, 8, 1]) and exactly one feature in feature_keys')
+    if config.get('graph') is not None:
+      values['graph'] = _merge('graph', config['graph'], _GRAPH_DEFAULTS)
+      if int(values['graph']['max_neighbors']) < 1:
+        raise ValueError("graph['max_neighbors'] must be >= 1")
+    if values.get('distribution', 'auto') not in DISTRIBUTIONS:
+      raise ValueError(f'distribution must be one of {DISTRIBUTIONS}, got '
+                       f"{values['distribution']!r}")
+    if values.get('optimizer', 'adam') not in OPTIMIZERS:
+      raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got '
+                       f"{values['optimizer']!r}")
     if config.get('adversarial') is not None:
       values['adversarial'] = _merge('adversarial', config['adversarial'],
                                      _ADVERSARIAL_DEFAULTS)
