@@ -1,4 +1,5 @@
 """Custom TFX components of tfx-nsl."""
 from tfx_nsl.components.graph_builder import GraphBuilder
+from tfx_nsl.components.robustness_evaluator import RobustnessEvaluator
 
-__all__ = ['GraphBuilder']
+__all__ = ['GraphBuilder', 'RobustnessEvaluator']

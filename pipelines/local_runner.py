@@ -9,6 +9,8 @@ from tfx import v1 as tfx
 
 from tfx_nsl import constants
 from tfx_nsl import graph_io
+from tfx_nsl.components.robustness_evaluator import attacks
+from tfx_nsl.components.robustness_evaluator import report
 from tfx_nsl.pipelines import datasets
 from tfx_nsl.pipelines.nsl_pipeline import create_pipeline
 
@@ -28,6 +30,15 @@ DIGITS_GRAPH_BUILDER_CONFIG = {
     'embedding_features': [datasets.DIGITS_FEATURE],
     'similarity_threshold': 0.85,
     'max_neighbors': 3,
+}
+
+
+DIGITS_ROBUSTNESS_CONFIG = {
+    'attacks': ['fgsm_linf_eps0.05', 'fgsm_linf_eps0.1', 'fgsm_linf_eps0.2',
+                'pgd_linf_eps0.1_steps10_step0.02'],
+    'min_attacked_accuracy': {'fgsm_linf_eps0.1': 0.5},
+    'clip_min': 0.0,
+    'clip_max': 1.0,
 }
 
 
@@ -106,7 +117,6 @@ def _custom(artifact, name, default=None):
 
 def summarize(metadata_path, pipeline_name) -> Dict[str, Any]:
   """Accuracy, blessing and push destination of the latest run."""
-  import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
   outputs = latest_outputs(metadata_path, pipeline_name)
   summary: Dict[str, Any] = {}
   graph = outputs.get('GraphBuilder', {}).get('graph')
@@ -114,10 +124,11 @@ def summarize(metadata_path, pipeline_name) -> Dict[str, Any]:
     summary['graph'] = graph_io.read_stats(graph[0].uri)
   evaluation = outputs.get('Evaluator', {})
   if evaluation.get('evaluation'):
-    result = tfma.load_eval_result(evaluation['evaluation'][0].uri)
-    metrics = dict(result.slicing_metrics)[()]['']['']
-    summary['accuracy'] = metrics['sparse_categorical_accuracy']['doubleValue']
-    summary['eval_examples'] = int(metrics['example_count']['doubleValue'])
+    uri = evaluation['evaluation'][0].uri
+    summary['accuracies'] = report.load_accuracies(uri)
+    summary['accuracy'] = summary['accuracies'][report.CANDIDATE][attacks.CLEAN]
+    summary['threshold_failures'] = report.load_validation(uri)[1]
+    summary['report'] = os.path.join(uri, report.REPORT_HTML)
   if evaluation.get('blessing'):
     summary['blessed'] = bool(_custom(evaluation['blessing'][0], 'blessed', 0))
   pushed = outputs.get('Pusher', {}).get('pushed_model')
@@ -137,10 +148,12 @@ def format_summary(summary):
         f"mean out-degree {graph['mean_out_degree']:.2f}, "
         f"{graph['isolated_nodes']} isolated, "
         f"{components if components is not None else '?'} components")
-  if 'accuracy' in summary:
-    lines.append(f"  clean accuracy (eval, {summary['eval_examples']} examples): "
-                 f"{summary['accuracy']:.4f}")
+  if 'accuracies' in summary:
+    lines.append(report.text_table(summary['accuracies']))
+    lines.append(f"  report: {summary['report']}")
   lines.append(f"  blessed: {summary.get('blessed', 'unknown')}")
+  for failure in summary.get('threshold_failures', []):
+    lines.append(f'    not met: {failure}')
   if summary.get('pushed'):
     lines.append(f"  pushed model: {summary['pushed_model']}")
   else:
@@ -155,6 +168,8 @@ def run_local(
     graph_builder_config: Optional[Dict[str, Any]] = DIGITS_GRAPH_BUILDER_CONFIG,
     train_steps: int = 500,
     min_accuracy: float = 0.9,
+    robustness_config: Optional[Dict[str, Any]] = DIGITS_ROBUSTNESS_CONFIG,
+    train_baseline: bool = True,
     beam_pipeline_args: Sequence[str] = constants.DEFAULT_BEAM_ARGS,
     enable_cache: bool = True,
     verbose: bool = False,
@@ -173,6 +188,8 @@ def run_local(
       graph_builder_config=graph_builder_config,
       train_steps=train_steps,
       min_accuracy=min_accuracy,
+      robustness_config=robustness_config,
+      train_baseline=train_baseline,
       metadata_connection_config=(
           tfx.orchestration.metadata.sqlite_metadata_connection_config(
               metadata_path)),

@@ -1,32 +1,15 @@
 """The tfx-nsl pipeline definition, shared by the local and Kubeflow runners."""
 from typing import Any, Dict, List, Optional, Sequence
 
-import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from tfx_nsl import constants
 from tfx_nsl.components import GraphBuilder
+from tfx_nsl.components import RobustnessEvaluator
 from tfx_nsl.trainer_modules.config import TrainerConfig
 
 TRAINER_RUN_FN = 'tfx_nsl.trainer_modules.nsl_trainer.run_fn'
-
-
-def eval_config(label_key: str, min_accuracy: float) -> tfma.EvalConfig:
-  """TFMA config: clean accuracy, gated by `min_accuracy`."""
-  if not 0.0 <= min_accuracy <= 1.0:
-    raise ValueError(f'min_accuracy must be in [0, 1], got {min_accuracy}')
-  threshold = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
-      lower_bound={'value': min_accuracy}))
-  return tfma.EvalConfig(
-      model_specs=[tfma.ModelSpec(
-          label_key=label_key, signature_name=constants.SERVING_SIGNATURE)],
-      slicing_specs=[tfma.SlicingSpec()],
-      metrics_specs=[tfma.MetricsSpec(metrics=[
-          tfma.MetricConfig(class_name='ExampleCount'),
-          tfma.MetricConfig(class_name='SparseCategoricalAccuracy',
-                            threshold=threshold),
-      ])])
 
 
 def create_pipeline(
@@ -39,6 +22,8 @@ def create_pipeline(
     train_steps: int = 1000,
     eval_steps: Optional[int] = None,
     min_accuracy: float = 0.9,
+    robustness_config: Optional[Dict[str, Any]] = None,
+    train_baseline: bool = False,
     train_pattern: str = f'{constants.TRAIN_SPLIT}/*',
     eval_pattern: str = f'{constants.EVAL_SPLIT}/*',
     metadata_connection_config: Optional[Any] = None,
@@ -61,6 +46,11 @@ def create_pipeline(
     eval_steps: Trainer validation steps (None: the whole eval split).
     min_accuracy: the Evaluator blesses only models at or above this clean
       accuracy on the eval split.
+    robustness_config: keyword arguments of `RobustnessEvaluator` (attacks,
+      min_attacked_accuracy, max_accuracy_drop, clip_min, clip_max,
+      perturb_features); None evaluates clean accuracy only.
+    train_baseline: also train the same model without NSL regularization
+      and evaluate it beside the candidate as the baseline.
     train_pattern: glob under `data_root` of the train split.
     eval_pattern: glob under `data_root` of the eval split.
     metadata_connection_config: ML Metadata connection; None lets the
@@ -69,6 +59,8 @@ def create_pipeline(
     enable_cache: reuse outputs of unchanged components.
   """
   config = TrainerConfig.from_dict(trainer_config)
+  if not 0.0 <= min_accuracy <= 1.0:
+    raise ValueError(f'min_accuracy must be in [0, 1], got {min_accuracy}')
   if train_steps < 1:
     raise ValueError(f'train_steps must be >= 1, got {train_steps}')
 
@@ -88,18 +80,28 @@ def create_pipeline(
   if graph_builder_config is not None:
     graph_builder = GraphBuilder(examples=example_gen.outputs['examples'],
                                  **graph_builder_config)
-  trainer = tfx.components.Trainer(
-      run_fn=TRAINER_RUN_FN,
-      examples=example_gen.outputs['examples'],
-      schema=schema_gen.outputs['schema'],
-      train_args=tfx.proto.TrainArgs(num_steps=train_steps),
-      eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
-      custom_config=config.to_dict())
-  evaluator = tfx.components.Evaluator(
+  def make_trainer(custom_config):
+    return tfx.components.Trainer(
+        run_fn=TRAINER_RUN_FN,
+        examples=example_gen.outputs['examples'],
+        schema=schema_gen.outputs['schema'],
+        train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+        custom_config=custom_config)
+  trainer = make_trainer(config.to_dict())
+  baseline_trainer = None
+  if train_baseline:
+    baseline_trainer = make_trainer(
+        {**config.to_dict(), 'graph': None, 'adversarial': None}
+    ).with_id('BaselineTrainer')
+  evaluator = RobustnessEvaluator(
       examples=example_gen.outputs['examples'],
       model=trainer.outputs['model'],
-      example_splits=[constants.EVAL_SPLIT],
-      eval_config=eval_config(config.label_key, min_accuracy))
+      baseline_model=(baseline_trainer.outputs['model']
+                      if baseline_trainer else None),
+      label_key=config.label_key,
+      min_clean_accuracy=min_accuracy,
+      **(robustness_config or {'attacks': []})).with_id('Evaluator')
   pusher = tfx.components.Pusher(
       model=trainer.outputs['model'],
       model_blessing=evaluator.outputs['blessing'],
@@ -108,7 +110,8 @@ def create_pipeline(
               base_directory=serving_model_dir)))
 
   components: List[Any] = [example_gen, statistics_gen, schema_gen,
-                           graph_builder, trainer, evaluator, pusher]
+                           graph_builder, trainer, baseline_trainer, evaluator,
+                           pusher]
   return tfx.dsl.Pipeline(
       pipeline_name=pipeline_name,
       pipeline_root=pipeline_root,

@@ -1,0 +1,165 @@
+"""RobustnessEvaluator: clean vs white-box attacked accuracy, gating a push.
+
+It is TFX's standard Evaluator with our TFMA module: results load with
+`tfma.load_eval_result` / `tfma.load_metrics`, TFMA's thresholds and baseline
+comparisons produce the standard ModelBlessing, and the standard Pusher
+gates on it.
+"""
+import json
+from typing import Dict, List, Optional, Sequence, Union
+
+import tensorflow_model_analysis as tfma
+from tfx import types
+from tfx.dsl.components.base import base_beam_component
+from tfx.dsl.components.base import executor_spec
+from tfx.types import standard_artifacts
+from tfx.types import standard_component_specs
+from tfx.types.component_spec import ExecutionParameter
+from tfx.utils import json_utils
+
+from tfx_nsl import constants
+from tfx_nsl.components.robustness_evaluator import attacks as attacks_lib
+from tfx_nsl.components.robustness_evaluator import executor
+from tfx_nsl.components.robustness_evaluator import report
+
+TFMA_MODULE = 'tfx_nsl.components.robustness_evaluator.tfma_module'
+AttackSpec = Union[str, Dict]
+
+
+class RobustnessEvaluatorSpec(standard_component_specs.EvaluatorSpec):
+  PARAMETERS = {
+      **standard_component_specs.EvaluatorSpec.PARAMETERS,
+      executor.ATTACK_SETTINGS_KEY: ExecutionParameter(type=str),
+  }
+
+
+def _threshold(lower_bound, max_drop):
+  threshold = tfma.MetricThreshold()
+  if lower_bound is not None:
+    threshold.value_threshold.lower_bound.value = lower_bound
+  if max_drop is not None:
+    threshold.change_threshold.direction = (
+        tfma.MetricDirection.HIGHER_IS_BETTER)
+    threshold.change_threshold.absolute.value = -max_drop
+  return threshold
+
+
+def robustness_eval_config(
+    label_key: str,
+    attack_names: Sequence[str],
+    min_clean_accuracy: Optional[float],
+    min_attacked_accuracy: Dict[str, float],
+    max_accuracy_drop: Optional[float],
+    with_baseline: bool) -> tfma.EvalConfig:
+  """One TFMA output per attack; accuracy thresholds per output."""
+  model_specs = [tfma.ModelSpec(name=report.CANDIDATE, label_key=label_key)]
+  if with_baseline:
+    model_specs.append(tfma.ModelSpec(name=report.BASELINE,
+                                      label_key=label_key, is_baseline=True))
+  else:
+    model_specs[0].name = ''
+  metrics_specs = []
+  for name in [attacks_lib.CLEAN, *attack_names]:
+    lower = (min_clean_accuracy if name == attacks_lib.CLEAN
+             else min_attacked_accuracy.get(name))
+    drop = max_accuracy_drop if with_baseline else None
+    config = tfma.MetricConfig(class_name='SparseCategoricalAccuracy')
+    if lower is not None or drop is not None:
+      config.threshold.CopyFrom(_threshold(lower, drop))
+    metrics_specs.append(tfma.MetricsSpec(
+        metrics=[config] + ([tfma.MetricConfig(class_name='ExampleCount')]
+                            if name == attacks_lib.CLEAN else []),
+        output_names=[name]))
+  config = tfma.EvalConfig(model_specs=model_specs,
+                           metrics_specs=metrics_specs,
+                           slicing_specs=[tfma.SlicingSpec()])
+  # The model's compiled metrics know only its own output, not the attacks.
+  config.options.include_default_metrics.value = False
+  return config
+
+
+class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
+  """Clean and attacked accuracy of a model (and a baseline), with gating."""
+  SPEC_CLASS = RobustnessEvaluatorSpec
+  EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
+
+  def __init__(
+      self,
+      examples: types.BaseChannel,
+      model: types.BaseChannel,
+      baseline_model: Optional[types.BaseChannel] = None,
+      label_key: str = constants.LABEL_FEATURE,
+      attacks: Sequence[AttackSpec] = ('fgsm_linf_eps0.05', 'fgsm_linf_eps0.1'),  # pylint: disable=redefined-outer-name
+      min_clean_accuracy: Optional[float] = None,
+      min_attacked_accuracy: Optional[Union[float, Dict[str, float]]] = None,
+      max_accuracy_drop: Optional[float] = None,
+      perturb_features: Optional[List[str]] = None,
+      clip_min: Optional[float] = None,
+      clip_max: Optional[float] = None,
+      example_splits: Optional[List[str]] = None):
+    """Constructs a RobustnessEvaluator.
+
+    Args:
+      examples: Examples to evaluate on (`example_splits`, default eval).
+      model: the candidate Model (a Keras SavedModel, as our Trainer exports).
+      baseline_model: optional Model to compare against, e.g. the latest
+        blessed model (a Resolver) or a plain model trained alongside.
+      label_key: int class label feature.
+      attacks: attack names ('fgsm_linf_eps0.1',
+        'pgd_l2_eps0.5_steps10_step0.1_rand') or dicts of
+        `attacks.Attack` fields (method, norm, epsilon, steps, step_size,
+        random_start).
+      min_clean_accuracy: bless only at or above this clean accuracy.
+      min_attacked_accuracy: bless only at or above this accuracy under every
+        attack (a float), or per attack name (a dict).
+      max_accuracy_drop: with a baseline, bless only if no accuracy (clean
+        or attacked) is more than this below the baseline's.
+      perturb_features: model inputs the attacks perturb (default: every
+        float input).
+      clip_min, clip_max: valid range of perturbed features (e.g. pixels in
+        [0, 1]).
+      example_splits: splits to evaluate on.
+    """
+    names = []
+    for spec in attacks:
+      attack = (attacks_lib.Attack.parse(spec) if isinstance(spec, str)
+                else attacks_lib.Attack.from_dict(spec))
+      names.append(attack.name)
+    if len(set(names)) != len(names):
+      raise ValueError(f'attacks {names} repeat an attack')
+    if isinstance(min_attacked_accuracy, dict):
+      unknown = sorted(set(min_attacked_accuracy) - set(names))
+      if unknown:
+        raise ValueError(f'min_attacked_accuracy names attacks {unknown} that '
+                         f'are not in attacks {names}')
+      per_attack = dict(min_attacked_accuracy)
+    elif min_attacked_accuracy is not None:
+      per_attack = {name: float(min_attacked_accuracy) for name in names}
+    else:
+      per_attack = {}
+    for name, value in [('min_clean_accuracy', min_clean_accuracy),
+                        *per_attack.items()]:
+      if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f'accuracy threshold {name} must be in [0, 1], got '
+                         f'{value}')
+    if max_accuracy_drop is not None and max_accuracy_drop < 0:
+      raise ValueError('max_accuracy_drop must be >= 0')
+    if (clip_min is not None and clip_max is not None and
+        clip_min >= clip_max):
+      raise ValueError('clip_min must be below clip_max')
+    eval_config = robustness_eval_config(
+        label_key, names, min_clean_accuracy, per_attack, max_accuracy_drop,
+        with_baseline=baseline_model is not None)
+    settings = attacks_lib.AttackSettings(
+        label_key=label_key, perturb_features=perturb_features,
+        clip_min=clip_min, clip_max=clip_max)
+    spec = RobustnessEvaluatorSpec(
+        examples=examples, model=model, baseline_model=baseline_model,
+        eval_config=eval_config,
+        example_splits=json_utils.dumps(example_splits or
+                                        [constants.EVAL_SPLIT]),
+        module_path=TFMA_MODULE,
+        attack_settings=json.dumps(settings.__dict__),
+        evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+        blessing=types.Channel(type=standard_artifacts.ModelBlessing))
+    super().__init__(spec=spec)
