@@ -22,11 +22,12 @@ find_python310 = $(firstword $(foreach p,$(PYTHON) python3.10 \
     $(shell $(p) -c 'import sys, venv, ensurepip; assert sys.version_info[:2] == (3, 10)' \
         >/dev/null 2>&1 && echo $(p))))
 
-.PHONY: help install run test clean constraints
+.PHONY: help install run test clean constraints chromium bench-graph bench-augment
 
 help:
 	@echo "make run    run the NSL pipeline on the bundled digits data (outputs in $(OUTPUT_ROOT)/)"
 	@echo "make test   run the test suite"
+	@echo "make bench-graph / bench-augment   benchmarks (results: docs/benchmarks.md)"
 	@echo "make clean  remove $(OUTPUT_ROOT)/, build outputs and .venv"
 
 install: $(STAMP)
@@ -49,8 +50,20 @@ $(STAMP): constraints.txt setup.py pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/tfx-nsl run --output-root $(OUTPUT_ROOT)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Headless Chromium renders the robustness report in a test (Debian package).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$sudo apt-get update -q && $$sudo apt-get install -y -q chromium; }
+
+bench-graph: $(STAMP)
+	$(PY) benchmarks/bench_graph.py $(BENCH_ARGS)
+
+bench-augment: $(STAMP)
+	$(PY) benchmarks/bench_augment.py $(BENCH_ARGS)
 
 # Re-pins every package from what the current .venv resolved.
 constraints: $(STAMP)

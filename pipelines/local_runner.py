@@ -18,6 +18,7 @@ DIGITS_TRAINER_CONFIG = {
     'feature_keys': [datasets.DIGITS_FEATURE],
     'num_classes': datasets.DIGITS_NUM_CLASSES,
     'model': {'hidden_units': [128, 64]},
+    'graph': {'max_neighbors': 3, 'multiplier': 0.1},
     'adversarial': {'multiplier': 0.2, 'adv_step_size': 0.1,
                     'adv_grad_norm': 'infinity',
                     'clip_value_min': 0.0, 'clip_value_max': 1.0},
@@ -33,10 +34,15 @@ DIGITS_GRAPH_BUILDER_CONFIG = {
 }
 
 
+DIGITS_GRAPH_AUGMENTATION_CONFIG = {
+    'max_neighbors': 3,
+    'neighbor_features': [datasets.DIGITS_FEATURE],
+}
 DIGITS_ROBUSTNESS_CONFIG = {
     'attacks': ['fgsm_linf_eps0.05', 'fgsm_linf_eps0.1', 'fgsm_linf_eps0.2',
                 'pgd_linf_eps0.1_steps10_step0.02'],
-    'min_attacked_accuracy': {'fgsm_linf_eps0.1': 0.5},
+    # The plain model reaches about 0.53 here, the NSL model about 0.71.
+    'min_attacked_accuracy': {'fgsm_linf_eps0.1': 0.6},
     'clip_min': 0.0,
     'clip_max': 1.0,
 }
@@ -166,6 +172,8 @@ def run_local(
     pipeline_name: str = 'tfx-nsl-digits',
     trainer_config: Optional[Dict[str, Any]] = None,
     graph_builder_config: Optional[Dict[str, Any]] = DIGITS_GRAPH_BUILDER_CONFIG,
+    graph_augmentation_config: Optional[Dict[str, Any]] = (
+        DIGITS_GRAPH_AUGMENTATION_CONFIG),
     train_steps: int = 500,
     min_accuracy: float = 0.9,
     robustness_config: Optional[Dict[str, Any]] = DIGITS_ROBUSTNESS_CONFIG,
@@ -186,6 +194,7 @@ def run_local(
       serving_model_dir=os.path.join(output_root, 'serving', pipeline_name),
       trainer_config=trainer_config or DIGITS_TRAINER_CONFIG,
       graph_builder_config=graph_builder_config,
+      graph_augmentation_config=graph_augmentation_config,
       train_steps=train_steps,
       min_accuracy=min_accuracy,
       robustness_config=robustness_config,

@@ -5,6 +5,8 @@ from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from tfx_nsl import constants
+from tfx_nsl import types as tfx_nsl_types
+from tfx_nsl.components import GraphAugmentation
 from tfx_nsl.components import GraphBuilder
 from tfx_nsl.components import RobustnessEvaluator
 from tfx_nsl.trainer_modules.config import TrainerConfig
@@ -19,13 +21,14 @@ def create_pipeline(
     serving_model_dir: str,
     trainer_config: Dict[str, Any],
     graph_builder_config: Optional[Dict[str, Any]] = None,
+    graph_uri: Optional[str] = None,
+    graph_augmentation_config: Optional[Dict[str, Any]] = None,
+    splits: Sequence[str] = (constants.TRAIN_SPLIT, constants.EVAL_SPLIT),
     train_steps: int = 1000,
     eval_steps: Optional[int] = None,
     min_accuracy: float = 0.9,
     robustness_config: Optional[Dict[str, Any]] = None,
     train_baseline: bool = False,
-    train_pattern: str = f'{constants.TRAIN_SPLIT}/*',
-    eval_pattern: str = f'{constants.EVAL_SPLIT}/*',
     metadata_connection_config: Optional[Any] = None,
     beam_pipeline_args: Sequence[str] = constants.DEFAULT_BEAM_ARGS,
     enable_cache: bool = True,
@@ -42,6 +45,14 @@ def create_pipeline(
     graph_builder_config: keyword arguments of `GraphBuilder` (e.g.
       embedding_features, similarity_threshold, max_neighbors, mode); None
       builds no graph.
+    graph_uri: a folder holding a graph the user already has, in NSL's TSV
+      format, brought in with an Importer instead of GraphBuilder.
+    graph_augmentation_config: keyword arguments of `GraphAugmentation`
+      (max_neighbors, add_undirected_edges, neighbor_features,
+      unlabeled_as_seeds, ...); used when there is a graph. The Trainers then
+      read the augmented examples.
+    splits: split names, each read from the folder of that name under
+      `data_root` (e.g. train, eval, unlabeled).
     train_steps: Trainer train steps.
     eval_steps: Trainer validation steps (None: the whole eval split).
     min_accuracy: the Evaluator blesses only models at or above this clean
@@ -51,8 +62,6 @@ def create_pipeline(
       perturb_features); None evaluates clean accuracy only.
     train_baseline: also train the same model without NSL regularization
       and evaluate it beside the candidate as the baseline.
-    train_pattern: glob under `data_root` of the train split.
-    eval_pattern: glob under `data_root` of the eval split.
     metadata_connection_config: ML Metadata connection; None lets the
       orchestrator (e.g. Kubeflow) provide one.
     beam_pipeline_args: arguments for every Beam-based component.
@@ -67,23 +76,33 @@ def create_pipeline(
   example_gen = tfx.components.ImportExampleGen(
       input_base=data_root,
       input_config=example_gen_pb2.Input(splits=[
-          example_gen_pb2.Input.Split(name=constants.TRAIN_SPLIT,
-                                      pattern=train_pattern),
-          example_gen_pb2.Input.Split(name=constants.EVAL_SPLIT,
-                                      pattern=eval_pattern),
-      ]))
+          example_gen_pb2.Input.Split(name=split, pattern=f'{split}/*')
+          for split in splits]))
   statistics_gen = tfx.components.StatisticsGen(
       examples=example_gen.outputs['examples'])
   schema_gen = tfx.components.SchemaGen(
       statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True)
-  graph_builder = None
+  if graph_uri and graph_builder_config is not None:
+    raise ValueError('give graph_builder_config (build a graph) or graph_uri '
+                     '(import one), not both')
+  graph_builder = graph = augmentation = None
   if graph_builder_config is not None:
     graph_builder = GraphBuilder(examples=example_gen.outputs['examples'],
                                  **graph_builder_config)
+    graph = graph_builder.outputs['graph']
+  elif graph_uri:
+    graph_builder = tfx.dsl.Importer(
+        source_uri=graph_uri, artifact_type=tfx_nsl_types.Graph).with_id('GraphImporter')
+    graph = graph_builder.outputs['result']
+  training_examples = example_gen.outputs['examples']
+  if graph is not None and graph_augmentation_config is not None:
+    augmentation = GraphAugmentation(examples=example_gen.outputs['examples'],
+                                     graph=graph, **graph_augmentation_config)
+    training_examples = augmentation.outputs['augmented_examples']
   def make_trainer(custom_config):
     return tfx.components.Trainer(
         run_fn=TRAINER_RUN_FN,
-        examples=example_gen.outputs['examples'],
+        examples=training_examples,
         schema=schema_gen.outputs['schema'],
         train_args=tfx.proto.TrainArgs(num_steps=train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
@@ -110,8 +129,8 @@ def create_pipeline(
               base_directory=serving_model_dir)))
 
   components: List[Any] = [example_gen, statistics_gen, schema_gen,
-                           graph_builder, trainer, baseline_trainer, evaluator,
-                           pusher]
+                           graph_builder, augmentation, trainer,
+                           baseline_trainer, evaluator, pusher]
   return tfx.dsl.Pipeline(
       pipeline_name=pipeline_name,
       pipeline_root=pipeline_root,

@@ -1,6 +1,9 @@
-"""The main job end to end: `tfx-nsl run` pushes a plain, servable model."""
+"""The main job end to end: `tfx-nsl run` builds a graph, augments, trains an
+NSL model beside a plain baseline, judges robustness and pushes only a
+robust, plain-serving model."""
 import glob
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,14 +14,16 @@ from tfx_nsl import constants
 from tfx_nsl.pipelines import datasets, local_runner
 
 PIPELINE = 'tfx-nsl-e2e'
+NODES = ('ImportExampleGen', 'StatisticsGen', 'SchemaGen', 'GraphBuilder',
+         'GraphAugmentation', 'Trainer', 'BaselineTrainer', 'Evaluator',
+         'Pusher')
 
 
 def _run(root, *args):
   cli = os.path.join(os.path.dirname(sys.executable), 'tfx-nsl')
   result = subprocess.run(
       [cli, 'run', '--output-root', str(root), '--pipeline-name', PIPELINE,
-       '--train-steps', '300', *args],
-      capture_output=True, text=True, timeout=900)
+       *args], capture_output=True, text=True, timeout=1200)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
   return result.stdout
 
@@ -44,19 +49,31 @@ def first_run(tmp_path_factory):
   return root, _run(root)
 
 
+def _summary(root):
+  return local_runner.summarize(str(root / 'metadata' / f'{PIPELINE}.db'),
+                                PIPELINE)
+
+
 @pytest.mark.slow
-def test_run_pushes_a_blessed_model(first_run):
+def test_run_pushes_a_robust_model_and_reports(first_run):
   root, stdout = first_run
-  for node in ('ImportExampleGen', 'StatisticsGen', 'SchemaGen', 'Trainer',
-               'Evaluator', 'Pusher'):
+  for node in NODES:
     assert f'  {node} ' in stdout, stdout  # per-component progress
-  summary = local_runner.summarize(
-      str(root / 'metadata' / f'{PIPELINE}.db'), PIPELINE)
+  summary = _summary(root)
   assert summary['blessed'] and summary['pushed'], summary
-  assert summary['accuracy'] >= 0.9
-  assert summary['eval_examples'] == 359
   assert summary['pushed_model'].startswith(str(root / 'serving' / PIPELINE))
   assert f"pushed model: {summary['pushed_model']}" in stdout
+  candidate = summary['accuracies']['candidate']
+  baseline = summary['accuracies']['baseline']
+  assert candidate['clean'] >= 0.9
+  # NSL adversarial regularization makes the model more robust than the
+  # plain one trained beside it, under white-box attacks.
+  assert candidate['fgsm_linf_eps0.1'] > baseline['fgsm_linf_eps0.1'] + 0.05
+  assert 'fgsm_linf_eps0.1' in stdout and 'baseline' in stdout
+  graph = summary['graph']
+  assert graph['num_nodes'] == 1438 and graph['num_edges'] > 1438
+  assert f"graph: {graph['num_nodes']} nodes" in stdout
+  assert os.path.exists(summary['report'])
 
 
 @pytest.mark.slow
@@ -86,17 +103,37 @@ def test_pushed_model_is_the_plain_base_model(first_run):
 
 
 @pytest.mark.slow
-def test_rerun_reuses_cache_and_gate_blocks_push(first_run):
+def test_report_renders_in_headless_chromium(first_run, tmp_path):
+  root, _ = first_run
+  chromium = shutil.which('chromium')
+  assert chromium, 'chromium is missing: `make test` installs it'
+  report = _summary(root)['report']
+  result = subprocess.run(
+      [chromium, '--headless', '--no-sandbox', '--disable-gpu',
+       '--disable-background-networking', '--disable-component-update',
+       '--disable-sync', '--no-first-run', f'--user-data-dir={tmp_path}',
+       '--virtual-time-budget=5000', '--dump-dom', f'file://{report}'],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'data-plot="rendered"' in result.stdout, result.stdout[:2000]
+  assert 'fgsm_linf_eps0.1' in result.stdout
+
+
+@pytest.mark.slow
+def test_rerun_reuses_cache_and_a_non_robust_model_is_not_pushed(first_run):
   from ml_metadata.proto import metadata_store_pb2
   root, _ = first_run
-  stdout = _run(root, '--min-accuracy', '0.9999')
-  metadata_path = str(root / 'metadata' / f'{PIPELINE}.db')
-  states = _latest_states(metadata_path)
+  stdout = _run(root, '--no-adversarial', '--no-graph')
+  states = _latest_states(str(root / 'metadata' / f'{PIPELINE}.db'))
   cached = metadata_store_pb2.Execution.CACHED
-  for node in ('ImportExampleGen', 'StatisticsGen', 'SchemaGen', 'Trainer'):
+  for node in ('ImportExampleGen', 'StatisticsGen', 'SchemaGen',
+               'GraphBuilder', 'GraphAugmentation', 'BaselineTrainer'):
     assert states[node] == cached, (node, states)
-  assert states['Evaluator'] != cached
-  summary = local_runner.summarize(metadata_path, PIPELINE)
+  assert states['Trainer'] != cached
+  summary = _summary(root)
+  # Clean accuracy is fine, but attacked accuracy misses its threshold.
+  assert summary['accuracies']['candidate']['clean'] >= 0.9
   assert summary['blessed'] is False and summary['pushed'] is False, summary
+  assert any('fgsm_linf_eps0.1' in f for f in summary['threshold_failures'])
   assert 'not blessed' in stdout
   assert len(glob.glob(str(root / 'serving' / PIPELINE / '*'))) == 1

@@ -23,7 +23,9 @@ def _parser():
   run.add_argument('--min-accuracy', type=float, default=0.9,
                    help='clean eval accuracy needed to bless and push')
   run.add_argument('--no-adversarial', action='store_true',
-                   help='train the base model without NSL regularization')
+                   help='train without NSL adversarial regularization')
+  run.add_argument('--no-graph', action='store_true',
+                   help='train without NSL graph regularization')
   run.add_argument('--beam-arg', action='append', default=None,
                    help='a Beam pipeline argument, repeatable (default: '
                         'DirectRunner in_memory, one worker)')
@@ -40,6 +42,8 @@ def main(argv=None):
   config = dict(local_runner.DIGITS_TRAINER_CONFIG)
   if args.no_adversarial:
     config['adversarial'] = None
+  if args.no_graph:
+    config['graph'] = None
   start = time.time()
   summary = local_runner.run_local(
       output_root=args.output_root,

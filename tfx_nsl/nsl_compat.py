@@ -49,3 +49,15 @@ def import_nsl():
     sys.modules.setdefault(_ESTIMATOR, _EstimatorUnavailable(_ESTIMATOR))
   check_keras2()
   return importlib.import_module('neural_structured_learning')
+
+
+def per_feature(value, feature_names):
+  """`value` keyed by feature, for NSL configs of dict inputs.
+
+  NSL's adversarial neighbor code looks clip bounds up by feature name when
+  the inputs are a dict, and silently skips a scalar bound; a scalar must be
+  spread over the features for clipping to happen.
+  """
+  if value is None or isinstance(value, dict):
+    return value
+  return {name: value for name in feature_names}

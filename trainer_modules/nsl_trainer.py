@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tfx_nsl import constants
 from tfx_nsl.nsl_compat import import_nsl
+from tfx_nsl.nsl_compat import per_feature
 from tfx_nsl.trainer_modules.config import TrainerConfig
 
 SAMPLE_WEIGHT = '__sample_weight__'
@@ -236,6 +237,8 @@ def wrap_with_nsl(base_model, config):
         mask[f'{prefix}{i}{weight_suffix}'] = 0.0
         for k in config.feature_keys:
           mask[f'{prefix}{i}_{k}'] = 0.0
+    for bound in ('clip_value_min', 'clip_value_max'):
+      settings[bound] = per_feature(settings[bound], perturbed)
     model = nsl.keras.AdversarialRegularization(
         model, label_keys=[config.label_key], sample_weight_key=SAMPLE_WEIGHT,
         adv_config=nsl.configs.make_adv_reg_config(

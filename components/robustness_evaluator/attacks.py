@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_nsl.nsl_compat import import_nsl
+from tfx_nsl.nsl_compat import per_feature
 
 CLEAN = 'clean'
 METHODS = ('fgsm', 'pgd')
@@ -105,7 +106,8 @@ def _nsl_config(attack, settings, features):
     step, iterations, epsilon = attack.step_size, attack.steps, attack.epsilon
   return nsl.configs.AdvNeighborConfig(
       feature_mask=mask, adv_step_size=step, adv_grad_norm=NORMS[attack.norm],
-      clip_value_min=settings.clip_min, clip_value_max=settings.clip_max,
+      clip_value_min=per_feature(settings.clip_min, perturbed),
+      clip_value_max=per_feature(settings.clip_max, perturbed),
       pgd_iterations=iterations, pgd_epsilon=epsilon,
       random_init=attack.random_start)
 

@@ -1,0 +1,196 @@
+"""GraphAugmentation: NSL neighbor features for Examples, joined from a Graph."""
+from typing import List, Optional, Sequence
+
+from tfx import types
+from tfx.dsl.components.base import base_beam_component
+from tfx.dsl.components.base import executor_spec
+from tfx.types import standard_artifacts
+from tfx.types.component_spec import ChannelParameter
+from tfx.types.component_spec import ComponentSpec
+from tfx.types.component_spec import ExecutionParameter
+
+from tfx_nsl import constants
+from tfx_nsl.components.graph_augmentation import augment_core
+from tfx_nsl.components.graph_augmentation import executor
+from tfx_nsl.types import Graph
+
+# Re-exported for users of the component.
+LABELED_FEATURE = augment_core.LABELED_FEATURE
+STATS_PROPERTY = executor.STATS_PROPERTY
+DEFAULT_MAX_NEIGHBORS = 3
+
+
+class GraphAugmentationSpec(ComponentSpec):
+  """GraphAugmentation component spec."""
+  PARAMETERS = {
+      executor.MAX_NEIGHBORS_KEY: ExecutionParameter(type=int),
+      executor.ADD_UNDIRECTED_EDGES_KEY: ExecutionParameter(type=bool),
+      executor.ID_FEATURE_KEY: ExecutionParameter(type=str),
+      executor.SEED_SPLITS_KEY: ExecutionParameter(type=List[str]),
+      executor.NEIGHBOR_SPLITS_KEY: ExecutionParameter(
+          type=List[str], optional=True),
+      executor.NEIGHBOR_FEATURES_KEY: ExecutionParameter(
+          type=List[str], optional=True),
+      executor.UNLABELED_AS_SEEDS_KEY: ExecutionParameter(type=bool),
+  }
+  INPUTS = {
+      executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+      executor.GRAPH_KEY: ChannelParameter(type=Graph),
+  }
+  OUTPUTS = {
+      executor.AUGMENTED_EXAMPLES_KEY: ChannelParameter(
+          type=standard_artifacts.Examples),
+  }
+
+
+def _check_names(name: str, value, allow_none: bool) -> Optional[List[str]]:
+  """A list of distinct non-empty strings, or a ValueError that says so."""
+  if value is None:
+    if allow_none:
+      return None
+    raise ValueError(f'{name} must be a list of names, not None.')
+  if isinstance(value, (str, bytes)):
+    raise ValueError(f'{name} must be a list of names, e.g. [{value!r}], '
+                     f'not the string {value!r}.')
+  value = list(value)
+  if not value:
+    hint = ' (or None for the default)' if allow_none else ''
+    raise ValueError(f'{name} must name at least one entry{hint}.')
+  bad = [v for v in value if not isinstance(v, str) or not v]
+  if bad:
+    raise ValueError(f'{name} must hold non-empty strings; got {bad}.')
+  repeated = sorted({v for v in value if value.count(v) > 1})
+  if repeated:
+    raise ValueError(f'{name} names {repeated} more than once.')
+  return value
+
+
+class GraphAugmentation(base_beam_component.BaseBeamComponent):
+  """Joins examples with their graph neighbors, as NSL's `pack_nbrs` does.
+
+  For every example of the seed splits (default: train), the features of its
+  top `max_neighbors` out-edge neighbors in `graph` are merged in as
+  `NL_nbr_<i>_<feature>` with the edge weight as `NL_nbr_<i>_weight`, and
+  `NL_num_nbrs` counts them; this is the input `nsl.keras.GraphRegularization`
+  expects. For the same examples and graph the output equals
+  `nsl.tools.pack_nbrs` feature for feature (neighbors by weight, then by the
+  larger id; duplicate edges keep their largest weight; unknown neighbor ids
+  skipped). Splits that are not seed splits are copied unchanged. The graph
+  can come from `GraphBuilder` or from an NSL TSV edge file brought in with
+  `tfx.dsl.Importer(source_uri=folder, artifact_type=tfx_nsl.Graph)`.
+
+  The join runs on Beam and keeps nothing per example on the driver; each
+  node keeps only its best `max_neighbors` candidates while edges stream by.
+
+  Bad input (malformed edge lines, self-loops, duplicate edges, edges naming
+  unknown ids, duplicate example ids, examples without an id, neighbors that
+  lack a requested feature) is counted with Beam counters in namespace
+  'tfx_nsl.GraphAugmentation', logged, and stored as JSON in the output's
+  custom property `augmentation_stats`. Self-loops are dropped, and seeds
+  without an id are kept with no neighbors (pack_nbrs has no such rule). The
+  run fails when no edge line is usable, or when edges exist but no seed got
+  a neighbor (almost always an id mismatch).
+
+  Unlabeled examples as seeds (`unlabeled_as_seeds=True`, beyond NSL): the
+  examples of the 'unlabeled' split get neighbors too and are written into the
+  first seed split, after the labeled ones. Every example written to a seed
+  split then carries the int64 feature `NL_labeled` (`LABELED_FEATURE`): 1 if
+  it came from a seed split, 0 if from the unlabeled split, so the Trainer can
+  mask their supervised loss while their neighbor loss still counts. Their
+  label feature stays as it was (usually absent). The 'unlabeled' split
+  itself is also copied through unchanged.
+
+  Example:
+    graph = tfx.dsl.Importer(source_uri='/data/graph_dir',
+                             artifact_type=tfx_nsl.Graph).with_id('graph')
+    augment = GraphAugmentation(examples=example_gen.outputs['examples'],
+                                graph=graph.outputs['result'],
+                                max_neighbors=2, add_undirected_edges=True)
+    ... Trainer(examples=augment.outputs['augmented_examples'], ...)
+  """
+
+  SPEC_CLASS = GraphAugmentationSpec
+  EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
+
+  def __init__(self,
+               examples: types.BaseChannel,
+               graph: types.BaseChannel,
+               max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
+               add_undirected_edges: bool = False,
+               id_feature: str = constants.ID_FEATURE,
+               seed_splits: Sequence[str] = (constants.TRAIN_SPLIT,),
+               neighbor_splits: Optional[Sequence[str]] = None,
+               neighbor_features: Optional[Sequence[str]] = None,
+               unlabeled_as_seeds: bool = False):
+    """Constructs a GraphAugmentation component.
+
+    Args:
+      examples: Channel of `Examples` (tf.Example payload) with an id feature.
+      graph: Channel of `tfx_nsl.Graph`: `*.tsv` files of
+        `source<TAB>target[<TAB>weight]` lines naming examples by id.
+      max_neighbors: Neighbors merged into each seed at most (>= 1). The
+        Trainer may use fewer; they come best first.
+      add_undirected_edges: Also use every edge reversed (largest weight per
+        pair), as pack_nbrs' flag of that name. Use it for graphs that list
+        each edge once, such as citations.
+      id_feature: Feature holding each example's id: one bytes value (UTF-8)
+        or one int64 value, compared with the graph's ids as text.
+      seed_splits: Splits whose examples get neighbors. Default: ['train'].
+      neighbor_splits: Splits whose examples may be neighbors. Default: the
+        seed splits plus 'unlabeled', those that exist. Never list eval data
+        here unless you mean to train on its features.
+      neighbor_features: Features copied from each neighbor. Default (None):
+        all of them, the id included, as pack_nbrs does. A subset keeps the
+        records small (e.g. just the model's input features).
+      unlabeled_as_seeds: Also give neighbors to the 'unlabeled' split and
+        write those examples into the first seed split, marked with
+        `NL_labeled` = 0 (see the class docstring).
+
+    Raises:
+      ValueError: if a parameter is out of range, with what to pass instead.
+    """
+    if isinstance(max_neighbors, bool) or not isinstance(max_neighbors, int):
+      raise ValueError(
+          f'max_neighbors must be an int >= 1, got {max_neighbors!r}.')
+    if max_neighbors < 1:
+      raise ValueError(
+          f'max_neighbors must be >= 1, got {max_neighbors}; to train '
+          'without neighbors, leave GraphAugmentation out of the pipeline.')
+    for name, value in (('add_undirected_edges', add_undirected_edges),
+                        ('unlabeled_as_seeds', unlabeled_as_seeds)):
+      if not isinstance(value, bool):
+        raise ValueError(f'{name} must be True or False, got {value!r}.')
+    if not isinstance(id_feature, str) or not id_feature:
+      raise ValueError(f'id_feature must be a feature name, got '
+                       f'{id_feature!r}.')
+    seed_splits = _check_names('seed_splits', seed_splits, allow_none=False)
+    neighbor_splits = _check_names('neighbor_splits', neighbor_splits,
+                                   allow_none=True)
+    neighbor_features = _check_names('neighbor_features', neighbor_features,
+                                     allow_none=True)
+    if unlabeled_as_seeds and constants.UNLABELED_SPLIT in seed_splits:
+      raise ValueError(
+          f'unlabeled_as_seeds moves the {constants.UNLABELED_SPLIT!r} split '
+          f'into {seed_splits[0]!r}; do not also list it in seed_splits '
+          f'{seed_splits}.')
+    if neighbor_features:
+      reserved = [f for f in neighbor_features
+                  if f.startswith(augment_core.NBR_PREFIX)
+                  or f in (augment_core.NUM_NBRS_FEATURE, LABELED_FEATURE)]
+      if reserved:
+        raise ValueError(
+            f'neighbor_features {reserved} are features this component '
+            'writes; list the neighbors\' own features instead.')
+
+    spec = GraphAugmentationSpec(
+        examples=examples,
+        graph=graph,
+        max_neighbors=max_neighbors,
+        add_undirected_edges=add_undirected_edges,
+        id_feature=id_feature,
+        seed_splits=seed_splits,
+        neighbor_splits=neighbor_splits,
+        neighbor_features=neighbor_features,
+        unlabeled_as_seeds=unlabeled_as_seeds,
+        augmented_examples=types.Channel(type=standard_artifacts.Examples))
+    super().__init__(spec=spec)

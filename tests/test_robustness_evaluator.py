@@ -1,0 +1,150 @@
+"""RobustnessEvaluator: attack names, NSL attacks vs a direct FGSM, config."""
+import numpy as np
+import pytest
+
+from tfx_nsl.components.robustness_evaluator import attacks
+from tfx_nsl.components.robustness_evaluator.component import robustness_eval_config
+
+
+@pytest.mark.parametrize('name', [
+    'fgsm_linf_eps0.1', 'fgsm_l2_eps1.5', 'pgd_linf_eps0.1_steps10_step0.02',
+    'pgd_l2_eps0.5_steps3_step0.2_rand'])
+def test_attack_names_round_trip(name):
+  assert attacks.Attack.parse(name).name == name
+
+
+@pytest.mark.parametrize('bad, message', [
+    ('fgsm_linf', 'not an attack name'),
+    ('fgsm_l1_eps0.1', 'not an attack name'),
+    ('fgsm_linf_eps0', 'epsilon must be > 0'),
+    ('fgsm_linf_eps0.1_rand', 'fgsm is one step'),
+])
+def test_bad_attack_names_are_explained(bad, message):
+  with pytest.raises(ValueError, match=message):
+    attacks.Attack.parse(bad)
+
+
+def test_pgd_needs_steps_and_step_size():
+  with pytest.raises(ValueError, match='pgd attack needs'):
+    attacks.Attack(method='pgd', norm='linf', epsilon=0.1)
+
+
+@pytest.fixture(scope='module')
+def digits_model(tmp_path_factory):
+  """A small Keras model on digits, exported as our Trainer exports it."""
+  import tensorflow as tf
+  from sklearn.datasets import load_digits
+  from tfx_nsl.trainer_modules import nsl_trainer
+  from tfx_nsl.trainer_modules.config import TrainerConfig
+  tf.keras.utils.set_random_seed(0)
+  digits = load_digits()
+  x = (digits.data / 16.0).astype(np.float32)
+  y = digits.target.astype(np.int64)
+  config = TrainerConfig.from_dict({'feature_keys': ['pixels'],
+                                    'model': {'hidden_units': [32]}})
+  spec = {'pixels': tf.io.FixedLenFeature([64], tf.float32)}
+  model = nsl_trainer.build_base_model(
+      config, {'pixels': ((64,), tf.float32)})
+  model.compile(optimizer=tf.keras.optimizers.Adam(0.01),
+                loss='sparse_categorical_crossentropy')
+  model.fit({'pixels': x[:1400]}, y[:1400], epochs=15, batch_size=64,
+            verbose=0)
+  path = str(tmp_path_factory.mktemp('model') / 'serving')
+  nsl_trainer.export_serving_model(model, spec, config, path)
+  return tf.keras.models.load_model(path), x[1400:], y[1400:]
+
+
+def _serialize(x, y):
+  import tensorflow as tf
+  return [tf.train.Example(features=tf.train.Features(feature={
+      'pixels': tf.train.Feature(float_list=tf.train.FloatList(value=row)),
+      'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+  })).SerializeToString() for row, label in zip(x, y)]
+
+
+def test_fgsm_accuracy_equals_a_direct_gradient_tape_fgsm(digits_model):
+  import tensorflow as tf
+  model, x, y = digits_model
+  eps = 0.1
+  settings = attacks.AttackSettings(label_key='label', clip_min=0.0,
+                                    clip_max=1.0)
+  ours = attacks.predictions_under_attacks(
+      model, _serialize(x, y), ['clean', f'fgsm_linf_eps{eps}'], settings)
+  # Independent FGSM: x + eps * sign(d loss / d x), clipped to [0, 1].
+  inputs = tf.constant(x)
+  with tf.GradientTape() as tape:
+    tape.watch(inputs)
+    loss = tf.keras.losses.sparse_categorical_crossentropy(
+        y, model({'pixels': inputs}))
+  adversarial = tf.clip_by_value(
+      inputs + eps * tf.sign(tape.gradient(loss, inputs)), 0.0, 1.0)
+  direct = model({'pixels': adversarial}).numpy()
+  np.testing.assert_allclose(ours[f'fgsm_linf_eps{eps}'], direct, atol=1e-5)
+  clean_accuracy = (ours['clean'].argmax(1) == y).mean()
+  attacked_accuracy = (ours[f'fgsm_linf_eps{eps}'].argmax(1) == y).mean()
+  assert attacked_accuracy == (direct.argmax(1) == y).mean()
+  assert clean_accuracy > 0.9 and attacked_accuracy < clean_accuracy - 0.1
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm_and_stays_in_the_ball(digits_model):
+  import tensorflow as tf
+  model, x, y = digits_model
+  settings = attacks.AttackSettings(label_key='label', clip_min=0.0,
+                                    clip_max=1.0)
+  pgd = attacks.Attack.parse('pgd_linf_eps0.1_steps10_step0.02_rand')
+  features = {'pixels': tf.constant(x)}
+  perturbed = attacks.attack_features(model, features, tf.constant(y[:, None]),
+                                      pgd, settings)['pixels'].numpy()
+  assert np.abs(perturbed - x).max() <= 0.1 + 1e-6
+  assert perturbed.min() >= 0.0 and perturbed.max() <= 1.0
+  result = attacks.predictions_under_attacks(
+      model, _serialize(x, y), ['fgsm_linf_eps0.1', pgd.name], settings)
+  accuracy = {k: (v.argmax(1) == y).mean() for k, v in result.items()}
+  assert accuracy[pgd.name] <= accuracy['fgsm_linf_eps0.1'] + 0.01
+
+
+def test_only_the_named_features_are_perturbed(digits_model):
+  import tensorflow as tf
+  model, x, y = digits_model
+  settings = attacks.AttackSettings(label_key='label',
+                                    perturb_features=['other'])
+  perturbed = attacks.attack_features(
+      model, {'pixels': tf.constant(x)}, tf.constant(y[:, None]),
+      attacks.Attack.parse('fgsm_linf_eps0.3'), settings)
+  np.testing.assert_array_equal(perturbed['pixels'].numpy(), x)
+
+
+def test_eval_config_has_one_output_per_attack_with_thresholds():
+  config = robustness_eval_config(
+      'label', ['fgsm_linf_eps0.1', 'fgsm_linf_eps0.2'], 0.9,
+      {'fgsm_linf_eps0.1': 0.5}, 0.02, with_baseline=True)
+  assert [m.name for m in config.model_specs] == ['candidate', 'baseline']
+  assert config.model_specs[1].is_baseline
+  by_output = {s.output_names[0]: s for s in config.metrics_specs}
+  assert list(by_output) == ['clean', 'fgsm_linf_eps0.1', 'fgsm_linf_eps0.2']
+  clean = by_output['clean'].metrics[0].threshold
+  assert clean.value_threshold.lower_bound.value == 0.9
+  assert clean.change_threshold.absolute.value == pytest.approx(-0.02)
+  eps2 = by_output['fgsm_linf_eps0.2'].metrics[0].threshold
+  assert not eps2.HasField('value_threshold')
+  assert not config.options.include_default_metrics.value
+
+
+def test_component_validates_at_construction():
+  from tfx.types import channel_utils, standard_artifacts
+  from tfx_nsl.components import RobustnessEvaluator
+  examples = channel_utils.as_channel([standard_artifacts.Examples()])
+  model = channel_utils.as_channel([standard_artifacts.Model()])
+  with pytest.raises(ValueError, match='not an attack name'):
+    RobustnessEvaluator(examples=examples, model=model, attacks=['fgsm'])
+  with pytest.raises(ValueError, match='not in attacks'):
+    RobustnessEvaluator(examples=examples, model=model,
+                        attacks=['fgsm_linf_eps0.1'],
+                        min_attacked_accuracy={'fgsm_linf_eps0.2': 0.5})
+  with pytest.raises(ValueError, match='must be in \\[0, 1\\]'):
+    RobustnessEvaluator(examples=examples, model=model, min_clean_accuracy=2)
+  evaluator = RobustnessEvaluator(
+      examples=examples, model=model,
+      attacks=[{'method': 'pgd', 'norm': 'l2', 'epsilon': 0.5, 'steps': 5,
+                'step_size': 0.2}], min_attacked_accuracy=0.3)
+  assert evaluator.exec_properties['module_path'].endswith('tfma_module')
