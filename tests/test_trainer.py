@@ -208,3 +208,56 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device(tmp_path):
   assert results['mirrored']['accuracy'] > 0.85
   assert abs(results['mirrored']['accuracy'] -
              results['default']['accuracy']) < 0.05
+
+
+def _preprocessing_fn(inputs):
+  import tensorflow_transform as tft
+  return {'x_scaled': tft.scale_to_z_score(inputs['x'])}
+
+
+def _write_transform_graph(directory):
+  """A Transform graph (z-score of `x`) as TFX's Transform would write it."""
+  import tensorflow as tf
+  import tensorflow_transform.beam as tft_beam
+  from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+  _, x, _ = _data(200, 2, neighbors=0)
+  metadata = dataset_metadata.DatasetMetadata(
+      schema_utils.schema_from_feature_spec(
+          {'x': tf.io.FixedLenFeature([DIM], tf.float32)}))
+  import apache_beam as beam
+  with beam.Pipeline() as pipeline, tft_beam.Context(
+      temp_dir=os.path.join(directory, 'tmp'), force_tf_compat_v1=False):
+    data = pipeline | beam.Create([{'x': row} for row in x])
+    transform_fn = (data, metadata) | tft_beam.AnalyzeDataset(
+        _preprocessing_fn)
+    _ = transform_fn | tft_beam.WriteTransformFn(directory)
+  # TFX's Transform also writes the raw schema next to the graph.
+  from tensorflow_transform.tf_metadata import metadata_io
+  metadata_io.write_metadata(metadata, os.path.join(directory, 'metadata'))
+  return directory
+
+
+def test_transform_graph_is_applied_to_seeds_neighbors_and_serving(tmp_path):
+  import tensorflow as tf
+  from tfx_nsl.trainer_modules import nsl_trainer
+  args = make_fn_args(tmp_path, {**BASE, 'feature_keys': ['x_scaled'],
+                                 'graph': GRAPH})
+  args.transform_graph_path = _write_transform_graph(str(tmp_path / 'tft'))
+  nsl_trainer.run_fn(args)
+  # Serving takes raw `x` and applies the Transform graph inside.
+  accuracy, serving = _serving_accuracy(args.serving_model_dir)
+  assert accuracy > 0.85
+  assert list(serving.structured_input_signature[1]) == [
+      constants.SERVING_INPUT]
+  # Neighbors go through the same Transform as their seed.
+  from tfx_nsl.trainer_modules.config import TrainerConfig
+  import tensorflow_transform as tft
+  config = TrainerConfig.from_dict({**BASE, 'feature_keys': ['x_scaled'],
+                                    'graph': GRAPH})
+  _, raw_spec = nsl_trainer.feature_spec_from_schema(args.schema_path)
+  inputs = nsl_trainer._Inputs(  # pylint: disable=protected-access
+      config, raw_spec, tft.TFTransformOutput(args.transform_graph_path))
+  features, _, _ = next(iter(inputs.dataset(args.train_files, False, 50)))
+  assert set(features) >= {'x_scaled', 'NL_nbr_0_x_scaled', 'NL_nbr_0_weight'}
+  assert 'x' not in features
+  assert abs(float(tf.reduce_mean(features['x_scaled']))) < 1.0

@@ -116,7 +116,8 @@ def plot_png(accuracies):
     axis.set_ylabel('accuracy')
     axis.set_ylim(0.0, 1.02)
     axis.grid(alpha=0.3)
-    axis.legend()
+    if axis.lines:
+      axis.legend()
   figure.tight_layout()
   buffer = io.BytesIO()
   figure.savefig(buffer, format='png', dpi=100)
