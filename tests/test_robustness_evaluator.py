@@ -148,3 +148,20 @@ def test_component_validates_at_construction():
       attacks=[{'method': 'pgd', 'norm': 'l2', 'epsilon': 0.5, 'steps': 5,
                 'step_size': 0.2}], min_attacked_accuracy=0.3)
   assert evaluator.exec_properties['module_path'].endswith('tfma_module')
+
+
+def test_l2_attacks_stay_in_their_l2_ball(digits_model):
+  import tensorflow as tf
+  model, x, y = digits_model
+  settings = attacks.AttackSettings(label_key='label')
+  for name in ('fgsm_l2_eps1', 'pgd_l2_eps1_steps5_step0.3_rand'):
+    perturbed = attacks.attack_features(
+        model, {'pixels': tf.constant(x)}, tf.constant(y[:, None]),
+        attacks.Attack.parse(name), settings)['pixels'].numpy()
+    norms = np.linalg.norm(perturbed - x, axis=1)
+    assert norms.max() <= 1.0 + 1e-4, name
+    assert norms.mean() > 0.5, name  # the attack does move the input
+  result = attacks.predictions_under_attacks(
+      model, _serialize(x, y), ['clean', 'fgsm_l2_eps1'], settings)
+  accuracy = {k: (v.argmax(1) == y).mean() for k, v in result.items()}
+  assert accuracy['fgsm_l2_eps1'] < accuracy['clean']
