@@ -19,7 +19,7 @@ def _parser():
                    help='where data, pipeline outputs, ML Metadata and the '
                         'pushed model go (default: %(default)s)')
   run.add_argument('--pipeline-name', default='tfx-nsl-digits')
-  run.add_argument('--train-steps', type=int, default=500)
+  run.add_argument('--train-steps', type=int, default=2000)
   run.add_argument('--min-accuracy', type=float, default=0.9,
                    help='clean eval accuracy needed to bless and push')
   run.add_argument('--no-adversarial', action='store_true',
