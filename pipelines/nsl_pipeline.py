@@ -80,8 +80,10 @@ def create_pipeline(
           for split in splits]))
   statistics_gen = tfx.components.StatisticsGen(
       examples=example_gen.outputs['examples'])
+  # The unlabeled split lacks the label; TFDV would mark it deprecated.
   schema_gen = tfx.components.SchemaGen(
-      statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True)
+      statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True,
+      exclude_splits=[s for s in splits if s == constants.UNLABELED_SPLIT])
   if graph_uri and graph_builder_config is not None:
     raise ValueError('give graph_builder_config (build a graph) or graph_uri '
                      '(import one), not both')

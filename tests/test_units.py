@@ -87,3 +87,25 @@ def test_create_pipeline_validates_and_wires(tmp_path):
   with pytest.raises(ValueError, match='unknown keys'):
     create_pipeline(**{**kwargs, 'trainer_config': {'feature_keys': ['x'],
                                                     'lr': 1}})
+
+
+def test_graph_distances_between_distributions_get_an_axis():
+  config = TrainerConfig.from_dict({'feature_keys': ['x'], 'graph': {
+      'distance_type': 'kl_divergence'}})
+  assert config.graph['sum_over_axis'] == -1
+  config = TrainerConfig.from_dict({'feature_keys': ['x'], 'graph': {}})
+  assert config.graph['sum_over_axis'] is None  # l2 needs none
+
+
+def test_schema_is_inferred_without_the_unlabeled_split(tmp_path):
+  import json
+  from tfx_nsl.pipelines.nsl_pipeline import create_pipeline
+  pipeline = create_pipeline(
+      pipeline_name='p', pipeline_root=str(tmp_path / 'root'),
+      data_root=str(tmp_path / 'data'),
+      serving_model_dir=str(tmp_path / 'serving'),
+      trainer_config={'feature_keys': ['x']},
+      splits=['train', 'eval', 'unlabeled'])
+  schema_gen, = [c for c in pipeline.components if c.id == 'SchemaGen']
+  assert json.loads(schema_gen.exec_properties['exclude_splits']) == [
+      'unlabeled']

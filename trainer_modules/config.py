@@ -20,7 +20,9 @@ Keys (all optional except `feature_keys`):
                      fn(feature_shapes: dict, num_classes: int).
   graph              None, or NSL graph regularization settings: max_neighbors
                      (neighbors read per example), multiplier, distance_type
-                     ('l2', 'l1', 'cosine', 'kl_divergence', ...).
+                     ('l2', 'l1', 'cosine', 'kl_divergence',
+                     'jensen_shannon_divergence'), sum_over_axis (-1 by
+                     default for the last three, which need it).
                      Needs examples from GraphAugmentation; a missing neighbor
                      counts with weight 0, as in NSL.
   adversarial        None, or NSL adversarial regularization settings:
@@ -64,7 +66,11 @@ _GRAPH_DEFAULTS = {
     'max_neighbors': 2,
     'multiplier': 0.1,
     'distance_type': 'l2',
+    'sum_over_axis': None,
 }
+# NSL needs the axis to sum over for distances between distributions or
+# directions; -1 is the class / feature axis of our models' outputs.
+_DISTANCES_NEEDING_AXIS = ('cosine', 'kl_divergence', 'jensen_shannon_divergence')
 _MODEL_DEFAULTS = {'type': 'dense', 'hidden_units': [64, 64], 'dropout': 0.0,
                    'image_shape': None, 'filters': [32, 64]}
 DISTRIBUTIONS = ('auto', 'default', 'mirrored', 'tpu')
@@ -125,6 +131,9 @@ class TrainerConfig:
       values['graph'] = _merge('graph', config['graph'], _GRAPH_DEFAULTS)
       if int(values['graph']['max_neighbors']) < 1:
         raise ValueError("graph['max_neighbors'] must be >= 1")
+      if (values['graph']['distance_type'] in _DISTANCES_NEEDING_AXIS and
+          values['graph']['sum_over_axis'] is None):
+        values['graph']['sum_over_axis'] = -1
     if values.get('distribution', 'auto') not in DISTRIBUTIONS:
       raise ValueError(f'distribution must be one of {DISTRIBUTIONS}, got '
                        f"{values['distribution']!r}")
