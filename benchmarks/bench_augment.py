@@ -163,7 +163,8 @@ def main():
   parser.add_argument('--degree', type=int, default=4,
                       help='out-edges per node (>= 3)')
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--runs', default='pack_nbrs,in_memory,multi_processing')
+  parser.add_argument('--runs', default='pack_nbrs,in_memory',
+                      help='also: multi_processing (2 DirectRunner workers)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--workdir', default=None)
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)

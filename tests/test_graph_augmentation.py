@@ -254,6 +254,72 @@ def test_augment_and_payload_subset():
   assert list(f['label'].int64_list.value) == [1]
 
 
+def test_augment_fast_equals_reference():
+  """Appending serialized features parses to what the proto path builds."""
+  seed = _example('s', [1.0, 2.0], 1, 'seed').SerializeToString()
+  nbr1 = _example('n1', [2.0, 3.0], 4, 'a')
+  nbr2 = _example('n2', [5.0], None, None)
+  nbr2.features.feature['weight'].float_list.value.append(7.0)  # Collides.
+  for features in (None, ['x', 'tag'], ['x', 'label', 'weight']):
+    neighbors = []
+    for i, nbr in enumerate((nbr1, nbr2)):
+      entries, missing = augment_core.payload_entries(nbr, features)
+      payload, want_missing = augment_core.neighbor_payload(
+          nbr.SerializeToString(), features)
+      assert missing == want_missing
+      assert augment_core.entries_to_example(entries) == (
+          nbr.SerializeToString(deterministic=True) if features is None
+          else payload)
+      neighbors.append((0.9 - i * 0.4, f'n{i}', entries))
+    for labeled in (None, True, False):
+      for count in (0, 1, 2):
+        want = tf.train.Example.FromString(augment_core.augment(
+            seed, neighbors[:count], labeled))
+        got = tf.train.Example.FromString(augment_core.augment_fast(
+            seed, neighbors[:count], labeled))
+        assert got == want
+  # Huge weights round as protobuf does; large counts encode as varints.
+  assert tf.train.Feature.FromString(
+      augment_core.float_feature_bytes(1e300)).float_list.value[0] == (
+          float('inf'))
+  for value in (0, 1, 127, 128, 300, 2**40):
+    assert augment_core.int64_feature_bytes(value) == tf.train.Feature(
+        int64_list=tf.train.Int64List(value=[value])).SerializeToString()
+  # A seed augmented before takes the reference path (pack_nbrs appends).
+  again = augment_core.augment(seed, neighbors[:1])
+  assert augment_core.has_neighbor_features(
+      tf.train.Example.FromString(again))
+  assert augment_core.augment_fast(
+      again, neighbors, None, True) == augment_core.augment(again, neighbors)
+
+
+def test_gzip_writer_writes_tfrecords(tmp_path):
+  """The output sink's files read back as gzip TFRecords, in order."""
+  records = [b'', b'x', os.urandom(70000)] + [b'r%d' % i for i in range(3000)]
+  plain = str(tmp_path / 'plain.tfr')
+  _write_records(plain, records, gzip=False)
+  with open(plain, 'rb') as f:
+    assert f.read() == b''.join(executor.tfrecord_frame(r) for r in records)
+  path = str(tmp_path / 'out.gz')
+  writer = executor._GzipWriter(open(path, 'wb'))
+  writer._CHUNK_BYTES = 1000  # Many chunks through the helper thread.
+  for r in records:
+    writer.write_record(r)
+  writer.close()
+  got = [r.numpy() for r in tf.data.TFRecordDataset(
+      path, compression_type='GZIP')]
+  assert got == records
+
+
+def test_buckets_are_stable():
+  assert [executor.bucket_of(n, 7) for n in ('a', 'n0000001', '42')] == [
+      executor.bucket_of(n, 7) for n in ('a', 'n0000001', '42')]
+  assert executor.bucket_of('anything', 1) == 0
+  assert executor._runs_locally(['--direct_running_mode=in_memory'])
+  assert executor._runs_locally(['--runner=DirectRunner'])
+  assert not executor._runs_locally(['--runner=DataflowRunner'])
+
+
 # ---------------------------------------------------------------- vs pack_nbrs
 
 
@@ -295,6 +361,23 @@ def test_executor_matches_pack_nbrs(tmp_path, undirected, k):
   assert stats['edges_target_not_neighbor'] > 0  # Eval examples.
   assert stats['seeds_written'] == 30
   _check_accounting(stats, len(lines))
+
+
+def test_many_buckets_give_the_same_output(tmp_path, monkeypatch):
+  """The joins' hash buckets (one for small inputs) change nothing."""
+  splits, lines = _random_data(seed=11)
+  one = _run_executor(tmp_path / 'one', splits, lines, max_neighbors=3,
+                      add_undirected_edges=True)
+  monkeypatch.setattr(executor, '_BYTES_PER_BUCKET', 300)
+  monkeypatch.setattr(executor, '_BATCH_ITEMS',
+                      dict.fromkeys(executor._BATCH_ITEMS, 3))
+  many = _run_executor(tmp_path / 'many', splits, lines, max_neighbors=3,
+                       add_undirected_edges=True)
+  assert _by_id(_split(many, 'train')) == _by_id(_split(one, 'train'))
+  assert _stats(many) == _stats(one)
+  expected = _pack_nbrs(tmp_path, splits['train'], splits['unlabeled'], lines,
+                        add_undirected_edges=True, max_nbrs=3)
+  assert _by_id(_split(many, 'train')) == _by_id(expected)
 
 
 def _check_accounting(stats, num_lines):
@@ -497,7 +580,7 @@ def _cora():
   return papers, lines, split
 
 
-@pytest.mark.skipif(not os.path.isdir(CORA), reason='Cora data not present')
+
 def test_cora_citation_graph(tmp_path):
   papers, lines, planetoid = _cora()
   labels = sorted({label for label, _ in papers.values()})

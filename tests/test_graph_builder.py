@@ -42,6 +42,54 @@ def test_exact_edges_match_numpy_brute_force(k, threshold):
     assert found[key] == pytest.approx(weight, abs=1e-5)
 
 
+def _reference_select(scores, row_ids, col_ids, k, threshold):
+  edges = set()
+  for r, row in enumerate(row_ids):
+    ranked = sorted((-scores[r, j], col_ids[j]) for j in range(scores.shape[1])
+                    if col_ids[j] != row and scores[r, j] >= threshold)
+    edges.update((int(row), int(c)) for _, c in (ranked[:k] if k else ranked))
+  return edges
+
+
+@pytest.mark.parametrize('seed', range(12))
+def test_select_neighbors_is_exact_with_long_rows_and_ties(seed):
+  """Long rows take the sampled-bound path; coarse values make many ties
+  (the k-th score shared by many columns), which must break by index."""
+  rng = np.random.RandomState(seed)
+  cols = rng.randint(5000, 20000)
+  rows = np.sort(rng.choice(cols, rng.randint(1, 5), replace=False))
+  levels = (3, 1000)[seed % 2]
+  scores = (rng.randint(0, levels, (len(rows), cols)) / 10).astype(np.float32)
+  k, threshold = (None, 1, 3, 10)[seed % 4], (-1.0, 0.1, 50.0)[seed % 3]
+  found = graph_core.select_neighbors(scores.copy(), rows, np.arange(cols), k,
+                                      threshold)
+  assert set(zip(found.src.tolist(), found.tgt.tolist())) == _reference_select(
+      scores, rows, np.arange(cols), k, threshold)
+
+
+def test_partition_mode_finds_most_exact_neighbors_and_only_true_edges():
+  vectors = clustered_embeddings(4000, 16, 80, 0.3, seed=12)
+  corpus, _ = graph_core.prepare_vectors(vectors, graph_core.COSINE)
+  exact = graph_core.exact_edges(np.arange(4000), corpus, 5, 0.0)
+  centroids = graph_core.partition_centroids(corpus, 4000 // 200, seed=0)
+  probes = graph_core.nearest_partitions(corpus, centroids, 4)
+  assert (np.sort(probes, axis=1)[:, 1:] != np.sort(probes, axis=1)[:, :-1]
+          ).all()  # distinct probes
+  partitioning = graph_core.partitioning(probes, centroids)
+  blocks = list(graph_core.partition_blocks(partitioning))
+  queries = np.concatenate([b[0] for b in blocks])
+  assert np.array_equal(np.sort(queries), np.arange(4000))  # each node once
+  parts = [graph_core.block_edges(*b, partitioning, corpus, 5, 0.0)
+           for b in blocks]
+  found = graph_core.concat_edges([p[0] for p in parts])
+  assert np.bincount(found.src, minlength=4000).max() <= 5
+  assert graph_core.recall_at_k(found, exact, np.arange(4000)) >= 0.95
+  np.testing.assert_allclose(found.weight, (corpus @ corpus.T)[found.src,
+                                                                found.tgt],
+                             atol=1e-5)
+  assert sum(p[1] for p in parts) < 4000 * 4000 / 2  # far from all pairs
+
+
 def test_lsh_finds_most_exact_neighbors_and_only_true_edges():
   vectors = clustered_embeddings(2000, 16, 40, 0.3, seed=2)
   corpus, _ = graph_core.prepare_vectors(vectors, graph_core.COSINE)
@@ -137,7 +185,8 @@ def test_executor_equals_nsl_build_graph(tmp_path):
     assert found[key] == pytest.approx(weight, abs=2e-6)
   assert stats['num_edges'] == len(expected)
   assert stats['num_nodes'] == 400
-  assert graph.num_edges == len(expected) and graph.num_nodes == 400
+  assert graph.get_int_custom_property('num_edges') == len(expected)
+  assert graph.get_int_custom_property('num_nodes') == 400
 
 
 def test_executor_top_k_is_byte_identical_across_running_modes(tmp_path):
@@ -173,6 +222,19 @@ def test_executor_lsh_reports_recall(tmp_path):
   assert stats['estimated_recall_at_k'] >= 0.9
   assert stats['num_edges'] == len(found) == 3000 * 5
   assert stats['counters']['lsh_buckets'] > 6
+
+
+def test_executor_partition_mode_reports_recall(tmp_path):
+  vectors = clustered_embeddings(3000, 16, 30, 0.3, seed=6)
+  _, found, stats = _run_executor(
+      tmp_path, {'train': _rows(vectors)}, embedding_features=['emb'],
+      similarity_threshold=0.0, max_neighbors=5, undirected=False,
+      mode='partition', partition_size=150, partition_probes=4,
+      recall_sample_size=300)
+  assert stats['estimated_recall_at_k'] >= 0.9
+  assert stats['num_edges'] == len(found) == 3000 * 5
+  assert stats['counters']['partitions'] == 20
+  assert stats['counters']['scored_pairs'] < 3000 * 3000 / 2
 
 
 def test_undirected_adds_reverse_edges(tmp_path):

@@ -1,27 +1,50 @@
 """GraphAugmentation executor: a Beam join of graph edges with examples.
 
-Data flow (every step keyed, nothing collected on the driver):
+Data flow (two shuffles, nothing collected on the driver):
 
-  edge lines --parse--> ((source, target), (weight, from_input))
-             --CombinePerKey: max weight per pair--> (target, (source, weight))
-  CoGroupByKey on target with neighbor examples (id -> payload) and with the
-  ids of all other examples --> (source, (weight, target, payload)) for edges
-  whose target is a neighbor example, counters for the rest
-             --CombinePerKey: bounded top-k per source--> (source, top k)
-  CoGroupByKey on id with seed examples --> augmented seeds, one output per
-  seed split.
+  examples --parse once--> neighbor entries by target bucket, seeds by source
+                           bucket (ids only for the other roles)
+  edge files --one loop per file--> (target, source, weight) by target bucket
+  GroupByKey(target bucket): merge duplicate edges (max weight), resolve each
+      target to its neighbor example or count it as unknown / not a neighbor
+      --> (source, weight, target, entries) by source bucket
+  GroupByKey(source bucket): bounded top-k per source, merge the neighbors
+      into each seed by appending serialized features --> one output per
+      seed split.
 
-The top-k combiner holds at most `max_neighbors` candidates per key, so a node
-with a huge degree costs no more memory than any other.
+Buckets are a stable hash of the node id (their number grows with the input
+size) and every element crossing a shuffle is a pickled batch, which keeps
+Beam's per-element cost off the examples and edges. The top-k holds at most
+`max_neighbors` candidates per node, so a node with a huge out-degree costs
+no more memory than any other.
 """
+import collections
+from concurrent import futures
+import contextlib
+import copy
+import gc
 import json
+import math
 import os
-from typing import Any, Dict, List, Optional
+import pickle
+import struct
+import sys
+import zlib
+from typing import Any, Dict, List, Optional, Tuple
 
+from absl import flags
 from absl import logging
 import apache_beam as beam
+from apache_beam import coders
+from apache_beam.io import filebasedsink
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.transforms.window import GlobalWindows
+import crcmod.predefined
 from tfx.components.util import examples_utils
 from tfx.dsl.components.base import base_beam_executor
 from tfx.dsl.io import fileio
@@ -142,211 +165,541 @@ class _Config:
       self.unlabeled_seed_split = constants.UNLABELED_SPLIT
 
 
-class _KeyById(beam.DoFn):
-  """serialized -> (id, serialized); examples without an id go to 'no_id'."""
-  NO_ID = 'no_id'
+# ---------------------------------------------------------------- batching
+#
+# Both joins group by a hash bucket of the node id rather than by the id, and
+# every element that crosses a shuffle is a batch: (bucket, role byte +
+# pickled [items]). This keeps Beam's per-element cost (coders, shuffle
+# buffers, windowing) off the ~(examples + edges) items; the joins themselves
+# run in plain Python over one bucket at a time. Keys are ints and values
+# bytes, so Beam uses its fast varint/bytes coders.
 
-  def __init__(self, id_feature, split):
-    self._id_feature = id_feature
+# Roles of the batches that meet in the two joins.
+_POOL, _OTHER, _EDGES = 0, 1, 2  # Join by target bucket.
+_CANDIDATES, _SEEDS, _PRESENT, _NO_ID_SEEDS = 3, 4, 5, 6  # By source bucket.
+_S1, _S2 = 'by_target', 'by_source'
+# Items per batch, by kind: examples are ~1 KB, edges a few dozen bytes;
+# candidates share their target's entries within a batch.
+_BATCH_ITEMS = {_POOL: 2000, _SEEDS: 2000, _NO_ID_SEEDS: 2000,
+                _CANDIDATES: 20000,
+                _OTHER: 20000, _PRESENT: 20000, _EDGES: 20000}
+# Input bytes (examples + edge files) per bucket. A bucket's items are held in
+# memory while its join runs, so this bounds a join's memory as the input
+# grows (bar one target with a huge in-degree: its distinct in-edges are held
+# to merge duplicates). More buckets spread the joins over more workers but
+# copy a target's features into more batches: on the DirectRunner, 100,000
+# examples in 4 or 16 buckets took more time and memory than in 1.
+_BYTES_PER_BUCKET = 64 << 20
+_MAX_BUCKETS = 1 << 16
+
+
+def bucket_of(node: str, num_buckets: int) -> int:
+  """A node's bucket: stable across processes and runs (no hash seed)."""
+  return zlib.crc32(node.encode('utf-8')) % num_buckets
+
+
+def _pack(role, items) -> bytes:
+  """A batch: its role as the first byte, then the pickled items."""
+  return bytes((role,)) + pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _unpack(blob):
+  return pickle.loads(memoryview(blob)[1:])
+
+
+def _unpack_seed_ids(blob):
+  """The ids of a batch of seeds, without keeping the seeds decoded."""
+  return [seed[0] for seed in _unpack(blob)]
+
+
+class _Batcher:
+  """Per (output, role, bucket) lists, emitted as batches when full."""
+
+  def __init__(self):
+    self._lists = {}
+
+  def add(self, tag, role, bucket, item):
+    """Adds an item; returns a full batch to emit, or None."""
+    key = (tag, role, bucket)
+    items = self._lists.get(key)
+    if items is None:
+      items = self._lists[key] = []
+    items.append(item)
+    if len(items) >= _BATCH_ITEMS[role]:
+      del self._lists[key]
+      return beam.pvalue.TaggedOutput(tag, (bucket, _pack(role, items)))
+    return None
+
+  def flush(self, windowed):
+    """All partial batches (as WindowedValues from finish_bundle)."""
+    lists, self._lists = self._lists, {}
+    for (tag, role, bucket), items in lists.items():
+      value = (bucket, _pack(role, items))
+      if windowed:
+        value = GlobalWindows.windowed_value(value)
+      yield beam.pvalue.TaggedOutput(tag, value)
+
+
+class _Counts:
+  """Counter increments summed locally, reported once per bundle."""
+
+  def __init__(self, names):
+    self._counters = {}
+    self.values = dict.fromkeys(names, 0)
+
+  def add(self, name, value=1):
+    self.values[name] = self.values.get(name, 0) + value
+
+  def report(self):
+    for name, value in self.values.items():
+      if value:
+        counter = self._counters.get(name)
+        if counter is None:
+          counter = self._counters[name] = _counter(name)
+        counter.inc(value)
+    self.values = dict.fromkeys(self.values, 0)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc():
+  """Pauses Python's cycle collector while a join builds its tables.
+
+  The joins allocate millions of small acyclic tuples and dicts; each
+  collection would walk all of them again. Reference counting still frees
+  everything.
+  """
+  enabled = gc.isenabled()
+  gc.disable()
+  try:
+    yield
+  finally:
+    if enabled:
+      gc.enable()
+
+
+class _ReadExamples(beam.DoFn):
+  """Parses each example once and sends what each join needs of it.
+
+  Out: _S1 batches of pool entries (id, preference, neighbor entries) or of
+  other ids; _S2 batches of seeds (id, out split, labeled, serialized, has
+  neighbor features), of seeds without an id (out split, labeled,
+  serialized) and of ids that are not seeds.
+  """
+
+  def __init__(self, split, config, num_buckets, pool_preference, seed_to):
     self._split = split
-    self._read = _counter('examples_read')
-    self._no_id = _counter('examples_without_id')
-    self._logged = 0
+    self._id_feature = config.id_feature
+    self._features = config.neighbor_features
+    self._buckets = num_buckets
+    self._preference = pool_preference  # None: not a neighbor split.
+    self._seed_to = seed_to  # None, or (out split, labeled).
+    self._logged_no_id = self._logged_missing = 0
+
+  def start_bundle(self):
+    self._batches = _Batcher()
+    self._counts = _Counts(('examples_read', 'examples_without_id',
+                            'neighbor_examples_missing_features'))
 
   def process(self, serialized):
-    self._read.inc()
-    node = augment_core.example_id(
-        augment_core.parse_example(serialized), self._id_feature)
+    counts = self._counts
+    counts.add('examples_read')
+    example = augment_core.parse_example(serialized)
+    node = augment_core.example_id(example, self._id_feature)
     if node is None:
-      self._no_id.inc()
-      if self._logged < _MAX_LOGGED:
-        self._logged += 1
+      counts.add('examples_without_id')
+      if self._logged_no_id < _MAX_LOGGED:
+        self._logged_no_id += 1
         logging.warning(
             'GraphAugmentation: an example of split %r has no usable id '
             'feature %r (missing, not one value, or float); it gets no '
             'neighbors and cannot be one.', self._split, self._id_feature)
-      yield beam.pvalue.TaggedOutput(self.NO_ID, serialized)
+      if self._seed_to is not None:
+        # Through the seed join too, so that every output record comes from
+        # one step and writing fuses with it (a Flatten would buffer them).
+        out_split, labeled = self._seed_to
+        full = self._batches.add(
+            _S2, _NO_ID_SEEDS,
+            zlib.crc32(serialized) % self._buckets,
+            (out_split, labeled, serialized))
+        if full is not None:
+          yield full
+      return
+    bucket = 0 if self._buckets == 1 else bucket_of(node, self._buckets)
+    add = self._batches.add
+    if self._preference is not None:
+      entries, missing = augment_core.payload_entries(example, self._features)
+      if missing:
+        counts.add('neighbor_examples_missing_features')
+        for name in missing:
+          counts.add(_MISSING_FEATURE_COUNTER + name)
+        if self._logged_missing < _MAX_LOGGED:
+          self._logged_missing += 1
+          logging.warning(
+              'GraphAugmentation: neighbor example %r (split %r) lacks '
+              'neighbor_features %s; its NL_nbr_<i>_ copies of them will be '
+              'missing.', node, self._split, missing)
+      full = add(_S1, _POOL, bucket, (node, self._preference, entries))
     else:
-      yield node, serialized
+      full = add(_S1, _OTHER, bucket, node)
+    if full is not None:
+      yield full
+    if self._seed_to is not None:
+      out_split, labeled = self._seed_to
+      full = add(_S2, _SEEDS, bucket, (
+          node, out_split, labeled, serialized,
+          augment_core.has_neighbor_features(example)))
+    else:
+      full = add(_S2, _PRESENT, bucket, node)
+    if full is not None:
+      yield full
+
+  def finish_bundle(self):
+    self._counts.report()
+    yield from self._batches.flush(windowed=True)
 
 
-class _ToPayload(beam.DoFn):
-  """(id, serialized) -> (id, (preference, neighbor payload))."""
+class _ReadEdges(beam.DoFn):
+  """An edge file -> _S1 batches of (target, source, weight, from_input).
 
-  def __init__(self, preference, features, split):
-    self._preference = preference
-    self._features = features
-    self._split = split
-    self._lacking = _counter('neighbor_examples_missing_features')
-    self._logged = 0
+  Each file is read in one loop here rather than one Beam element per line.
+  """
 
-  def process(self, element):
-    node, serialized = element
-    payload, missing = augment_core.neighbor_payload(serialized,
-                                                     self._features)
-    if missing:
-      self._lacking.inc()
-      for name in missing:
-        _counter(_MISSING_FEATURE_COUNTER + name).inc()
-      if self._logged < _MAX_LOGGED:
-        self._logged += 1
-        logging.warning(
-            'GraphAugmentation: neighbor example %r (split %r) lacks '
-            'neighbor_features %s; its NL_nbr_<i>_ copies of them will be '
-            'missing.', node, self._split, missing)
-    yield node, (self._preference, payload)
-
-
-class _ParseEdges(beam.DoFn):
-  """(file, line) -> ((source, target), (weight, from_input))."""
-
-  def __init__(self, add_undirected_edges):
+  def __init__(self, add_undirected_edges, num_buckets):
     self._add_undirected_edges = add_undirected_edges
-    self._read = _counter('edge_lines_read')
-    self._malformed = _counter('malformed_edge_lines')
-    self._self_loops = _counter('self_loops')
+    self._buckets = num_buckets
+    self._logged = 0
+
+  def process(self, path):
+    counts = _Counts(('edge_lines_read', 'malformed_edge_lines',
+                      'self_loops'))
+    buckets = self._buckets
+    limit = _BATCH_ITEMS[_EDGES]
+    undirected = self._add_undirected_edges
+    lists = {}
+    read = malformed = self_loops = 0
+
+    def add(target, edge):
+      bucket = 0 if buckets == 1 else bucket_of(target, buckets)
+      items = lists.get(bucket)
+      if items is None:
+        items = lists[bucket] = []
+      items.append(edge)
+      if len(items) >= limit:
+        del lists[bucket]
+        return beam.pvalue.TaggedOutput(_S1, (bucket, _pack(_EDGES, items)))
+      return None
+
+    with FileSystems.open(path) as f:
+      # Lines end at b'\n' only, as in Beam's text source.
+      for raw in iter(f.readline, b''):
+        read += 1
+        # The common case inline; anything else gets parse_edge's verdict.
+        parts = raw.rstrip(b'\r\n').split(b'\t')
+        try:
+          if len(parts) != 3 or not parts[0] or not parts[1]:
+            raise ValueError
+          weight = float(parts[2])
+          if not math.isfinite(weight):
+            raise ValueError
+          source = parts[0].decode('utf-8')
+          target = parts[1].decode('utf-8')
+        except ValueError:  # UnicodeDecodeError too.
+          try:
+            source, target, weight = augment_core.parse_edge(
+                raw.decode('utf-8'), path)
+          except (ValueError, UnicodeDecodeError) as e:
+            malformed += 1
+            if self._logged < _MAX_LOGGED:
+              self._logged += 1
+              logging.warning(
+                  'GraphAugmentation: skipped malformed edge line: %s', e)
+            continue
+        if source == target:
+          self_loops += 1
+          continue
+        full = add(target, (target, source, weight, 1))
+        if full is not None:
+          yield full
+        if undirected:
+          full = add(source, (source, target, weight, 0))
+          if full is not None:
+            yield full
+    counts.add('edge_lines_read', read)
+    counts.add('malformed_edge_lines', malformed)
+    counts.add('self_loops', self_loops)
+    counts.report()
+    for bucket, items in lists.items():
+      yield beam.pvalue.TaggedOutput(_S1, (bucket, _pack(_EDGES, items)))
+
+
+class _JoinTargets(beam.DoFn):
+  """One target bucket: merges duplicate edges and resolves their targets.
+
+  For every distinct (source, target) edge whose target is a neighbor
+  example, sends (source, weight, target, entries) to the source's bucket;
+  counts the rest. Holds the bucket's neighbor examples and edges.
+  """
+
+  def __init__(self, num_buckets):
+    self._buckets = num_buckets
     self._logged = 0
 
   def process(self, element):
-    path, line = element
-    self._read.inc()
-    try:
-      source, target, weight = augment_core.parse_edge(line, path)
-    except ValueError as e:
-      self._malformed.inc()
-      if self._logged < _MAX_LOGGED:
-        self._logged += 1
-        logging.warning('GraphAugmentation: skipped malformed edge line: %s',
-                        e)
-      return
-    if source == target:
-      self._self_loops.inc()
-      return
-    yield from augment_core.directed_edges(source, target, weight,
-                                           self._add_undirected_edges)
+    with _no_cyclic_gc():
+      yield from self._join(element)
+
+  def _join(self, element):
+    _, blobs = element
+    counts = _Counts(('duplicate_neighbor_ids', 'edges', 'duplicate_edges',
+                      'reverse_edges_added', 'edges_unknown_target',
+                      'edges_target_not_neighbor'))
+    # Neighbor examples first, then the edges (grouped values can be
+    # iterated again); a batch's role is its first byte.
+    pool, others, edges = {}, set(), {}
+    for blob in blobs:
+      role = blob[0]
+      if role == _POOL:
+        for node, preference, entries in _unpack(blob):
+          known = pool.get(node)
+          if known is None:
+            pool[node] = (preference, entries)
+          else:
+            counts.add('duplicate_neighbor_ids')
+            pool[node] = _pick(known, (preference, entries))
+      elif role == _OTHER:
+        others.update(_unpack(blob))
+    for blob in blobs:
+      if blob[0] != _EDGES:
+        continue
+      for target, source, weight, from_input in _unpack(blob):
+        into = edges.get(target)
+        if into is None:
+          into = edges[target] = {}
+        merged = into.get(source)
+        if merged is None:
+          into[source] = (weight, from_input)
+        else:
+          into[source] = (max(weight, merged[0]), merged[1] + from_input)
+
+    buckets = self._buckets
+    lists = {}
+    unknown = {}
+    duplicates = reversed_only = distinct = 0
+    # Target by target, so that a batch holds a target's entries once (pickle
+    # shares repeated objects) however many of its sources it carries.
+    limit = _BATCH_ITEMS[_CANDIDATES]
+    while edges:  # Popping frees the merged edges as they are sent.
+      target, into = edges.popitem()
+      distinct += len(into)
+      for _, from_input in into.values():
+        if from_input > 1:
+          duplicates += from_input - 1
+        elif from_input == 0:
+          reversed_only += 1
+      known = pool.get(target)
+      if known is not None:
+        entries = known[1]
+        for source, (weight, _) in into.items():
+          bucket = 0 if buckets == 1 else bucket_of(source, buckets)
+          items = lists.get(bucket)
+          if items is None:
+            items = lists[bucket] = []
+          items.append((source, weight, target, entries))
+          if len(items) >= limit:
+            del lists[bucket]
+            yield bucket, _pack(_CANDIDATES, items)
+      elif target in others:
+        counts.add('edges_target_not_neighbor', len(into))
+      else:
+        counts.add('edges_unknown_target', len(into))
+        unknown[target] = len(into)
+    counts.add('edges', distinct)
+    counts.add('duplicate_edges', duplicates)
+    counts.add('reverse_edges_added', reversed_only)
+    for target in sorted(unknown)[:max(0, _MAX_LOGGED - self._logged)]:
+      self._logged += 1
+      logging.warning('GraphAugmentation: %d edge(s) point to id %r, which '
+                      'no input example has.', unknown[target], target)
+    counts.report()
+    for bucket, items in lists.items():
+      yield bucket, _pack(_CANDIDATES, items)
 
 
-class _CountMerged(beam.DoFn):
-  """((source, target), (weight, inputs)) -> (target, (source, weight))."""
-
-  def __init__(self):
-    self._edges = _counter('edges')
-    self._duplicates = _counter('duplicate_edges')
-    self._reversed = _counter('reverse_edges_added')
-
-  def process(self, element):
-    (source, target), (weight, from_input) = element
-    self._edges.inc()
-    if from_input > 1:
-      self._duplicates.inc(from_input - 1)
-    elif from_input == 0:
-      self._reversed.inc()
-    yield target, (source, weight)
+def _pick(a, b):
+  """augment_core.pick_example's rule on (preference, entries) pairs."""
+  if a[0] != b[0]:
+    return min(a, b, key=lambda c: c[0])
+  if (augment_core.entries_to_example(b[1])
+      < augment_core.entries_to_example(a[1])):
+    return b
+  return a
 
 
-class _ResolveTargets(beam.DoFn):
-  """Per target id: edges x neighbor examples -> candidates per source."""
+class _JoinSeeds(beam.DoFn):
+  """One source bucket: bounded top-k per seed id, augmented seeds out.
 
-  def __init__(self):
-    self._unknown = _counter('edges_unknown_target')
-    self._excluded = _counter('edges_target_not_neighbor')
-    self._duplicates = _counter('duplicate_neighbor_ids')
-    self._logged = 0
+  Candidates go through a top-k heap per source as they come, so a node
+  keeps at most `max_neighbors` of them whatever its degree.
+  """
 
-  def process(self, element):
-    target, grouped = element
-    edges = grouped['edges']
-    pool = list(grouped['pool'])
-    if pool:
-      if len(pool) > 1:
-        self._duplicates.inc(len(pool) - 1)
-      payload = augment_core.pick_example(pool)
-      for source, weight in edges:
-        yield source, (weight, target, payload)
-      return
-    count = sum(1 for _ in edges)
-    if not count:
-      return
-    if any(True for _ in grouped['other']):
-      self._excluded.inc(count)
-    else:
-      self._unknown.inc(count)
-      if self._logged < _MAX_LOGGED:
-        self._logged += 1
-        logging.warning('GraphAugmentation: %d edge(s) point to id %r, which '
-                        'no input example has.', count, target)
-
-
-class _TopNeighbors(beam.CombineFn):
-  """Bounded top-k of (weight, id, payload) per source, and a count."""
-
-  def __init__(self, k):
-    self._k = k
-
-  def create_accumulator(self):
-    return augment_core.top_create()
-
-  def add_input(self, accumulator, candidate):
-    return augment_core.top_add(accumulator, candidate, self._k)
-
-  def merge_accumulators(self, accumulators):
-    return augment_core.top_merge(accumulators, self._k)
-
-  def extract_output(self, accumulator):
-    return augment_core.top_extract(accumulator)
-
-
-class _Augment(beam.DoFn):
-  """Per id: seed example(s) x top neighbors -> augmented, tagged by split."""
-
-  def __init__(self, mark_labeled):
+  def __init__(self, max_neighbors, mark_labeled):
+    self._k = max_neighbors
     self._mark_labeled = mark_labeled
-    self._c = {name: _counter(name) for name in (
+
+  def process(self, element):
+    with _no_cyclic_gc():
+      yield from self._join(element)
+
+  def _join(self, element):
+    _, blobs = element
+    counts = _Counts((
         'edges_from_non_seed', 'edges_unknown_source', 'unknown_source_nodes',
         'edges_beyond_max_neighbors', 'neighbors_attached',
         'duplicate_seed_ids', 'seeds_written', 'seeds_with_neighbors',
-        'seeds_without_neighbors', 'unlabeled_seeds_written')}
+        'seeds_without_neighbors', 'unlabeled_seeds_written'))
+    k = self._k
+    top_add = augment_core.top_add
+    # Candidates and ids first; seeds are decoded a batch at a time below,
+    # after the ranking (grouped values can be iterated again).
+    tops, present, seen_ids = {}, set(), {}
+    for blob in blobs:
+      role = blob[0]
+      if role == _CANDIDATES:
+        for source, weight, target, entries in _unpack(blob):
+          accumulator = tops.get(source)
+          if accumulator is None:
+            accumulator = tops[source] = augment_core.top_create()
+          top_add(accumulator, (weight, target, entries), k)
+      elif role == _SEEDS:
+        for node in _unpack_seed_ids(blob):
+          seen_ids[node] = seen_ids.get(node, 0) + 1
+      elif role == _PRESENT:
+        present.update(_unpack(blob))
 
-  def process(self, element):
-    node, grouped = element
-    seeds = list(grouped['seeds'])
-    top = list(grouped['top'])
-    seen, neighbors = top[0] if top else (0, [])
-    if not seeds:
-      if seen:
-        self._c['edges_from_non_seed'].inc(seen)
-        if not any(True for _ in grouped['present']):
-          self._c['unknown_source_nodes'].inc()
-          self._c['edges_unknown_source'].inc(seen)
-      return
-    if len(seeds) > 1:
-      self._c['duplicate_seed_ids'].inc(len(seeds) - 1)
-    self._c['neighbors_attached'].inc(len(neighbors))
-    self._c['edges_beyond_max_neighbors'].inc(seen - len(neighbors))
-    for out_split, labeled, serialized in seeds:
-      self._c['seeds_written'].inc()
-      self._c['seeds_with_neighbors' if neighbors
-              else 'seeds_without_neighbors'].inc()
+    ranked = {}
+    for node, copies in seen_ids.items():
+      if copies > 1:
+        counts.add('duplicate_seed_ids', copies - 1)
+      accumulator = tops.pop(node, None)
+      if accumulator is None:
+        ranked[node] = []
+        continue
+      seen, neighbors = augment_core.top_extract(accumulator)
+      counts.add('neighbors_attached', len(neighbors))
+      counts.add('edges_beyond_max_neighbors', seen - len(neighbors))
+      ranked[node] = neighbors
+    # Sources left have edges but no seed example.
+    for node, (seen, _) in tops.items():
+      counts.add('edges_from_non_seed', seen)
+      if node not in present:
+        counts.add('unknown_source_nodes')
+        counts.add('edges_unknown_source', seen)
+    tops = None
+
+    mark = self._mark_labeled
+    seeds = (seed for blob in blobs if blob[0] == _SEEDS
+             for seed in _unpack(blob))
+    for node, out_split, labeled, serialized, has_nbr_features in seeds:
+      neighbors = ranked[node]
+      counts.add('seeds_written')
+      counts.add('seeds_with_neighbors' if neighbors
+                 else 'seeds_without_neighbors')
       if not labeled:
-        self._c['unlabeled_seeds_written'].inc()
+        counts.add('unlabeled_seeds_written')
+      yield beam.pvalue.TaggedOutput(out_split, augment_core.augment_fast(
+          serialized, neighbors, labeled if mark else None,
+          has_nbr_features))
+    # Seeds without an id: kept, with NL_num_nbrs = 0 (pack_nbrs fails).
+    no_id = (seed for blob in blobs if blob[0] == _NO_ID_SEEDS
+             for seed in _unpack(blob))
+    for out_split, labeled, serialized in no_id:
+      counts.add('seeds_written')
+      counts.add('seeds_without_neighbors')
+      if not labeled:
+        counts.add('unlabeled_seeds_written')
       yield beam.pvalue.TaggedOutput(out_split, augment_core.augment(
-          serialized, neighbors, labeled if self._mark_labeled else None))
+          serialized, [], labeled if mark else None))
+    counts.report()
 
 
-class _AugmentWithoutId(beam.DoFn):
-  """A seed without an id: kept, with NL_num_nbrs = 0 (pack_nbrs fails)."""
+# ---------------------------------------------------------------- writing
 
-  def __init__(self, labeled):
-    self._labeled = labeled
-    self._c = {name: _counter(name) for name in (
-        'seeds_written', 'seeds_without_neighbors', 'unlabeled_seeds_written')}
+_crc32c = crcmod.predefined.mkPredefinedCrcFun('crc-32c')
 
-  def process(self, serialized):
-    self._c['seeds_written'].inc()
-    self._c['seeds_without_neighbors'].inc()
-    if self._labeled is False:
-      self._c['unlabeled_seeds_written'].inc()
-    yield augment_core.augment(serialized, [], self._labeled)
+
+def _masked_crc32c(data: bytes) -> bytes:
+  """TFRecord's masked CRC-32C of `data`, little-endian."""
+  crc = _crc32c(data)
+  return struct.pack('<I', (((crc >> 15) | (crc << 17)) + 0xa282ead8)
+                     & 0xffffffff)
+
+
+def tfrecord_frame(record: bytes) -> bytes:
+  """One TFRecord: length, its CRC, the data, its CRC."""
+  length = struct.pack('<Q', len(record))
+  return b''.join((length, _masked_crc32c(length), record,
+                   _masked_crc32c(record)))
+
+
+class _GzipWriter:
+  """Gzip-compresses TFRecords on a helper thread, in order.
+
+  zlib's deflate runs without the GIL, so compressing a chunk overlaps with
+  the Python that produces the next records; at most two chunks wait.
+  """
+  _CHUNK_BYTES = 4 << 20
+
+  def __init__(self, raw):
+    self._raw = raw
+    self._compressor = zlib.compressobj(
+        zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    self._parts, self._size = [], 0
+    self._thread = futures.ThreadPoolExecutor(1)
+    self._pending = collections.deque()
+
+  def write_record(self, record: bytes):
+    self._parts.append(tfrecord_frame(record))
+    self._size += len(record) + 16
+    if self._size >= self._CHUNK_BYTES:
+      self._submit()
+
+  def _submit(self):
+    chunk = b''.join(self._parts)
+    self._parts, self._size = [], 0
+    while len(self._pending) >= 2:
+      self._pending.popleft().result()
+    self._pending.append(self._thread.submit(self._compress, chunk))
+
+  def _compress(self, chunk):
+    self._raw.write(self._compressor.compress(chunk))
+
+  def close(self):
+    try:
+      if self._parts:
+        self._submit()
+      while self._pending:
+        self._pending.popleft().result()
+    finally:
+      self._thread.shutdown()
+    self._raw.write(self._compressor.flush())
+    self._raw.close()
+
+
+class _GzipTFRecordSink(filebasedsink.FileBasedSink):
+  """The files of beam.io.WriteToTFRecord(prefix, file_name_suffix='.gz'):
+  gzip TFRecords (zlib's default level), compressed beside the join."""
+
+  def __init__(self, file_path_prefix):
+    super().__init__(
+        file_path_prefix, coder=coders.BytesCoder(), file_name_suffix='.gz',
+        mime_type='application/octet-stream',
+        compression_type=CompressionTypes.UNCOMPRESSED)
+
+  def open(self, temp_path):
+    return _GzipWriter(super().open(temp_path))
+
+  def write_encoded_record(self, file_handle, encoded_value):
+    file_handle.write_record(encoded_value)
 
 
 def _query_counters(result) -> Dict[str, int]:
@@ -389,6 +742,22 @@ def _copy_split(source_uri, dest_uri):
 class Executor(base_beam_executor.BaseBeamExecutor):
   """Adds NSL neighbor features to the seed splits of Examples."""
 
+  def __init__(self, context=None):
+    # TFX builds an sdist of itself for remote Beam workers unless the args
+    # already name a dependency (about 2 s per executor run). DirectRunner
+    # workers, in process or subprocesses, import from this environment, so
+    # skip that there; any other runner gets TFX's usual behaviour.
+    args = getattr(context, 'beam_pipeline_args', None)
+    if not args or not _runs_locally(args):
+      super().__init__(context)
+      return
+    local = copy.copy(context)
+    local.beam_pipeline_args = []
+    super().__init__(local)
+    self._beam_pipeline_args = list(args)
+    # As the base class does (b/174174381).
+    flags.FLAGS(sys.argv + self._beam_pipeline_args, known_only=True)
+
   def Do(self, input_dict, output_dict, exec_properties):
     self._log_startup(input_dict, output_dict, exec_properties)
     examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
@@ -412,7 +781,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                  config.neighbor_splits, len(edge_files), graph.uri)
 
     pipeline = self._make_beam_pipeline()
-    self._build(pipeline, examples, graph, output, splits, config)
+    self._build(pipeline, examples, graph, output, splits, config,
+                edge_files)
     result = pipeline.run()
     result.wait_until_finish()
 
@@ -446,81 +816,86 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             'that the graph names nodes by.')
       return
 
-  def _build(self, p, examples, graph, output, splits, config):
-    pool_splits = config.neighbor_splits
-    seed_inputs = list(config.seed_splits)
+  def _build(self, p, examples, graph, output, splits, config, edge_files):
+    seed_inputs = {split: (split, True) for split in config.seed_splits}
     if config.unlabeled_seed_split:
-      seed_inputs.append(config.unlabeled_seed_split)
+      seed_inputs[config.unlabeled_seed_split] = (config.seed_splits[0], False)
+    split_uris = {s: artifact_utils.get_split_uri([examples], s)
+                  for s in splits}
+    num_buckets = _num_buckets(
+        [f for s in splits for f in fileio.glob(
+            os.path.join(split_uris[s], '*'))] + list(edge_files))
+    logging.info('GraphAugmentation: joining in %d bucket(s).', num_buckets)
 
-    keyed, no_id = {}, {}
+    by_target, by_source = [], []
     for split in splits:
-      pattern = os.path.join(artifact_utils.get_split_uri([examples], split),
-                             '*')
+      # Neighbor examples: seed splits first, as pack_nbrs prefers labeled.
+      preference = None
+      if split in config.neighbor_splits:
+        preference = (0 if split in config.seed_splits
+                      else 1 + config.neighbor_splits.index(split))
       parts = (
           p
-          | f'Read[{split}]' >> beam.io.ReadFromTFRecord(pattern)
-          | f'KeyById[{split}]' >> beam.ParDo(
-              _KeyById(config.id_feature, split)).with_outputs(
-                  _KeyById.NO_ID, main='keyed'))
-      keyed[split], no_id[split] = parts.keyed, parts[_KeyById.NO_ID]
-
-    # Neighbor examples: seed splits first, as pack_nbrs prefers labeled ones.
-    pool = [
-        keyed[split] | f'Payload[{split}]' >> beam.ParDo(_ToPayload(
-            0 if split in config.seed_splits else 1 + i,
-            config.neighbor_features, split))
-        for i, split in enumerate(pool_splits)]
-    pool = pool | 'FlattenPool' >> beam.Flatten(pipeline=p)
-    # Ids of the other examples only tell unknown ids from excluded ones.
-    other = ([keyed[s] for s in splits if s not in pool_splits]
-             | 'FlattenOther' >> beam.Flatten(pipeline=p)
-             | 'OtherIds' >> beam.Map(lambda kv: (kv[0], None)))
-    present = ([keyed[s] for s in splits if s not in seed_inputs]
-               | 'FlattenPresent' >> beam.Flatten(pipeline=p)
-               | 'PresentIds' >> beam.Map(lambda kv: (kv[0], None)))
+          | f'Read[{split}]' >> beam.io.ReadFromTFRecord(
+              os.path.join(split_uris[split], '*'))
+          | f'Examples[{split}]' >> beam.ParDo(_ReadExamples(
+              split, config, num_buckets, preference,
+              seed_inputs.get(split))).with_outputs(_S1, _S2))
+      by_target.append(parts[_S1])
+      by_source.append(parts[_S2])
 
     edges = (
         p
-        | 'ReadEdges' >> beam.io.ReadFromTextWithFilename(
-            os.path.join(graph.uri, graph_io.EDGE_FILE_GLOB))
-        | 'ParseEdges' >> beam.ParDo(_ParseEdges(config.add_undirected_edges))
-        | 'MergeEdges' >> beam.CombinePerKey(augment_core.merge_edge_values)
-        | 'ByTarget' >> beam.ParDo(_CountMerged()))
-    top = (
-        {'edges': edges, 'pool': pool, 'other': other}
-        | 'JoinTargets' >> beam.CoGroupByKey()
-        | 'ResolveTargets' >> beam.ParDo(_ResolveTargets())
-        | 'TopNeighbors' >> beam.CombinePerKey(
-            _TopNeighbors(config.max_neighbors)))
-
-    mark = config.unlabeled_as_seeds
-    seeds = []
-    for split in seed_inputs:
-      labeled = split != config.unlabeled_seed_split
-      out_split = split if labeled else config.seed_splits[0]
-      seeds.append(keyed[split] | f'Seeds[{split}]' >> beam.Map(
-          lambda kv, o=out_split, l=labeled: (kv[0], (o, l, kv[1]))))
-    seeds = seeds | 'FlattenSeeds' >> beam.Flatten(pipeline=p)
+        | 'EdgeFiles' >> beam.Create(sorted(edge_files))
+        | 'SpreadEdgeFiles' >> beam.Reshuffle()
+        | 'ReadEdges' >> beam.ParDo(_ReadEdges(
+            config.add_undirected_edges, num_buckets)).with_outputs(
+                _S1, main='unused'))
+    by_target.append(edges[_S1])
+    by_source.append(
+        by_target
+        | 'FlattenByTarget' >> beam.Flatten().with_output_types(
+            Tuple[int, bytes])
+        | 'GroupByTarget' >> beam.GroupByKey()
+        | 'JoinTargets' >> beam.ParDo(_JoinTargets(num_buckets)))
     augmented = (
-        {'seeds': seeds, 'top': top, 'present': present}
-        | 'JoinSeeds' >> beam.CoGroupByKey()
-        | 'Augment' >> beam.ParDo(_Augment(mark)).with_outputs(
-            *config.seed_splits))
+        by_source
+        | 'FlattenBySource' >> beam.Flatten().with_output_types(
+            Tuple[int, bytes])
+        | 'GroupBySource' >> beam.GroupByKey()
+        | 'JoinSeeds' >> beam.ParDo(_JoinSeeds(
+            config.max_neighbors, config.unlabeled_as_seeds)).with_outputs(
+                *config.seed_splits))
 
     for split in config.seed_splits:
-      parts = [augmented[split]]
-      for source in seed_inputs:
-        labeled = source != config.unlabeled_seed_split
-        if (source if labeled else config.seed_splits[0]) != split:
-          continue
-        parts.append(no_id[source] | f'NoIdSeeds[{source}->{split}]' >> (
-            beam.ParDo(_AugmentWithoutId(labeled if mark else None))))
-      _ = (parts
-           | f'FlattenOut[{split}]' >> beam.Flatten(pipeline=p)
-           | f'Write[{split}]' >> beam.io.WriteToTFRecord(
+      _ = (augmented[split]
+           | f'Write[{split}]' >> beam.io.Write(_GzipTFRecordSink(
                os.path.join(artifact_utils.get_split_uri([output], split),
-                            OUTPUT_FILE_PREFIX),
-               file_name_suffix='.gz'))
+                            OUTPUT_FILE_PREFIX))))
+
+
+def _num_buckets(paths) -> int:
+  """Buckets for the joins: one per _BYTES_PER_BUCKET of input."""
+  size = 0
+  for path in paths:
+    try:
+      size += fileio.stat(path).length
+    except Exception:  # pylint: disable=broad-except
+      pass  # A size only tunes the bucket count.
+  return max(1, min(_MAX_BUCKETS, math.ceil(size / _BYTES_PER_BUCKET)))
+
+
+_LOCAL_RUNNERS = (None, 'direct', 'directrunner', 'bundlebaseddirectrunner',
+                  'switchingdirectrunner')
+
+
+def _runs_locally(beam_pipeline_args) -> bool:
+  """Whether the args run Beam's DirectRunner (the default runner)."""
+  runner = PipelineOptions(list(beam_pipeline_args)).view_as(
+      StandardOptions).runner
+  if runner is not None and not isinstance(runner, str):
+    return False
+  return (runner.lower() if runner else None) in _LOCAL_RUNNERS
 
 
 def _check_stats(stats, graph_uri, config):

@@ -31,6 +31,8 @@ class GraphBuilderSpec(ComponentSpec):
       'lsh_splits': ExecutionParameter(type=int),
       'lsh_rounds': ExecutionParameter(type=int),
       'lsh_max_bucket_size': ExecutionParameter(type=int),
+      'partition_size': ExecutionParameter(type=int),
+      'partition_probes': ExecutionParameter(type=int),
       'recall_sample_size': ExecutionParameter(type=int),
       'seed': ExecutionParameter(type=int),
       'num_shards': ExecutionParameter(type=int),
@@ -62,8 +64,11 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
 
   Modes: 'exact' scores every pair as blocked matrix products (memory: the
   corpus plus one block); 'lsh' scores only pairs that share a
-  random-hyperplane bucket in one of `lsh_rounds` rounds, and reports the
-  recall it reached on a sample of nodes in the graph's stats.json.
+  random-hyperplane bucket in one of `lsh_rounds` rounds; 'partition'
+  (faster and more accurate on clustered embeddings) scores each node
+  against the members of its `partition_probes` nearest k-means regions.
+  Both approximate modes report the recall they reached on a sample of
+  nodes in stats.json.
 
   Output `graph`: `edges-*.tsv` shards (`source<TAB>target<TAB>weight`,
   readable by `nsl.tools`) and `stats.json` (nodes, edges, degree histogram,
@@ -86,6 +91,8 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
                lsh_splits: int = 8,
                lsh_rounds: int = 8,
                lsh_max_bucket_size: int = 4096,
+               partition_size: int = 500,
+               partition_probes: int = 8,
                recall_sample_size: int = 1000,
                seed: int = 0,
                num_shards: int = 0,
@@ -108,12 +115,19 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
       max_neighbors: at most this many neighbors a node (top-k); None keeps
         every neighbor above the threshold, as `nsl.tools.build_graph` does.
       undirected: also add each edge's reverse (NSL's graphs are undirected).
-      mode: 'exact' or 'lsh'.
+      mode: 'exact', 'lsh' or 'partition' (approximate: k-means regions of
+        about `partition_size` nodes; each node is scored against the
+        members of its `partition_probes` nearest regions).
       lsh_splits: hyperplanes per LSH round (up to 2^lsh_splits buckets).
       lsh_rounds: LSH rounds; more rounds, higher recall.
       lsh_max_bucket_size: larger buckets are cut, bounding each product.
-      recall_sample_size: nodes on which 'lsh' mode measures its recall.
-      seed: seed of the LSH hyperplanes and of the recall sample.
+      partition_size: mean nodes a region in 'partition' mode.
+      partition_probes: regions each node is compared with in 'partition'
+        mode; more probes, higher recall, proportionally more work.
+      recall_sample_size: nodes on which the approximate modes measure
+        their recall against exact.
+      seed: seed of the LSH hyperplanes, the partitions and the recall
+        sample.
       num_shards: edge files; 0 picks one per 50,000 nodes.
       block_size: query rows per unit of Beam work in 'exact' mode.
       read_batch_size: examples per decoded batch.
@@ -136,6 +150,7 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
         max_neighbors=max_neighbors, undirected=undirected, mode=mode,
         lsh_splits=lsh_splits, lsh_rounds=lsh_rounds,
         lsh_max_bucket_size=lsh_max_bucket_size,
+        partition_size=partition_size, partition_probes=partition_probes,
         recall_sample_size=recall_sample_size, seed=seed,
         num_shards=num_shards, block_size=block_size,
         read_batch_size=read_batch_size,

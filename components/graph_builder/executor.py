@@ -4,7 +4,9 @@ Stages (each element is a batch of arrays, never one Python object per pair):
   read     TFXIO RecordBatches (or RunInference outputs) -> EmbeddingBatch
   corpus   all batches -> one id-sorted, validated, normalized corpus (side input)
   score    exact: fixed index ranges of query rows, one matrix product per
-           chunk against the corpus; lsh: one matrix product per bucket
+           chunk against the corpus; lsh: one matrix product per bucket;
+           partition: the nodes of one k-means partition against the
+           members of the partitions nearest to them
   merge    edges keyed by source shard: dedupe (max weight), top-k per source,
            optional reverse edges, then sorted TSV shards and statistics.
 """
@@ -19,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import tensorflow as tf
+import threadpoolctl
 from tfx.components.util import tfxio_utils
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
@@ -263,6 +266,37 @@ class _ScoreBucket(beam.DoFn):
                          _num_shards(self._params, len(corpus.ids)))
 
 
+class _ScoreBlock(beam.DoFn):
+  """Partition: the nodes of one partition, each against the members of
+  its `partition_probes` nearest partitions, as matrix products."""
+
+  def __init__(self, params):
+    self._params = params
+
+  def process(self, block, corpus, parts):
+    queries, query_probes = block
+    # Many small products: one BLAS thread each is several times faster
+    # than BLAS threads contending for the cores (parallelism comes from
+    # Beam workers instead).
+    with threadpoolctl.threadpool_limits(1, user_api='blas'):
+      edges, pairs = graph_core.block_edges(
+          queries, query_probes, parts, corpus.vectors,
+          self._params.max_neighbors, self._params.similarity_threshold)
+    _counter('scored_pairs').inc(pairs)
+    yield from _by_shard(edges, len(corpus.ids),
+                         _num_shards(self._params, len(corpus.ids)))
+
+
+def _partitioning(corpus, params):
+  num_partitions = max(1, len(corpus.ids) // params.partition_size)
+  centroids = graph_core.partition_centroids(corpus.vectors, num_partitions,
+                                             params.seed)
+  probes = graph_core.nearest_partitions(corpus.vectors, centroids,
+                                         params.partition_probes)
+  _counter('partitions').inc(len(centroids))
+  return graph_core.partitioning(probes, centroids, params.seed)
+
+
 def _query_ranges(corpus, params):
   num = len(corpus.ids)
   for start in range(0, num, params.block_size):
@@ -373,18 +407,24 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 | 'CollectBatches' >> beam.combiners.ToList()
                 | 'BuildCorpus' >> beam.ParDo(_BuildCorpus(params)))
       corpus_side = beam.pvalue.AsSingleton(corpus)
+      extra_side = []
       if params.mode == 'exact':
         work = corpus | 'QueryRanges' >> beam.FlatMap(_query_ranges, params)
         scorer = _ScoreRange(params)
-      else:
+      elif params.mode == 'lsh':
         work = corpus | 'LshBuckets' >> beam.FlatMap(_lsh_buckets, params)
         scorer = _ScoreBucket(params)
+      else:
+        parts = corpus | 'Partition' >> beam.Map(_partitioning, params)
+        work = parts | 'Blocks' >> beam.FlatMap(graph_core.partition_blocks)
+        scorer = _ScoreBlock(params)
+        extra_side = [beam.pvalue.AsSingleton(parts)]
       candidates = (work | 'Distribute' >> beam.Reshuffle()
-                    | 'Score' >> beam.ParDo(scorer, corpus_side)
+                    | 'Score' >> beam.ParDo(scorer, corpus_side, *extra_side)
                     | 'GroupCandidates' >> beam.GroupByKey()
                     | 'TopK' >> beam.Map(_merge_shard, params.max_neighbors))
       recall = None
-      if params.mode == 'lsh':
+      if params.mode != 'exact':
         recall = beam.pvalue.AsSingleton(
             candidates | 'DropShard' >> beam.Values()
             | 'CollectForRecall' >> beam.combiners.ToList()
@@ -408,8 +448,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                recall if recall is not None else None, output_dir))
 
     stats = self._finish_stats(pipeline.result, output_dir, params)
-    graph.num_nodes = stats['num_nodes']
-    graph.num_edges = stats['num_edges']
+    graph.set_int_custom_property('num_nodes', stats['num_nodes'])
+    graph.set_int_custom_property('num_edges', stats['num_edges'])
     logging.info('GraphBuilder wrote %d nodes, %d edges to %s',
                  stats['num_nodes'], stats['num_edges'], output_dir)
 

@@ -15,6 +15,10 @@ SIMILARITIES = (COSINE, DOT)
 
 # Entries of one similarity chunk (rows x corpus); bounds memory to ~128 MB.
 MAX_CHUNK_ENTRIES = 1 << 25
+# Top-k selection: columns sampled for a per-row lower bound of the k-th
+# score, and the most candidates a row (times k) before the exact tie path.
+_TOP_K_SAMPLE = 4096
+_MAX_CANDIDATES_PER_K = 64
 
 Edges = collections.namedtuple('Edges', ['src', 'tgt', 'weight'])
 
@@ -46,6 +50,27 @@ def prepare_vectors(vectors, similarity):
   return vectors, usable
 
 
+def _self_mask(scores, row_ids, col_ids):
+  """Sets each row's own column (if present) to -inf: no self-edges."""
+  # col_ids is sorted: find each row's own column, if present.
+  position = np.minimum(np.searchsorted(col_ids, row_ids), len(col_ids) - 1)
+  own = col_ids[position] == row_ids
+  scores[np.flatnonzero(own), position[own]] = -np.inf
+
+
+def _top_k_lower_bound(scores, k):
+  """Per row, a value that at least k of the row's scores reach.
+
+  The k-th largest score of a strided sample of the columns: cheap (the
+  sample is small), and every one of the row's true top-k scores is >= it,
+  so `scores >= bound` keeps all of them plus a few more candidates.
+  """
+  cols = scores.shape[1]
+  sample_size = min(cols, max(_TOP_K_SAMPLE, 16 * k))
+  sample = scores[:, ::max(1, cols // sample_size)]
+  return np.partition(sample, sample.shape[1] - k, axis=1)[:, -k]
+
+
 def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold):
   """Edges row -> col with score >= threshold, at most `max_neighbors` a row.
 
@@ -56,25 +81,58 @@ def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold):
     max_neighbors: None for all neighbors above the threshold (NSL's
       semantics), else the top-k by (score desc, node index asc).
     threshold: minimum similarity.
+
+  Exact, and cheap when k is small against the row length: one comparison
+  pass with a per-row lower bound of the k-th score (from a column sample)
+  leaves a few candidates a row, and only those are sorted. No full-row
+  argpartition, no copies of the chunk.
   """
-  # col_ids is sorted: find each row's own column, if present, and mask it.
-  position = np.minimum(np.searchsorted(col_ids, row_ids), len(col_ids) - 1)
-  own = col_ids[position] == row_ids
-  scores[np.flatnonzero(own), position[own]] = -np.inf
-  passing = scores >= threshold
-  if max_neighbors is not None and max_neighbors < scores.shape[1]:
-    # Few survivors: sort just those. Many: argpartition each row first.
-    if passing.sum() > 4 * max_neighbors * scores.shape[0]:
-      part = np.argpartition(-scores, max_neighbors - 1, axis=1)
-      # Keep ties at the k-th score so the id tie-break below is exact.
-      kth = np.take_along_axis(scores, part[:, max_neighbors - 1:max_neighbors],
-                               axis=1)
-      passing &= scores >= kth
-  rows, cols = np.nonzero(passing)
+  _self_mask(scores, row_ids, col_ids)
+  rows_n, cols_n = scores.shape
+  k = max_neighbors
+  if k is None or k >= cols_n - 1 or not rows_n:
+    rows, cols = np.nonzero(scores >= threshold)
+  else:
+    bound = np.maximum(_top_k_lower_bound(scores, k), threshold)
+    passing = scores >= bound[:, None]
+    if np.count_nonzero(passing) <= _MAX_CANDIDATES_PER_K * k * rows_n:
+      rows, cols = _sparse_nonzero(passing)
+    else:  # many exact ties (e.g. duplicate vectors): exact k-th per row
+      rows, cols = _ties_top_k(scores, k, threshold)
   weights = scores[rows, cols]
   edges = Edges(row_ids[rows].astype(np.int64), col_ids[cols].astype(np.int64),
                 weights.astype(np.float32))
   return top_k_per_source(edges, max_neighbors)
+
+
+def _sparse_nonzero(mask):
+  """np.nonzero of a 2-d bool array with few True values, ~3x faster: scan
+  it as 64-bit words and expand only the words that are not zero."""
+  flat = np.ascontiguousarray(mask).reshape(-1)
+  pad = (-flat.size) % 8
+  if pad:
+    flat = np.concatenate([flat, np.zeros(pad, bool)])
+  words = np.flatnonzero(flat.view(np.uint64))
+  word_index, byte = np.nonzero(flat.reshape(-1, 8)[words])
+  return np.divmod(words[word_index] * 8 + byte, mask.shape[1])
+
+
+def _ties_top_k(scores, k, threshold):
+  """(rows, cols) of each row's top-k by (score desc, column asc); exact and
+  memory-bounded however many scores tie."""
+  cols_n = scores.shape[1]
+  kth = np.partition(scores, cols_n - k, axis=1)[:, cols_n - k]
+  kth = np.maximum(kth, threshold)
+  above = scores > kth[:, None]
+  rows, cols = np.nonzero(above)
+  needed = k - np.bincount(rows, minlength=len(scores))
+  extra_rows, extra_cols = [], []
+  for row in np.flatnonzero(needed > 0):
+    tied = np.flatnonzero(scores[row] == kth[row])[:needed[row]]
+    extra_rows.append(np.full(len(tied), row))
+    extra_cols.append(tied)
+  return (np.concatenate([rows] + extra_rows).astype(np.int64),
+          np.concatenate([cols] + extra_cols).astype(np.int64))
 
 
 def top_k_per_source(edges, max_neighbors):
@@ -159,6 +217,107 @@ def bucket_edges(members, corpus, max_neighbors, threshold):
   vectors = corpus[members]
   return select_neighbors(vectors @ vectors.T, members, members, max_neighbors,
                           threshold)
+
+
+def partition_centroids(corpus, num_partitions, seed, iterations=4):
+  """Unit centroids of `num_partitions` regions: spherical k-means, a few
+  Lloyd iterations on a sample of the corpus, started at random points."""
+  rng = np.random.RandomState(seed)
+  num_partitions = max(1, min(num_partitions, len(corpus)))
+  sample = corpus[np.sort(rng.choice(
+      len(corpus), min(len(corpus), 32 * num_partitions), replace=False))]
+  sample = sample / np.maximum(np.linalg.norm(sample, axis=1), 1e-30)[:, None]
+  centroids = sample[rng.choice(len(sample), num_partitions, replace=False)]
+  for _ in range(iterations):
+    nearest = np.concatenate([
+        np.argmax(sample[b:b + 8192] @ centroids.T, axis=1)
+        for b in range(0, len(sample), 8192)])
+    sums = np.zeros_like(centroids)
+    np.add.at(sums, nearest, sample)
+    norms = np.linalg.norm(sums, axis=1)
+    filled = norms > 0  # an empty region keeps its old centroid
+    centroids[filled] = sums[filled] / norms[filled, None]
+  return centroids.astype(np.float32)
+
+
+def nearest_partitions(corpus, centroids, probes,
+                       max_entries=MAX_CHUNK_ENTRIES):
+  """[N, probes] indices of each row's nearest centroids, nearest first
+  (ties: lower index). `probes` argmax passes: faster than a partition for
+  the few probes this is meant for."""
+  probes = min(probes, len(centroids))
+  step = chunk_rows(len(centroids), max_entries)
+  out = np.empty((len(corpus), probes), np.int32)
+  for start in range(0, len(corpus), step):
+    scores = corpus[start:start + step] @ centroids.T
+    index = np.arange(len(scores))
+    for probe in range(probes):
+      best = np.argmax(scores, axis=1)
+      out[start + index, probe] = best
+      scores[index, best] = -np.inf
+  return out
+
+
+Partitioning = collections.namedtuple('Partitioning',
+                                      ['probes', 'order', 'bounds', 'groups'])
+
+# Partitions whose nodes form one unit of work: neighbouring partitions
+# probe mostly the same partitions, so grouping them makes each per-partition
+# matrix product taller (small products are dominated by call overheads).
+PARTITIONS_PER_BLOCK = 8
+_MAX_BLOCK_QUERIES = 8192
+
+
+def partitioning(probes, centroids, seed=0):
+  """Members of each partition p (the nodes whose nearest centroid it is):
+  order[bounds[p]:bounds[p + 1]], ascending node indices; `groups`: lists of
+  neighbouring partitions (by k-means on the centroids)."""
+  primary = probes[:, 0]
+  num_partitions = len(centroids)
+  order = np.argsort(primary, kind='stable')
+  bounds = np.searchsorted(primary[order], np.arange(num_partitions + 1))
+  num_groups = max(1, num_partitions // PARTITIONS_PER_BLOCK)
+  group_of = np.argmax(centroids @ partition_centroids(
+      centroids, num_groups, seed).T, axis=1)
+  groups = [np.flatnonzero(group_of == g) for g in range(num_groups)]
+  return Partitioning(probes, order, bounds, [g for g in groups if len(g)])
+
+
+def partition_blocks(parts):
+  """Units of work of 'partition' mode: (queries: the nodes whose nearest
+  partition is in one group of neighbouring partitions, their probes
+  [len(queries), P]). A node is a query in exactly one block. Small: the
+  members of the probed partitions are looked up in `parts` by the scorer,
+  not shipped."""
+  for group in parts.groups:
+    queries = np.concatenate([parts.order[parts.bounds[p]:parts.bounds[p + 1]]
+                              for p in group])
+    for start in range(0, len(queries), _MAX_BLOCK_QUERIES):
+      chunk = queries[start:start + _MAX_BLOCK_QUERIES]
+      if len(chunk):
+        yield chunk, parts.probes[chunk]
+
+
+def block_edges(queries, query_probes, parts, corpus, max_neighbors,
+                threshold, max_entries=MAX_CHUNK_ENTRIES):
+  """Edges from each query to its neighbors among the members of the
+  partitions its probes name: one matrix product per partition, against
+  the queries that probe it. Returns (edges, pairs scored)."""
+  edges, pairs = [], 0
+  for partition in np.unique(query_probes):
+    candidates = parts.order[parts.bounds[partition]:
+                             parts.bounds[partition + 1]]
+    rows = queries[(query_probes == partition).any(axis=1)]
+    if not len(candidates) or not len(rows):
+      continue
+    vectors = corpus[candidates]
+    step = chunk_rows(len(candidates), max_entries)
+    for start in range(0, len(rows), step):
+      chunk = rows[start:start + step]
+      edges.append(select_neighbors(corpus[chunk] @ vectors.T, chunk,
+                                    candidates, max_neighbors, threshold))
+    pairs += len(rows) * len(candidates)
+  return top_k_per_source(concat_edges(edges), max_neighbors), pairs
 
 
 def recall_at_k(found, exact, sample):

@@ -8,7 +8,8 @@ from tfx_nsl.components.graph_builder import graph_core
 
 EXACT = 'exact'
 LSH = 'lsh'
-MODES = (EXACT, LSH)
+PARTITION = 'partition'
+MODES = (EXACT, LSH, PARTITION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,8 @@ class GraphBuilderParams:
   lsh_splits: int = 8
   lsh_rounds: int = 8
   lsh_max_bucket_size: int = 4096
+  partition_size: int = 500
+  partition_probes: int = 8
   recall_sample_size: int = 1000
   seed: int = 0
   num_shards: int = 0
@@ -50,7 +53,8 @@ class GraphBuilderParams:
            f'got {self.similarity_threshold}')
     if self.mode == LSH and not 1 <= self.lsh_splits <= 30:
       fail(f'lsh_splits must be in [1, 30], got {self.lsh_splits}')
-    for name in ('lsh_rounds', 'lsh_max_bucket_size', 'recall_sample_size',
+    for name in ('lsh_rounds', 'lsh_max_bucket_size', 'partition_size',
+                 'partition_probes', 'recall_sample_size',
                  'block_size', 'read_batch_size'):
       if getattr(self, name) < 1:
         fail(f'{name} must be >= 1, got {getattr(self, name)}')

@@ -1,0 +1,516 @@
+"""GraphBuilder benchmark (issue 3, item 6): side by side, medians of 3.
+
+  TF_USE_LEGACY_KERAS=1 .venv/bin/python benchmarks/bench_graph.py [--quick]
+
+Three benchmarks, each contender in a fresh subprocess, contenders
+interleaved within each repeat so that machine noise hits all of them alike:
+
+  exact  N x d, top-k: the GraphBuilder executor (Beam DirectRunner,
+         in_memory and multi_processing with 2 workers) against single-process
+         numpy floors doing the same math on an in-memory array, written here
+         independently of graph_core; plus a read-only Beam pipeline
+         (TFRecords -> validated corpus) to show what reading costs.
+  nsl    the executor against nsl.tools.build_graph_from_config brute force
+         (lsh_splits=0), same threshold graph (max_neighbors=None); the edge
+         sets are compared.
+  lsh    the executor in an approximate mode (--approx-mode: 'partition',
+         the default, or 'lsh') on 1M x 64; recall@k checked here against
+         exact numpy top-k on a sample of nodes.
+
+Data: a mixture of many Gaussian clusters (about 100 points a cluster, each
+cluster with its own spread), so nearest neighbours are meaningful. Writing
+the Examples artifacts is timed separately and is not part of any contender.
+
+Wall time is the timed section inside the subprocess (process start and
+imports, ~5 s, are reported apart). Peak memory is the largest sum of RSS over
+the subprocess and all its descendants (Beam workers included), polled every
+50 ms with psutil; RSS sums count shared library pages once per process.
+Results go to stdout and to <work-dir>/results.json.
+"""
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_REPO = os.path.dirname(_HERE)
+
+
+# --- data ---------------------------------------------------------------------
+
+
+def clustered(num, dim, seed, points_per_cluster=100):
+  """Gaussian clusters with per-cluster spread; float32 [num, dim]."""
+  rng = np.random.RandomState(seed)
+  num_clusters = max(1, num // points_per_cluster)
+  centers = rng.standard_normal((num_clusters, dim)).astype(np.float32)
+  spread = rng.uniform(0.25, 0.6, num_clusters).astype(np.float32)
+  assignment = rng.randint(num_clusters, size=num)
+  out = np.empty((num, dim), np.float32)
+  for start in range(0, num, 100_000):
+    a = assignment[start:start + 100_000]
+    noise = rng.standard_normal((len(a), dim)).astype(np.float32)
+    out[start:start + len(a)] = centers[a] + spread[a, None] * noise
+  return out
+
+
+def node_id(i):
+  return f'n{i:07d}'
+
+
+def _write_shard(args):
+  path, npy, start, end, gzip = args
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  vectors = np.load(npy, mmap_mode='r')
+  options = tf.io.TFRecordOptions(compression_type='GZIP' if gzip else None)
+  example = tf.train.Example()
+  feature = example.features.feature
+  with tf.io.TFRecordWriter(path, options) as writer:
+    for i in range(start, end):
+      feature['id'].bytes_list.value[:] = [node_id(i).encode()]
+      feature['emb'].float_list.value[:] = vectors[i].tolist()
+      writer.write(example.SerializeToString())
+
+
+def write_dataset(root, num, dim, seed, shards):
+  """<root>/data.npy and an Examples artifact folder <root>/examples with
+  Split-train/data-*.gz; reused when present. Returns seconds spent."""
+  done = os.path.join(root, 'DONE')
+  if os.path.exists(done):
+    with open(done) as f:
+      return json.load(f)
+  shutil.rmtree(root, ignore_errors=True)
+  os.makedirs(os.path.join(root, 'examples', 'Split-train'))
+  start = time.time()
+  vectors = clustered(num, dim, seed)
+  npy = os.path.join(root, 'data.npy')
+  np.save(npy, vectors)
+  generate = time.time() - start
+  bounds = np.linspace(0, num, shards + 1).astype(int)
+  jobs = [(os.path.join(root, 'examples', 'Split-train',
+                        f'data-{s:05d}-of-{shards:05d}.gz'), npy, int(b),
+           int(e), True) for s, (b, e) in enumerate(zip(bounds[:-1],
+                                                          bounds[1:]))]
+  start = time.time()
+  with multiprocessing.get_context('spawn').Pool(2) as pool:
+    pool.map(_write_shard, jobs)
+  info = {'generate_s': generate, 'write_tfrecords_s': time.time() - start,
+          'tfrecord_bytes': sum(os.path.getsize(j[0]) for j in jobs),
+          'num': num, 'dim': dim, 'seed': seed}
+  with open(done, 'w') as f:
+    json.dump(info, f)
+  return info
+
+
+def write_plain_tfrecord(root, name):
+  """One uncompressed TFRecord of the same examples (NSL's input)."""
+  path = os.path.join(root, name)
+  if not os.path.exists(path):
+    npy = os.path.join(root, 'data.npy')
+    num = len(np.load(npy, mmap_mode='r'))
+    _write_shard((path + '.tmp', npy, 0, num, False))
+    os.rename(path + '.tmp', path)
+  return path
+
+
+# --- contenders (each runs in its own subprocess) -----------------------------
+
+
+def _normalize(x):
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def floor_argpartition(spec):
+  """Blocked matmul, argpartition top-k, threshold: the plain numpy floor."""
+  x = np.load(spec['npy'])
+  start = time.time()
+  x = _normalize(x)
+  n, k, threshold = len(x), spec['k'], spec['threshold']
+  block = max(1, (1 << 25) // n)
+  src, tgt, weight = [], [], []
+  for b in range(0, n, block):
+    rows = np.arange(b, min(n, b + block))
+    scores = x[rows] @ x.T
+    scores[np.arange(len(rows)), rows] = -np.inf
+    top = np.argpartition(scores, n - k, axis=1)[:, n - k:]
+    values = np.take_along_axis(scores, top, axis=1)
+    keep = values >= threshold
+    src.append(np.repeat(rows, k).reshape(-1, k)[keep])
+    tgt.append(top[keep])
+    weight.append(values[keep])
+  seconds = time.time() - start
+  edges = np.concatenate(src), np.concatenate(tgt), np.concatenate(weight)
+  np.savez(spec['edges_out'], *edges)
+  return {'seconds': seconds, 'edges': int(len(edges[0]))}
+
+
+def floor_pruned(spec):
+  """Same math, selection as graph_core does it (independent code): a per-row
+  lower bound of the k-th score from a column sample, one comparison pass,
+  then only the survivors are sorted."""
+  x = np.load(spec['npy'])
+  start = time.time()
+  x = _normalize(x)
+  n, k, threshold = len(x), spec['k'], spec['threshold']
+  block = max(1, (1 << 25) // n)
+  src, tgt, weight = [], [], []
+  for b in range(0, n, block):
+    rows = np.arange(b, min(n, b + block))
+    scores = x[rows] @ x.T
+    scores[np.arange(len(rows)), rows] = -np.inf
+    sample = scores[:, ::max(1, n // 4096)]
+    bound = np.partition(sample, sample.shape[1] - k, axis=1)[:, -k]
+    r, c = np.nonzero(scores >= np.maximum(bound, threshold)[:, None])
+    w = scores[r, c]
+    order = np.lexsort((c, -w, r))
+    r, c, w = r[order], c[order], w[order]
+    first = np.searchsorted(r, r)
+    keep = np.arange(len(r)) - first < k
+    src.append(rows[r[keep]])
+    tgt.append(c[keep])
+    weight.append(w[keep])
+  seconds = time.time() - start
+  return {'seconds': seconds, 'edges': int(sum(len(s) for s in src))}
+
+
+def _executor_run(spec, beam_args):
+  from tfx.types import artifact_utils, standard_artifacts  # pylint: disable=g-import-not-at-top
+  from tfx_nsl.components.graph_builder import executor  # pylint: disable=g-import-not-at-top
+  from tfx_nsl.components.graph_builder.params import GraphBuilderParams  # pylint: disable=g-import-not-at-top
+  from tfx_nsl.types import Graph  # pylint: disable=g-import-not-at-top
+  examples = standard_artifacts.Examples()
+  examples.uri = spec['examples']
+  examples.split_names = artifact_utils.encode_split_names(['train'])
+  graph = Graph()
+  graph.uri = spec['graph_out']
+  shutil.rmtree(graph.uri, ignore_errors=True)
+  context = executor.Executor.Context(beam_pipeline_args=beam_args,
+                                      tmp_dir=spec['graph_out'] + '-tmp')
+  values = GraphBuilderParams(embedding_features=['emb'],
+                              **spec['params']).to_dict()
+  start = time.time()
+  executor.Executor(context).Do({'examples': [examples]}, {'graph': [graph]},
+                                values)
+  seconds = time.time() - start
+  with open(os.path.join(graph.uri, 'stats.json')) as f:
+    stats = json.load(f)
+  return {'seconds': seconds, 'edges': stats['num_edges'],
+          'nodes': stats['num_nodes'],
+          'estimated_recall_at_k': stats.get('estimated_recall_at_k'),
+          'counters': stats.get('counters')}
+
+
+def beam_in_memory(spec):
+  return _executor_run(spec, ['--direct_running_mode=in_memory'])
+
+
+def beam_multi_processing(spec):
+  return _executor_run(spec, ['--direct_running_mode=multi_processing',
+                              '--direct_num_workers=2'])
+
+
+def beam_read_only(spec):
+  """The executor's own read stages and corpus building, nothing else."""
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+  from tfx.types import artifact_utils, standard_artifacts  # pylint: disable=g-import-not-at-top
+  from tfx_nsl.components.graph_builder import executor  # pylint: disable=g-import-not-at-top
+  from tfx_nsl.components.graph_builder.params import GraphBuilderParams  # pylint: disable=g-import-not-at-top
+  examples = standard_artifacts.Examples()
+  examples.uri = spec['examples']
+  examples.split_names = artifact_utils.encode_split_names(['train'])
+  params = GraphBuilderParams(embedding_features=['emb'], splits=['train'],
+                              **spec['params'])
+  start = time.time()
+  ex = executor.Executor(executor.Executor.Context(
+      beam_pipeline_args=['--direct_running_mode=in_memory']))
+  with beam.Pipeline(options=PipelineOptions(
+      ['--direct_running_mode=in_memory'])) as pipeline:
+    _ = (ex._read_split(pipeline, examples, None, 'train', params)  # pylint: disable=protected-access
+         | beam.combiners.ToList()
+         | beam.ParDo(executor._BuildCorpus(params))  # pylint: disable=protected-access
+         | beam.Map(lambda c: len(c.ids)))
+  return {'seconds': time.time() - start}
+
+
+def nsl_brute_force(spec):
+  from tfx_nsl.nsl_compat import import_nsl  # pylint: disable=g-import-not-at-top
+  nsl = import_nsl()
+  start = time.time()
+  nsl.tools.build_graph_from_config(
+      [spec['tfrecord']], spec['graph_out'], nsl.configs.GraphBuilderConfig(
+          id_feature_name='id', embedding_feature_name='emb',
+          similarity_threshold=spec['threshold'], lsh_splits=0))
+  return {'seconds': time.time() - start}
+
+
+CONTENDERS = {f.__name__: f for f in (
+    floor_argpartition, floor_pruned, beam_in_memory, beam_multi_processing,
+    beam_read_only, nsl_brute_force)}
+
+
+def child_main(name, spec_path, result_path):
+  with open(spec_path) as f:
+    spec = json.load(f)
+  result = CONTENDERS[name](spec)
+  result['self_maxrss_mb'] = resource.getrusage(
+      resource.RUSAGE_SELF).ru_maxrss / 1024
+  result['children_maxrss_mb'] = resource.getrusage(
+      resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+  with open(result_path, 'w') as f:
+    json.dump(result, f)
+
+
+# --- the parent: run, measure, compare ---------------------------------------
+
+
+def run_contender(name, spec, work, tag):
+  import psutil  # pylint: disable=g-import-not-at-top
+  spec_path = os.path.join(work, f'{tag}.spec.json')
+  result_path = os.path.join(work, f'{tag}.result.json')
+  with open(spec_path, 'w') as f:
+    json.dump(spec, f)
+  env = dict(os.environ, TF_USE_LEGACY_KERAS='1', TF_CPP_MIN_LOG_LEVEL='3',
+             PYTHONWARNINGS='ignore')
+  log = open(os.path.join(work, f'{tag}.log'), 'w')
+  start = time.time()
+  proc = subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), '--child', name, spec_path,
+       result_path], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=_REPO)
+  parent = psutil.Process(proc.pid)
+  peak = 0
+  while proc.poll() is None:
+    total = 0
+    try:
+      for p in [parent] + parent.children(recursive=True):
+        try:
+          total += p.memory_info().rss
+        except psutil.Error:
+          pass
+    except psutil.Error:
+      pass
+    peak = max(peak, total)
+    time.sleep(0.05)
+  wall = time.time() - start
+  log.close()
+  if proc.returncode:
+    raise RuntimeError(f'{name} failed (rc {proc.returncode}); see '
+                       f'{os.path.join(work, tag + ".log")}')
+  with open(result_path) as f:
+    result = json.load(f)
+  result.update(peak_tree_rss_mb=peak / 2**20, process_wall_s=wall)
+  print(f'  {tag}: {result["seconds"]:.1f} s, peak {peak / 2**20:.0f} MB',
+        flush=True)
+  return result
+
+
+def run_side_by_side(names, spec_for, work, repeats, label):
+  results = {n: [] for n in names}
+  for r in range(repeats):
+    for name in names:
+      results[name].append(run_contender(name, spec_for(name, r), work,
+                                         f'{label}-{name}-{r}'))
+  summary = {}
+  for name, runs in results.items():
+    summary[name] = {
+        'median_s': statistics.median(x['seconds'] for x in runs),
+        'runs_s': [round(x['seconds'], 2) for x in runs],
+        'median_peak_mb': statistics.median(x['peak_tree_rss_mb']
+                                            for x in runs),
+        'median_process_wall_s': statistics.median(x['process_wall_s']
+                                                   for x in runs),
+        'last': runs[-1],
+    }
+  return summary
+
+
+def read_graph_indices(graph_dir):
+  """All edges of a graph folder as int arrays (ids are n<index>)."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  frames = [pd.read_csv(os.path.join(graph_dir, f), sep='\t', header=None,
+                        names=['s', 't', 'w'], dtype={'s': str, 't': str})
+            for f in sorted(os.listdir(graph_dir)) if f.endswith('.tsv')]
+  frame = pd.concat(frames) if frames else pd.DataFrame(columns=['s', 't', 'w'])
+  return (frame['s'].str.slice(1).astype(np.int64).to_numpy(),
+          frame['t'].str.slice(1).astype(np.int64).to_numpy(),
+          frame['w'].to_numpy(np.float64))
+
+
+def bench_exact(args, work):
+  root = os.path.join(work, f'data-{args.exact_n}x{args.exact_d}')
+  data = write_dataset(root, args.exact_n, args.exact_d, 1, 4)
+  print(f'exact: data {data}', flush=True)
+  params = dict(similarity_threshold=args.exact_threshold,
+                max_neighbors=args.k, undirected=False)
+
+  def spec_for(name, r):
+    return {'npy': os.path.join(root, 'data.npy'),
+            'examples': os.path.join(root, 'examples'),
+            'graph_out': os.path.join(work, f'exact-graph-{name}'),
+            'edges_out': os.path.join(work, 'exact-floor-edges.npz'),
+            'k': args.k, 'threshold': args.exact_threshold, 'params': params}
+
+  names = ['floor_argpartition', 'floor_pruned', 'beam_in_memory',
+           'beam_multi_processing', 'beam_read_only']
+  summary = run_side_by_side(names, spec_for, work, args.repeats, 'exact')
+  # The Beam graphs equal the floor's, except where the k-th and (k+1)-th
+  # scores of a row differ by float32 rounding (blocks of different shapes
+  # round differently): such pairs are counted and their gap is reported.
+  floor = np.load(os.path.join(work, 'exact-floor-edges.npz'))
+  floor_pairs = set(zip(floor['arr_0'].tolist(), floor['arr_1'].tolist()))
+  x = _normalize(np.load(os.path.join(root, 'data.npy')).astype(np.float64))
+  checks = {}
+  for name in ('beam_in_memory', 'beam_multi_processing'):
+    s, t, _ = read_graph_indices(os.path.join(work, f'exact-graph-{name}'))
+    ours = set(zip(s.tolist(), t.tolist()))
+    gap = 0.0
+    for (a, b), (c, d) in zip(sorted(floor_pairs - ours),
+                              sorted(ours - floor_pairs)):
+      gap = max(gap, abs(float(x[a] @ x[b]) - float(x[c] @ x[d])),
+                1.0 if a != c else 0.0)
+    checks[name] = {'edges': len(s),
+                    'edges_not_in_floor': len(ours - floor_pairs),
+                    'max_score_gap_of_differing_edges': gap}
+  return {'data': data, 'params': params, 'summary': summary,
+          'checks': checks}
+
+
+def bench_nsl(args, work):
+  root = os.path.join(work, f'data-{args.nsl_n}x{args.nsl_d}')
+  data = write_dataset(root, args.nsl_n, args.nsl_d, 2, 1)
+  tfrecord = write_plain_tfrecord(root, 'nsl-input.tfrecord')
+  print(f'nsl: data {data}', flush=True)
+  params = dict(similarity_threshold=args.nsl_threshold, max_neighbors=None)
+
+  def spec_for(name, r):
+    return {'examples': os.path.join(root, 'examples'), 'tfrecord': tfrecord,
+            'graph_out': os.path.join(work, f'nsl-graph-{name}'),
+            'threshold': args.nsl_threshold, 'params': params}
+
+  names = ['nsl_brute_force', 'beam_in_memory', 'beam_multi_processing']
+  summary = run_side_by_side(names, spec_for, work, args.repeats, 'nsl')
+  with open(os.path.join(work, 'nsl-graph-nsl_brute_force')) as f:
+    nsl_edges = {}
+    for line in f:
+      s, t, w = line.rstrip('\n').split('\t')
+      nsl_edges[(int(s[1:]), int(t[1:]))] = float(w)
+  checks = {'nsl_edges': len(nsl_edges)}
+  for name in ('beam_in_memory', 'beam_multi_processing'):
+    s, t, w = read_graph_indices(os.path.join(work, f'nsl-graph-{name}'))
+    ours = dict(zip(zip(s.tolist(), t.tolist()), w.tolist()))
+    same = ours.keys() == nsl_edges.keys()
+    checks[name] = {
+        'edges': len(ours), 'same_edge_set_as_nsl': same,
+        'max_weight_diff': max((abs(ours[e] - nsl_edges[e]) for e in ours),
+                               default=0.0) if same else None}
+  return {'data': data, 'params': params, 'summary': summary,
+          'checks': checks}
+
+
+def bench_lsh(args, work):
+  root = os.path.join(work, f'data-{args.lsh_n}x{args.lsh_d}')
+  data = write_dataset(root, args.lsh_n, args.lsh_d, 3, 8)
+  print(f'lsh: data {data}', flush=True)
+  params = dict(similarity_threshold=args.lsh_threshold, max_neighbors=args.k,
+                undirected=False, mode=args.approx_mode,
+                recall_sample_size=1000)
+  if args.approx_mode == 'lsh':
+    params.update(lsh_splits=args.lsh_splits, lsh_rounds=args.lsh_rounds,
+                  lsh_max_bucket_size=args.lsh_max_bucket_size)
+  else:
+    params.update(partition_size=args.partition_size,
+                  partition_probes=args.partition_probes)
+
+  def spec_for(name, r):
+    return {'examples': os.path.join(root, 'examples'),
+            'graph_out': os.path.join(work, f'lsh-graph-{name}'),
+            'params': params}
+
+  names = args.lsh_modes.split(',')
+  summary = run_side_by_side(names, spec_for, work, args.repeats, 'lsh')
+  # Independent recall: exact numpy top-k of a sample of nodes (a seed other
+  # than the executor's) against the graph that was written.
+  x = _normalize(np.load(os.path.join(root, 'data.npy')))
+  rng = np.random.RandomState(12345)
+  sample = np.sort(rng.choice(len(x), args.recall_sample, replace=False))
+  truth = set()
+  similarity_at_k = []
+  for b in range(0, len(sample), 64):
+    rows = sample[b:b + 64]
+    scores = x[rows] @ x.T
+    scores[np.arange(len(rows)), rows] = -np.inf
+    top = np.argsort(-scores, axis=1, kind='stable')[:, :args.k]
+    values = np.take_along_axis(scores, top, axis=1)
+    similarity_at_k.extend(values[:, -1].tolist())
+    for row, cols, vals in zip(rows, top, values):
+      truth.update((int(row), int(c)) for c, v in zip(cols, vals)
+                   if v >= args.lsh_threshold)
+  checks = {'sample': len(sample),
+            'mean_similarity_of_kth_neighbor': float(np.mean(similarity_at_k))}
+  for name in names:
+    s, t, _ = read_graph_indices(os.path.join(work, f'lsh-graph-{name}'))
+    mask = np.isin(s, sample)
+    found = set(zip(s[mask].tolist(), t[mask].tolist()))
+    checks[name] = {'edges': len(s),
+                    'recall_at_k_checked_here': len(truth & found) / len(truth)}
+  return {'data': data, 'params': params, 'summary': summary,
+          'checks': checks}
+
+
+def main():
+  if len(sys.argv) > 1 and sys.argv[1] == '--child':
+    sys.path.insert(0, _REPO)
+    child_main(*sys.argv[2:5])
+    return
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--quick', action='store_true',
+                      help='small sizes, one repeat: a couple of minutes')
+  parser.add_argument('--only', default='exact,nsl,lsh')
+  parser.add_argument('--work-dir', default='/tmp/tfx_nsl_bench_graph')
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--k', type=int, default=10)
+  parser.add_argument('--exact-n', type=int, default=100_000)
+  parser.add_argument('--exact-d', type=int, default=128)
+  parser.add_argument('--exact-threshold', type=float, default=-1.0)
+  parser.add_argument('--nsl-n', type=int, default=20_000)
+  parser.add_argument('--nsl-d', type=int, default=64)
+  parser.add_argument('--nsl-threshold', type=float, default=0.9)
+  parser.add_argument('--lsh-n', type=int, default=1_000_000)
+  parser.add_argument('--lsh-d', type=int, default=64)
+  parser.add_argument('--lsh-threshold', type=float, default=-1.0)
+  parser.add_argument('--approx-mode', default='partition',
+                      choices=['partition', 'lsh'])
+  parser.add_argument('--partition-size', type=int, default=500)
+  parser.add_argument('--partition-probes', type=int, default=12)
+  parser.add_argument('--lsh-splits', type=int, default=10)
+  parser.add_argument('--lsh-rounds', type=int, default=16)
+  parser.add_argument('--lsh-max-bucket-size', type=int, default=2048)
+  parser.add_argument('--lsh-modes', default='beam_multi_processing')
+  parser.add_argument('--recall-sample', type=int, default=1000)
+  args = parser.parse_args()
+  if args.quick:
+    args.repeats = 1
+    args.exact_n, args.nsl_n, args.lsh_n = 20_000, 3_000, 100_000
+  work = os.path.join(args.work_dir, 'quick' if args.quick else 'full')
+  os.makedirs(work, exist_ok=True)
+  results = {'argv': sys.argv, 'cpus': os.cpu_count()}
+  for name in args.only.split(','):
+    start = time.time()
+    results[name] = {'exact': bench_exact, 'nsl': bench_nsl,
+                     'lsh': bench_lsh}[name](args, work)
+    results[name]['bench_seconds'] = time.time() - start
+    print(json.dumps({name: results[name]}, indent=1, default=str), flush=True)
+    with open(os.path.join(work, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=1, default=str)
+
+
+if __name__ == '__main__':
+  main()
