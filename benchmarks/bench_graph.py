@@ -493,7 +493,8 @@ def main():
   parser.add_argument('--lsh-splits', type=int, default=10)
   parser.add_argument('--lsh-rounds', type=int, default=16)
   parser.add_argument('--lsh-max-bucket-size', type=int, default=2048)
-  parser.add_argument('--lsh-modes', default='beam_multi_processing')
+  parser.add_argument('--lsh-modes',
+                      default='beam_in_memory,beam_multi_processing')
   parser.add_argument('--recall-sample', type=int, default=1000)
   args = parser.parse_args()
   if args.quick:
