@@ -183,6 +183,50 @@ def _model_accuracy(model_uri, rows, labels):
   return float((got == want).mean())
 
 
+class Runner:
+  """Runs `create_pipeline` locally; one SQLite ML Metadata store a pipeline."""
+
+  def __init__(self, root, verbose):
+    self.root = os.path.abspath(root)
+    self.verbose = verbose
+    self._logging_set = False
+
+  def _metadata_path(self, name):
+    return os.path.join(self.root, 'metadata', f'{name}.db')
+
+  def run(self, name, data_root, trainer_config, **kwargs):
+    """Runs pipeline `name`; returns (local_runner.summarize(...), seconds)."""
+    from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+    from tfx_nsl.pipelines import local_runner  # pylint: disable=g-import-not-at-top
+    from tfx_nsl.pipelines.nsl_pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
+    metadata_path = self._metadata_path(name)
+    os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
+    kwargs.setdefault('min_accuracy', 0.0)  # measuring, not gating
+    pipeline = create_pipeline(
+        pipeline_name=name,
+        pipeline_root=os.path.join(self.root, 'pipelines', name),
+        data_root=data_root,
+        serving_model_dir=os.path.join(self.root, 'serving', name),
+        trainer_config=trainer_config,
+        metadata_connection_config=(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                metadata_path)),
+        **kwargs)
+    if not self._logging_set:
+      local_runner._show_progress(self.verbose)  # pylint: disable=protected-access
+      self._logging_set = True
+    print(f'pipeline {name}, seed {trainer_config.get("seed", 0)}:',
+          flush=True)
+    start = time.time()
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    elapsed = time.time() - start
+    return local_runner.summarize(metadata_path, name), elapsed
+
+  def outputs(self, name):
+    from tfx_nsl.pipelines import local_runner  # pylint: disable=g-import-not-at-top
+    return local_runner.latest_outputs(self._metadata_path(name), name)
+
+
 def bench_cora(runner, seeds, quick, transductive=False):
   """{model: {'test': [...], 'val': [...]}} over `seeds`."""
   from tfx_nsl import constants  # pylint: disable=g-import-not-at-top

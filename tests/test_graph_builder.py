@@ -1,5 +1,4 @@
 """GraphBuilder: core math, the Beam executor, NSL equivalence, bad input."""
-import json
 import os
 
 import numpy as np
@@ -135,7 +134,6 @@ def _rows(vectors, prefix='n', start=0):
 
 def _run_executor(tmp_path, splits, name='graph', beam_args=None, model=None,
                   **params):
-  from tfx.types import standard_artifacts
   from tfx_nsl.components.graph_builder import executor
   from tfx_nsl.components.graph_builder.params import GraphBuilderParams
   from tfx_nsl.types import Graph

@@ -12,6 +12,7 @@ import sys
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 import pytest
+from serving_testing import digits_predictions
 import yaml
 
 import kfp_launcher
@@ -304,7 +305,6 @@ def test_launcher_order_and_unsupported_nodes(compiled):
 
 @pytest.mark.slow
 def test_compiled_tasks_run_in_order_and_push_a_servable_model(compiled):
-  import tensorflow as tf
   # The tasks get Keras 2 from the spec's container env alone, as they would
   # in an image without our ENV line: drop it from what they inherit.
   env = {k: v for k, v in os.environ.items() if k != 'TF_USE_LEGACY_KERAS'}
@@ -342,17 +342,7 @@ def test_compiled_tasks_run_in_order_and_push_a_servable_model(compiled):
   assert destination.startswith(serving_dir + os.sep)
   assert glob.glob(os.path.join(serving_dir, '*')) == [destination]
 
-  serving = tf.saved_model.load(destination).signatures[
-      constants.SERVING_SIGNATURE]
-  rows = datasets.digits_splits()[constants.EVAL_SPLIT][:50]
-  serialized = [tf.train.Example(features=tf.train.Features(feature={
-      datasets.DIGITS_FEATURE: tf.train.Feature(float_list=tf.train.FloatList(
-          value=row[datasets.DIGITS_FEATURE]))})).SerializeToString()
-                for row in rows]
-  probabilities = serving(examples=tf.constant(serialized))[
-      constants.SERVING_OUTPUT].numpy()
-  assert probabilities.shape == (len(rows), datasets.DIGITS_NUM_CLASSES)
-  labels = [int(row[constants.LABEL_FEATURE]) for row in rows]
+  probabilities, labels = digits_predictions(destination, limit=50)
   assert (probabilities.argmax(axis=1) == labels).mean() >= 0.7
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tfx_nsl import constants
-from tfx_nsl.pipelines import datasets, local_runner
+from serving_testing import digits_predictions
+from tfx_nsl.pipelines import local_runner
 
 PIPELINE = 'tfx-nsl-e2e'
 NODES = ('ImportExampleGen', 'StatisticsGen', 'SchemaGen', 'GraphBuilder',
@@ -88,17 +89,8 @@ def test_pushed_model_is_the_plain_base_model(first_run):
   assert kwargs[constants.SERVING_INPUT].dtype == tf.string
   assert list(serving.structured_outputs) == [constants.SERVING_OUTPUT]
 
-  # Raw features only: no label, no id, no NL_ neighbor features.
-  rows = datasets.digits_splits()[constants.EVAL_SPLIT]
-  serialized = [tf.train.Example(features=tf.train.Features(feature={
-      datasets.DIGITS_FEATURE: tf.train.Feature(float_list=tf.train.FloatList(
-          value=row[datasets.DIGITS_FEATURE]))})).SerializeToString()
-                for row in rows]
-  probabilities = serving(examples=tf.constant(serialized))[
-      constants.SERVING_OUTPUT].numpy()
-  assert probabilities.shape == (len(rows), datasets.DIGITS_NUM_CLASSES)
+  probabilities, labels = digits_predictions(pushed)
   np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-  labels = np.array([row[constants.LABEL_FEATURE] for row in rows])
   assert (probabilities.argmax(axis=1) == labels).mean() >= 0.9
 
 

@@ -150,7 +150,6 @@ def test_exported_model_reloads_as_keras_for_gradients(tmp_path):
 
 
 def test_unlabeled_seeds_and_missing_neighbors_parse(tmp_path):
-  import tensorflow as tf
   from tfx_nsl.trainer_modules import nsl_trainer
   from tfx_nsl.trainer_modules.config import TrainerConfig
   args = make_fn_args(tmp_path, BASE)
