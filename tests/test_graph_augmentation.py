@@ -14,6 +14,7 @@ from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 
 import tfx_nsl
+from tfx_nsl import beam_executor
 from tfx_nsl import constants
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_augmentation import augment_core
@@ -43,6 +44,11 @@ def _example(node_id=None, x=None, label=None, tag=None, int_id=False):
   if tag is not None:
     f['tag'].bytes_list.value.append(tag.encode())
   return ex
+
+
+def _node(example):
+  return graph_io.example_node_id(example, 'id',
+                                  example.SerializeToString())[0]
 
 
 def _write_records(path, examples, gzip=True):
@@ -121,7 +127,7 @@ def _by_id(examples):
   """{id: {feature: serialized Feature}}; fails on duplicate ids."""
   result = {}
   for ex in examples:
-    node = augment_core.example_id(ex, 'id')
+    node = _node(ex)
     assert node not in result, node
     result[node] = {k: v.SerializeToString()
                     for k, v in ex.features.feature.items()}
@@ -181,16 +187,22 @@ def test_feature_names_match_nsl_defaults():
 
 
 def test_example_id_kinds():
-  assert augment_core.example_id(_example('a1'), 'id') == 'a1'
-  assert augment_core.example_id(_example(42, int_id=True), 'id') == '42'
-  assert augment_core.example_id(_example(x=[1.0]), 'id') is None
-  assert augment_core.example_id(_example('a1'), 'other') is None
+  assert _node(_example('a1')) == 'a1'
+  assert _node(_example(42, int_id=True)) == '42'
+  # No id feature: a digest of the record, as GraphBuilder names it.
+  no_id = _example(x=[1.0])
+  assert graph_io.example_node_id(no_id, 'id', b'rec') == (
+      graph_io.derive_example_id(b'rec'), True)
+  assert graph_io.example_node_id(_example('a1'), 'other', b'rec')[1]
   two = _example('a')
   two.features.feature['id'].bytes_list.value.append(b'b')
-  assert augment_core.example_id(two, 'id') is None
+  assert _node(two) is None
   bad = tf.train.Example()
   bad.features.feature['id'].bytes_list.value.append(b'\xff')
-  assert augment_core.example_id(bad, 'id') is None
+  assert _node(bad) is None
+  floats = tf.train.Example()
+  floats.features.feature['id'].float_list.value.append(1.0)
+  assert _node(floats) is None
 
 
 def test_parse_edge_rules():
@@ -315,9 +327,9 @@ def test_buckets_are_stable():
   assert [executor.bucket_of(n, 7) for n in ('a', 'n0000001', '42')] == [
       executor.bucket_of(n, 7) for n in ('a', 'n0000001', '42')]
   assert executor.bucket_of('anything', 1) == 0
-  assert executor._runs_locally(['--direct_running_mode=in_memory'])
-  assert executor._runs_locally(['--runner=DirectRunner'])
-  assert not executor._runs_locally(['--runner=DataflowRunner'])
+  assert beam_executor.runs_locally(['--direct_running_mode=in_memory'])
+  assert beam_executor.runs_locally(['--runner=DirectRunner'])
+  assert not beam_executor.runs_locally(['--runner=DataflowRunner'])
 
 
 # ---------------------------------------------------------------- vs pack_nbrs
@@ -400,7 +412,11 @@ def test_bad_inputs_are_counted_not_lost(tmp_path):
            _example('c', [3.0], 0),
            _example('d', [4.0], 1),
            _example('d', [4.5], 1),  # Duplicate seed id: both kept.
-           _example(None, [5.0], 1)]  # No id: kept, no neighbors.
+           _example(None, [5.0], 1),  # No id: named by its digest.
+           _example(None, [5.5], 0)]
+  train[-1].features.feature['id'].bytes_list.value.extend([b'e', b'f'])
+  # ^ Unusable id (two values): kept, no neighbors.
+  derived = _node(train[-2])
   unlabeled = [_example('u1', [6.0]), _example('u1', [6.5]),  # Duplicate.
                _example('u2', None, tag='no x')]  # Lacks the copied 'x'.
   lines = ['a\tb\t0.9\n', 'a\tb\t0.3\n',  # Duplicate: max weight wins.
@@ -411,11 +427,13 @@ def test_bad_inputs_are_counted_not_lost(tmp_path):
            'u1\ta\t0.4\n',  # From a non-seed.
            'a\tb\n'.replace('\t', ' '),  # Malformed.
            'a\tc\tabc\n',  # Malformed weight.
-           'a\tc\tinf\n']  # Not finite.
+           'a\tc\tinf\n',  # Not finite.
+           f'{derived}\ta\t0.7\n']  # The digest-named example has a.
   output = _run_executor(tmp_path, {'train': train, 'unlabeled': unlabeled},
                          lines, neighbor_features=['x'], max_neighbors=2)
   stats = _stats(output)
-  assert stats['examples_read'] == 9 and stats['examples_without_id'] == 1
+  assert stats['examples_read'] == 10 and stats['examples_without_id'] == 1
+  assert stats['ids_derived_from_content'] == 1
   assert stats['malformed_edge_lines'] == 3
   assert stats['self_loops'] == 1
   assert stats['duplicate_edges'] == 1
@@ -427,14 +445,14 @@ def test_bad_inputs_are_counted_not_lost(tmp_path):
   assert stats['duplicate_neighbor_ids'] == 2  # 'u1' and seed 'd'.
   assert stats['neighbor_examples_missing_features'] == 1
   assert stats['missing_neighbor_feature:x'] == 1
-  assert stats['seeds_written'] == 6
+  assert stats['seeds_written'] == 7
   _check_accounting(stats, len(lines))
 
   out = _split(output, 'train')
-  assert len(out) == 6  # Every seed written, the id-less one too.
+  assert len(out) == 7  # Every seed written, the unusable-id one too.
   feats = {}
   for ex in out:
-    node = augment_core.example_id(ex, 'id')
+    node = _node(ex)
     feats.setdefault(node, []).append(ex.features.feature)
   a, = feats['a']
   assert a['NL_num_nbrs'].int64_list.value == [1]
@@ -453,12 +471,56 @@ def test_bad_inputs_are_counted_not_lost(tmp_path):
   assert all(d['NL_nbr_0_x'].float_list.value == [1.0] for d in feats['d'])
   none, = feats[None]
   assert none['NL_num_nbrs'].int64_list.value == [0]
+  named, = [e.features.feature for e in out if 'id' not in e.features.feature]
+  assert named['NL_num_nbrs'].int64_list.value == [1]
+  assert named['NL_nbr_0_x'].float_list.value == [1.0]
 
 
-def test_wrong_id_feature_fails_early_with_a_hint(tmp_path):
+def test_joins_graph_builder_graph_on_id_less_examples(tmp_path):
+  """Examples without an id feature: both components name them by the same
+  digest, so GraphBuilder's graph joins (design.md's content-derived ids)."""
+  from tfx_nsl.components.graph_builder import executor as builder
+  from tfx_nsl.components.graph_builder.params import GraphBuilderParams
+  rng = random.Random(3)
+  train = [_example(x=[rng.random() for _ in range(4)], label=i % 2)
+           for i in range(40)]
+  examples = _examples_artifact(str(tmp_path / 'examples'), {'train': train})
+  graph = tfx_nsl.Graph()
+  graph.uri = str(tmp_path / 'graph')
+  context = base_beam_executor.BaseBeamExecutor.Context(
+      beam_pipeline_args=list(constants.DEFAULT_BEAM_ARGS),
+      tmp_dir=str(tmp_path / 'tmp'))
+  builder.Executor(context).Do(
+      {'examples': [examples]}, {'graph': [graph]}, GraphBuilderParams(
+          embedding_features=['x'], similarity_threshold=-1.0,
+          max_neighbors=2, undirected=False).to_dict())
+  output = standard_artifacts.Examples()
+  output.uri = str(tmp_path / 'output')
+  executor.Executor(context).Do(
+      {'examples': [examples], 'graph': [graph]},
+      {'augmented_examples': [output]},
+      {'max_neighbors': 2, 'add_undirected_edges': False, 'id_feature': 'id',
+       'seed_splits': ['train'], 'neighbor_splits': None,
+       'neighbor_features': None, 'unlabeled_as_seeds': False})
+  stats = _stats(output)
+  assert stats['ids_derived_from_content'] == 40
+  assert stats['edges_unknown_target'] == stats['edges_unknown_source'] == 0
+  assert stats['neighbors_attached'] == 80
+  out = _split(output, 'train')
+  assert [e.features.feature['NL_num_nbrs'].int64_list.value[0]
+          for e in out] == [2] * 40
+
+
+def test_wrong_id_feature_fails_with_a_hint(tmp_path):
   splits = {'train': [_example('a', [1.0], 0)]}
-  with pytest.raises(ValueError, match=r"feature 'paper'.*\['id', 'label', 'x'\]; set id_feature"):
+  # Absent: ids are derived, none is in the graph, so nothing joins.
+  with pytest.raises(ValueError, match=r"No seed example got a neighbor.*"
+                     r"id_feature 'paper'"):
     _run_executor(tmp_path, splits, ['a\tb\n'], id_feature='paper')
+  # Present but unusable in every example: fails before the pipeline.
+  with pytest.raises(ValueError, match=r"usable id feature 'x'.*"
+                     r"Set id_feature"):
+    _run_executor(tmp_path, splits, ['a\tb\n'], id_feature='x')
 
 
 def test_unusable_graph_fails(tmp_path):
@@ -507,7 +569,7 @@ def test_unlabeled_as_seeds_int_ids(tmp_path):
   output = _run_executor(tmp_path, {'train': train, 'unlabeled': unlabeled},
                          lines, unlabeled_as_seeds=True,
                          add_undirected_edges=True)
-  out = {augment_core.example_id(e, 'id'): e.features.feature
+  out = {_node(e): e.features.feature
          for e in _split(output, 'train')}
   assert sorted(out) == ['1', '10', '11', '12', '2', '3']
   marks = {k: v[augment_core.LABELED_FEATURE].int64_list.value[0]
@@ -610,7 +672,7 @@ def test_cora_citation_graph(tmp_path):
   # Every train paper is cited or cites (no isolated node in Cora); those
   # whose citations all point into the held-out test split get none.
   neighbors = {}
-  pool = {augment_core.example_id(e, 'id')
+  pool = {_node(e)
           for e in splits['train'] + splits['unlabeled']}
   for line in lines:
     a, b, _ = line.split('\t')

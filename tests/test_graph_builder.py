@@ -254,6 +254,7 @@ def test_bad_inputs_are_counted_and_named(tmp_path, caplog):
       {'id': 'inf', 'emb': np.array([1, np.inf, 0, 0], np.float32)},
       {'id': 'zero', 'emb': np.zeros(4, np.float32)},
       {'emb': np.array([1, 2, 3, 4], np.float32)},  # no id: derived
+      {'id': ['two', 'ids'], 'emb': np.array([4, 3, 2, 1], np.float32)},
   ]
   _, found, stats = _run_executor(
       tmp_path, {'train': good + bad, 'unlabeled': []},
@@ -264,12 +265,13 @@ def test_bad_inputs_are_counted_and_named(tmp_path, caplog):
   assert counters['non_finite_embedding'] == 2
   assert counters['zero_embedding'] == 1
   assert counters['ids_derived_from_content'] == 1
+  assert counters['unusable_id'] == 1
   assert stats['num_nodes'] == 51
   assert stats['empty_splits'] == ['unlabeled']
   nodes = {s for s, _ in found} | {t for _, t in found}
   assert not nodes & {'no-emb', 'short', 'nan', 'inf', 'zero'}
   assert any(n.startswith('sha256-') for n in nodes)
-  for name in ('no-emb', 'short', 'nan', 'zero'):
+  for name in ('no-emb', 'short', 'nan', 'zero', "[b'two', b'ids']"):
     assert name in caplog.text
 
 

@@ -60,6 +60,40 @@ def read_stats(uri):
     return json.load(f)
 
 
+def node_id(values, serialized):
+  """The graph node name of an example, from its id feature's values.
+
+  One bytes value is decoded (UTF-8, as pack_nbrs does), one int64 value is
+  written in decimal; no value at all means the id is derived from the
+  example's bytes (design.md), the same way in GraphBuilder and
+  GraphAugmentation so their graphs join. Anything else (several values,
+  floats, undecodable bytes) is no usable id: None.
+  """
+  if not values:
+    return derive_example_id(serialized)
+  if len(values) != 1:
+    return None
+  value = values[0]
+  if isinstance(value, bytes):
+    try:
+      return value.decode('utf-8')
+    except UnicodeDecodeError:
+      return None
+  if isinstance(value, int):
+    return str(value)
+  return None
+
+
+def example_node_id(example, id_feature, serialized):
+  """(node_id, whether it was derived) of a parsed tf.train.Example;
+  `serialized` is its record."""
+  feature = (example.features.feature[id_feature]
+             if id_feature in example.features.feature else None)
+  kind = feature.WhichOneof('kind') if feature is not None else None
+  values = list(getattr(feature, kind).value) if kind else []
+  return node_id(values, serialized), not values
+
+
 def derive_example_id(serialized):
   """Id of an example without an id feature: a digest of its bytes.
 

@@ -65,28 +65,6 @@ def parse_example(serialized: bytes) -> example_pb2.Example:
   return example_pb2.Example.FromString(serialized)
 
 
-def example_id(example: example_pb2.Example, id_feature: str) -> Optional[str]:
-  """The example's id as a string, or None if it has no usable id.
-
-  Graph files name nodes by strings, so a bytes id is decoded (UTF-8, as
-  pack_nbrs does) and an int64 id is written in decimal. Anything else (no
-  feature, not exactly one value, floats, undecodable bytes) is no id.
-  """
-  features = example.features.feature
-  if id_feature not in features:
-    return None
-  feature = features[id_feature]
-  kind = feature.WhichOneof('kind')
-  if kind == 'bytes_list' and len(feature.bytes_list.value) == 1:
-    try:
-      return feature.bytes_list.value[0].decode('utf-8')
-    except UnicodeDecodeError:
-      return None
-  if kind == 'int64_list' and len(feature.int64_list.value) == 1:
-    return str(feature.int64_list.value[0])
-  return None
-
-
 def parse_edge(line: str, where: str = '') -> Tuple[str, str, float]:
   """(source, target, weight) of one TSV line; ValueError if malformed."""
   source, target, weight = graph_io.parse_edge_line(line, where)

@@ -21,18 +21,15 @@ no more memory than any other.
 import collections
 from concurrent import futures
 import contextlib
-import copy
 import gc
 import json
 import math
 import os
 import pickle
 import struct
-import sys
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
-from absl import flags
 from absl import logging
 import apache_beam as beam
 from apache_beam import coders
@@ -40,17 +37,14 @@ from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.window import GlobalWindows
 import crcmod.predefined
 from tfx.components.util import examples_utils
-from tfx.dsl.components.base import base_beam_executor
 from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
+from tfx_nsl import beam_executor
 from tfx_nsl import constants
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_augmentation import augment_core
@@ -86,7 +80,10 @@ _MAX_LOGGED = 5
 # Per-feature counts 'missing_neighbor_feature:<name>' come on top.
 COUNTERS = {
     'examples_read': 'examples read, all splits',
-    'examples_without_id': 'examples with no usable id (kept, no neighbors)',
+    'examples_without_id': 'examples whose id feature is unusable: several '
+                           'values, floats, bad UTF-8 (kept, no neighbors)',
+    'ids_derived_from_content': 'examples without the id feature, named by a '
+                                'digest of their bytes as GraphBuilder does',
     'edge_lines_read': 'lines of the graph files',
     'malformed_edge_lines': 'lines that are not source<TAB>target[<TAB>w] '
                             'with a finite weight (skipped)',
@@ -298,20 +295,24 @@ class _ReadExamples(beam.DoFn):
   def start_bundle(self):
     self._batches = _Batcher()
     self._counts = _Counts(('examples_read', 'examples_without_id',
+                            'ids_derived_from_content',
                             'neighbor_examples_missing_features'))
 
   def process(self, serialized):
     counts = self._counts
     counts.add('examples_read')
     example = augment_core.parse_example(serialized)
-    node = augment_core.example_id(example, self._id_feature)
+    node, derived = graph_io.example_node_id(example, self._id_feature,
+                                             serialized)
+    if derived:
+      counts.add('ids_derived_from_content')
     if node is None:
       counts.add('examples_without_id')
       if self._logged_no_id < _MAX_LOGGED:
         self._logged_no_id += 1
         logging.warning(
-            'GraphAugmentation: an example of split %r has no usable id '
-            'feature %r (missing, not one value, or float); it gets no '
+            'GraphAugmentation: an example of split %r has an unusable id '
+            'feature %r (not one bytes or int64 value); it gets no '
             'neighbors and cannot be one.', self._split, self._id_feature)
       if self._seed_to is not None:
         # Through the seed join too, so that every output record comes from
@@ -703,33 +704,25 @@ class _GzipTFRecordSink(filebasedsink.FileBasedSink):
 
 
 def _query_counters(result) -> Dict[str, int]:
-  """Committed counters of METRICS_NAMESPACE, summed over steps."""
-  stats = {name: 0 for name in COUNTERS}
-  try:
-    counters = result.metrics().query(
-        MetricsFilter().with_namespace(METRICS_NAMESPACE))['counters']
-  except (NotImplementedError, AttributeError) as e:
-    logging.warning('GraphAugmentation: this runner reports no metrics (%s).',
-                    e)
-    return {}
-  for counter in counters:
-    value = counter.committed
-    if value is None:
-      value = counter.attempted or 0
-    stats[counter.key.metric.name] = (
-        stats.get(counter.key.metric.name, 0) + value)
-  return stats
+  """Counters of METRICS_NAMESPACE, every known one present (0 if unseen)."""
+  counters = beam_executor.read_counters(result, METRICS_NAMESPACE)
+  return {**{name: 0 for name in COUNTERS}, **counters} if counters else {}
 
 
-def _first_examples(split_uri, limit=20):
-  """Up to `limit` parsed examples of one split, for an early id check."""
+def _describe(feature):
+  kind = feature.WhichOneof('kind')
+  return f'{kind} {list(getattr(feature, kind).value)[:3]}'
+
+
+def _first_records(split_uri, limit=20):
+  """Up to `limit` serialized examples of one split, for an early id check."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   files = sorted(fileio.glob(os.path.join(split_uri, '*')))
   if not files:
     return []
   dataset = tf.data.TFRecordDataset(
       files[:1], compression_type='GZIP' if files[0].endswith('.gz') else '')
-  return [augment_core.parse_example(r.numpy()) for r in dataset.take(limit)]
+  return [r.numpy() for r in dataset.take(limit)]
 
 
 def _copy_split(source_uri, dest_uri):
@@ -739,24 +732,8 @@ def _copy_split(source_uri, dest_uri):
                 overwrite=True)
 
 
-class Executor(base_beam_executor.BaseBeamExecutor):
+class Executor(beam_executor.BeamExecutor):
   """Adds NSL neighbor features to the seed splits of Examples."""
-
-  def __init__(self, context=None):
-    # TFX builds an sdist of itself for remote Beam workers unless the args
-    # already name a dependency (about 2 s per executor run). DirectRunner
-    # workers, in process or subprocesses, import from this environment, so
-    # skip that there; any other runner gets TFX's usual behaviour.
-    args = getattr(context, 'beam_pipeline_args', None)
-    if not args or not _runs_locally(args):
-      super().__init__(context)
-      return
-    local = copy.copy(context)
-    local.beam_pipeline_args = []
-    super().__init__(local)
-    self._beam_pipeline_args = list(args)
-    # As the base class does (b/174174381).
-    flags.FLAGS(sys.argv + self._beam_pipeline_args, known_only=True)
 
   def Do(self, input_dict, output_dict, exec_properties):
     self._log_startup(input_dict, output_dict, exec_properties)
@@ -801,19 +778,21 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     _check_stats(stats, graph.uri, config)
 
   def _check_ids(self, examples, config):
-    """Fails early when the id feature is plainly wrong."""
+    """Fails early when the id feature is plainly wrong: present, but
+    unusable in every one of the first examples of a seed split."""
     for split in config.seed_splits:
-      sample = _first_examples(artifact_utils.get_split_uri([examples], split))
+      sample = _first_records(artifact_utils.get_split_uri([examples], split))
       if not sample:
         continue
-      if all(augment_core.example_id(e, config.id_feature) is None
-             for e in sample):
-        found = sorted(sample[0].features.feature)
+      parsed = [augment_core.parse_example(r) for r in sample]
+      if all(graph_io.example_node_id(e, config.id_feature, r)[0] is None
+             for e, r in zip(parsed, sample)):
         raise ValueError(
             f'No example among the first {len(sample)} of split {split!r} has '
             f'a usable id feature {config.id_feature!r} (one bytes or int64 '
-            f'value). Its features are {found}; set id_feature to the feature '
-            'that the graph names nodes by.')
+            f'value); the first holds '
+            f'{_describe(parsed[0].features.feature[config.id_feature])}. '
+            'Set id_feature to the feature that the graph names nodes by.')
       return
 
   def _build(self, p, examples, graph, output, splits, config, edge_files):
@@ -883,19 +862,6 @@ def _num_buckets(paths) -> int:
     except Exception:  # pylint: disable=broad-except
       pass  # A size only tunes the bucket count.
   return max(1, min(_MAX_BUCKETS, math.ceil(size / _BYTES_PER_BUCKET)))
-
-
-_LOCAL_RUNNERS = (None, 'direct', 'directrunner', 'bundlebaseddirectrunner',
-                  'switchingdirectrunner')
-
-
-def _runs_locally(beam_pipeline_args) -> bool:
-  """Whether the args run Beam's DirectRunner (the default runner)."""
-  runner = PipelineOptions(list(beam_pipeline_args)).view_as(
-      StandardOptions).runner
-  if runner is not None and not isinstance(runner, str):
-    return False
-  return (runner.lower() if runner else None) in _LOCAL_RUNNERS
 
 
 def _check_stats(stats, graph_uri, config):

@@ -23,11 +23,11 @@ import pyarrow.compute as pc
 import tensorflow as tf
 import threadpoolctl
 from tfx.components.util import tfxio_utils
-from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 from tfx.utils import path_utils
 
+from tfx_nsl import beam_executor
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_builder import graph_core
 from tfx_nsl.components.graph_builder.params import GraphBuilderParams
@@ -54,19 +54,22 @@ def _column(record_batch, name):
 
 
 def _ids_from(record_batch, id_feature):
-  """Example ids as str; missing ones derived from the example's bytes."""
+  """Example ids as str (graph_io.node_id; None: unusable) and how many were
+  derived from the example's bytes."""
   column = _column(record_batch, id_feature)
   raw = _column(record_batch, _RAW_RECORD)
+  values = column.to_pylist() if column is not None else [None] * len(
+      record_batch)
   ids = np.empty(record_batch.num_rows, object)
-  values = column.to_pylist() if column is not None else [None] * len(ids)
   derived = 0
   for i, value in enumerate(values):
-    if value:
-      first = value[0]
-      ids[i] = first.decode('utf-8') if isinstance(first, bytes) else str(first)
-    else:
-      ids[i] = graph_io.derive_example_id(raw[i].as_py()[0])
-      derived += 1
+    derived += not value
+    ids[i] = graph_io.node_id(value, None if value else raw[i].as_py()[0])
+    if ids[i] is None:
+      logging.warning(
+          'GraphBuilder left out example %s (named by its digest): its id '
+          'feature %r holds %r, not one bytes or int64 value', graph_io.
+          derive_example_id(raw[i].as_py()[0]), id_feature, value[:3])
   return ids, derived
 
 
@@ -119,18 +122,11 @@ class _ExtractPredictions(beam.DoFn):
     predict = prediction_log.predict_log
     serialized = tf.make_ndarray(next(iter(predict.request.inputs.values())))
     serialized = serialized.reshape(-1)[0]
-    example = tf.train.Example.FromString(serialized)
-    feature = example.features.feature.get(self._params.id_feature)
-    values = (list(feature.bytes_list.value) or list(feature.int64_list.value)
-              ) if feature is not None else []
+    example_id, derived = graph_io.example_node_id(
+        tf.train.Example.FromString(serialized), self._params.id_feature,
+        serialized)
     self._read.inc()
-    if values:
-      first = values[0]
-      example_id = first.decode('utf-8') if isinstance(first, bytes) else str(
-          first)
-    else:
-      example_id = graph_io.derive_example_id(serialized)
-      self._derived.inc()
+    self._derived.inc(int(derived))
     outputs = predict.response.outputs
     key = self._params.embedding_output or (next(iter(outputs)) if len(
         outputs) == 1 else None)
@@ -173,8 +169,10 @@ class _BuildCorpus(beam.DoFn):
                        f'{params.splits}; nothing to build a graph from')
     lengths = np.concatenate([b.lengths for b in batches])
     ids = np.concatenate([b.ids for b in batches])
+    unusable_id = np.equal(ids, None)  # Named in the log as they were read.
+    _counter('unusable_id').inc(int(unusable_id.sum()))
     present = lengths >= 0
-    missing = ~present.all(axis=1)
+    missing = ~present.all(axis=1) | unusable_id
     # With an embedding model, its output is the one "feature".
     features = params.embedding_features or [
         f'model output {params.embedding_output or params.embedding_signature}']
@@ -187,7 +185,7 @@ class _BuildCorpus(beam.DoFn):
       # The most common length is the dimension; ties go to the larger one.
       dims.append(int(values[np.lexsort((values, counts))[-1]]))
     wrong_dim = ~missing & (lengths != np.array(dims)).any(axis=1)
-    self._report('missing_embedding', ids[missing],
+    self._report('missing_embedding', ids[missing & ~unusable_id],
                  f'lack one of the embedding features {features}')
     self._report('wrong_dimension', ids[wrong_dim],
                  f'have embedding lengths other than {dims}')
@@ -383,7 +381,7 @@ def _sampled_recall(found_parts, corpus, params):
   return graph_core.recall_at_k(found, exact, sample)
 
 
-class Executor(base_beam_executor.BaseBeamExecutor):
+class Executor(beam_executor.BeamExecutor):
   """Builds a similarity graph from example embeddings with Beam."""
 
   def Do(self, input_dict: Dict[str, List[Any]],
@@ -487,13 +485,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     with tf.io.gfile.GFile(partial) as f:
       stats = json.load(f)
     tf.io.gfile.remove(partial)
-    counters = {}
-    query = result.metrics().query(
-        beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
-    for counter in query['counters']:
-      name = counter.key.metric.name
-      counters[name] = counters.get(name, 0) + int(counter.committed or
-                                                   counter.attempted or 0)
+    counters = beam_executor.read_counters(result, NAMESPACE)
     stats['counters'] = counters
     stats['examples_per_split'] = {
         split: counters.get(f'examples_read_{split}', 0)

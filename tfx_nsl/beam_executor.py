@@ -1,0 +1,64 @@
+"""What the tfx-nsl Beam executors share: local start-up and Beam counters."""
+import copy
+import sys
+from typing import Dict
+
+from absl import flags
+from absl import logging
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import StandardOptions
+from tfx.dsl.components.base import base_beam_executor
+
+_LOCAL_RUNNERS = (None, 'direct', 'directrunner', 'bundlebaseddirectrunner',
+                  'switchingdirectrunner')
+
+
+def runs_locally(beam_pipeline_args) -> bool:
+  """Whether the args run Beam's DirectRunner (the default runner)."""
+  runner = PipelineOptions(list(beam_pipeline_args)).view_as(
+      StandardOptions).runner
+  if runner is not None and not isinstance(runner, str):
+    return False
+  return (runner.lower() if runner else None) in _LOCAL_RUNNERS
+
+
+class BeamExecutor(base_beam_executor.BaseBeamExecutor):
+  """TFX's Beam executor, minus its ephemeral sdist on the DirectRunner.
+
+  TFX packages itself (a `setup.py sdist` subprocess, 1 to 2 s) for remote
+  Beam workers unless the args already name a dependency. DirectRunner
+  workers, in process or subprocesses, import from this environment, so that
+  is skipped there; any other runner gets TFX's usual behaviour.
+  """
+
+  def __init__(self, context=None):
+    args = getattr(context, 'beam_pipeline_args', None)
+    if not args or not runs_locally(args):
+      super().__init__(context)
+      return
+    local = copy.copy(context)
+    local.beam_pipeline_args = []
+    super().__init__(local)
+    self._beam_pipeline_args = list(args)
+    # As the base class does (b/174174381).
+    flags.FLAGS(sys.argv + self._beam_pipeline_args, known_only=True)
+
+
+def read_counters(result, namespace) -> Dict[str, int]:
+  """Beam counters of `namespace` (committed, else attempted), by name; empty
+  where the runner reports no metrics."""
+  try:
+    counters = result.metrics().query(
+        MetricsFilter().with_namespace(namespace))['counters']
+  except (NotImplementedError, AttributeError) as e:
+    logging.warning('%s: this runner reports no metrics (%s).', namespace, e)
+    return {}
+  totals = {}
+  for counter in counters:
+    value = counter.committed
+    if value is None:
+      value = counter.attempted or 0
+    name = counter.key.metric.name
+    totals[name] = totals.get(name, 0) + int(value)
+  return totals
