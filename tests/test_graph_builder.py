@@ -41,6 +41,24 @@ def test_exact_edges_match_numpy_brute_force(k, threshold):
     assert found[key] == pytest.approx(weight, abs=1e-5)
 
 
+@pytest.mark.parametrize('threshold', [-1.0, 0.6])
+def test_pair_edges_scores_each_pair_once_and_matches_brute_force(threshold):
+  vectors = clustered_embeddings(300, 16, 10, 0.8, seed=2)
+  corpus, _ = graph_core.prepare_vectors(vectors, graph_core.COSINE)
+  # Uneven ranges and tiny chunks: diagonal blocks of every shape.
+  parts = [graph_core.pair_edges(a, b, corpus, threshold,
+                                 max_entries=5 * 300)
+           for a, b in ((0, 7), (7, 150), (150, 299), (299, 300))]
+  edges = graph_core.concat_edges(parts)
+  found = _as_dict(edges)
+  assert len(found) == len(edges.src)  # No pair twice.
+  assert all(found[(t, s)] == w for (s, t), w in found.items())  # Symmetric.
+  expected = _brute_force_top_k(vectors.astype(np.float64), None, threshold)
+  assert found.keys() == expected.keys()
+  for key, weight in expected.items():
+    assert found[key] == pytest.approx(weight, abs=1e-5)
+
+
 def _reference_select(scores, row_ids, col_ids, k, threshold):
   edges = set()
   for r, row in enumerate(row_ids):

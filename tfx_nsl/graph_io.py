@@ -19,8 +19,7 @@ def edge_shard_name(index, num_shards):
   return f'edges-{index:05d}-of-{num_shards:05d}.tsv'
 
 
-def format_edge(source, target, weight):
-  return f'{source}\t{target}\t{weight:f}\n'
+EDGE_LINE = '%s\t%s\t%f\n'  # % (source, target, weight)
 
 
 def parse_edge_line(line, where=''):

@@ -241,10 +241,17 @@ class _ScoreRange(beam.DoFn):
 
   def process(self, index_range, corpus):
     start, end = index_range
-    edges = graph_core.exact_edges(
-        np.arange(start, end), corpus.vectors, self._params.max_neighbors,
-        self._params.similarity_threshold)
-    _counter('scored_pairs').inc((end - start) * len(corpus.ids))
+    num = len(corpus.ids)
+    if self._params.max_neighbors is None:
+      edges = graph_core.pair_edges(start, end, corpus.vectors,
+                                    self._params.similarity_threshold)
+      pairs = (end - start) * (num - 1) - (start + end - 1) * (end - start) // 2
+    else:
+      edges = graph_core.exact_edges(
+          np.arange(start, end), corpus.vectors, self._params.max_neighbors,
+          self._params.similarity_threshold)
+      pairs = (end - start) * num
+    _counter('scored_pairs').inc(pairs)
     yield from _by_shard(edges, len(corpus.ids),
                          _num_shards(self._params, len(corpus.ids)))
 
@@ -310,12 +317,12 @@ def _lsh_buckets(corpus, params):
     yield from buckets
 
 
-def _merge_shard(keyed, max_neighbors):
+def _merge_shard(keyed, max_neighbors, dedupe):
   shard, parts = keyed
-  edges = graph_core.top_k_per_source(
-      graph_core.dedupe_max(graph_core.concat_edges(list(parts))),
-      max_neighbors)
-  return shard, edges
+  edges = graph_core.concat_edges(list(parts))
+  if dedupe:
+    edges = graph_core.dedupe_max(edges)
+  return shard, graph_core.top_k_per_source(edges, max_neighbors)
 
 
 def _reverse_by_shard(keyed, corpus, params):
@@ -346,8 +353,8 @@ class _WriteShard(beam.DoFn):
                         graph_io.edge_shard_name(shard, num_shards))
     sources, targets = corpus.ids[edges.src], corpus.ids[edges.tgt]
     with tf.io.gfile.GFile(path, 'w') as f:
-      f.write(''.join(graph_io.format_edge(s, t, w) for s, t, w in zip(
-          sources, targets, edges.weight.tolist())))
+      f.write(''.join(map(graph_io.EDGE_LINE.__mod__, zip(
+          sources, targets, edges.weight.tolist()))))
     _counter('edges_written').inc(len(edges.src))
     yield edges
 
@@ -420,7 +427,10 @@ class Executor(beam_executor.BeamExecutor):
       candidates = (work | 'Distribute' >> beam.Reshuffle()
                     | 'Score' >> beam.ParDo(scorer, corpus_side, *extra_side)
                     | 'GroupCandidates' >> beam.GroupByKey()
-                    | 'TopK' >> beam.Map(_merge_shard, params.max_neighbors))
+                    # Only LSH rounds meet a pair twice; exact and
+                    # partition modes score each (query, node) pair once.
+                    | 'TopK' >> beam.Map(_merge_shard, params.max_neighbors,
+                                         params.mode == 'lsh'))
       recall = None
       if params.mode != 'exact':
         recall = beam.pvalue.AsSingleton(
@@ -428,7 +438,9 @@ class Executor(beam_executor.BeamExecutor):
             | 'CollectForRecall' >> beam.combiners.ToList()
             | 'Recall' >> beam.Map(_sampled_recall, corpus_side, params))
       final = candidates
-      if params.undirected:
+      # Without a top-k, exact edges come out symmetric (pair_edges).
+      symmetric = params.mode == 'exact' and params.max_neighbors is None
+      if params.undirected and not symmetric:
         final = (candidates
                  | 'AddReverse' >> beam.FlatMap(_reverse_by_shard, corpus_side,
                                                 params)

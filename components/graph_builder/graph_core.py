@@ -91,7 +91,7 @@ def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold):
   rows_n, cols_n = scores.shape
   k = max_neighbors
   if k is None or k >= cols_n - 1 or not rows_n:
-    rows, cols = np.nonzero(scores >= threshold)
+    rows, cols = _sparse_nonzero(scores >= threshold)
   else:
     bound = np.maximum(_top_k_lower_bound(scores, k), threshold)
     passing = scores >= bound[:, None]
@@ -184,6 +184,27 @@ def exact_edges(query_ids, corpus, max_neighbors, threshold,
     scores = corpus[rows] @ corpus.T
     parts.append(select_neighbors(scores, rows, all_ids, max_neighbors,
                                   threshold))
+  return concat_edges(parts)
+
+
+def pair_edges(start, end, corpus, threshold, max_entries=MAX_CHUNK_ENTRIES):
+  """Every pair {i, j} with i in [start, end), j > i and similarity >=
+  threshold, as both directed edges: NSL's semantics (all neighbors above
+  the threshold, no top-k), each pair scored once, as NSL scores it. Half
+  the products of `exact_edges`, and the edges come out symmetric, so no
+  reverse-edge pass is needed."""
+  parts = []
+  step = chunk_rows(len(corpus) - start, max_entries)
+  for a in range(start, end, step):
+    b = min(end, a + step)
+    scores = corpus[a:b] @ corpus[a:].T
+    # Column c is node a + c; keep c > row (j > i).
+    scores[:, :b - a][np.tri(b - a, dtype=bool)] = -np.inf
+    rows, cols = _sparse_nonzero(scores >= threshold)
+    src, tgt = rows + a, cols + a
+    weights = scores[rows, cols].astype(np.float32)
+    parts.append(Edges(np.r_[src, tgt], np.r_[tgt, src],
+                       np.r_[weights, weights]))
   return concat_edges(parts)
 
 
