@@ -105,6 +105,12 @@ def test_partition_mode_finds_most_exact_neighbors_and_only_true_edges():
                                                                 found.tgt],
                              atol=1e-5)
   assert sum(p[1] for p in parts) < 4000 * 4000 / 2  # far from all pairs
+  threaded = [graph_core.block_edges(*b, partitioning, corpus, 5, 0.0,
+                                     threads=3) for b in blocks]
+  for (one, pairs), (three, threaded_pairs) in zip(parts, threaded):
+    assert pairs == threaded_pairs
+    for a, b in zip(one, three):
+      np.testing.assert_array_equal(a, b)  # Same edges, same order.
 
 
 def test_lsh_finds_most_exact_neighbors_and_only_true_edges():

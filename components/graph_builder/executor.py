@@ -281,15 +281,22 @@ class _ScoreBlock(beam.DoFn):
   def process(self, block, corpus, parts):
     queries, query_probes = block
     # Many small products: one BLAS thread each is several times faster
-    # than BLAS threads contending for the cores (parallelism comes from
-    # Beam workers instead).
+    # than BLAS threads contending for the cores, so the cores score several
+    # partitions at once instead.
     with threadpoolctl.threadpool_limits(1, user_api='blas'):
       edges, pairs = graph_core.block_edges(
           queries, query_probes, parts, corpus.vectors,
-          self._params.max_neighbors, self._params.similarity_threshold)
+          self._params.max_neighbors, self._params.similarity_threshold,
+          threads=_usable_cores())
     _counter('scored_pairs').inc(pairs)
     yield from _by_shard(edges, len(corpus.ids),
                          _num_shards(self._params, len(corpus.ids)))
+
+
+def _usable_cores():
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def _partitioning(corpus, params):

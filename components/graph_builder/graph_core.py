@@ -6,6 +6,7 @@ Edges travel as three parallel arrays (source index, target index, weight)
 rather than one Python object per edge.
 """
 import collections
+from concurrent import futures
 
 import numpy as np
 
@@ -320,25 +321,41 @@ def partition_blocks(parts):
 
 
 def block_edges(queries, query_probes, parts, corpus, max_neighbors,
-                threshold, max_entries=MAX_CHUNK_ENTRIES):
+                threshold, max_entries=MAX_CHUNK_ENTRIES, threads=1):
   """Edges from each query to its neighbors among the members of the
   partitions its probes name: one matrix product per partition, against
-  the queries that probe it. Returns (edges, pairs scored)."""
-  edges, pairs = [], 0
-  for partition in np.unique(query_probes):
-    candidates = parts.order[parts.bounds[partition]:
-                             parts.bounds[partition + 1]]
-    rows = queries[(query_probes == partition).any(axis=1)]
-    if not len(candidates) or not len(rows):
-      continue
-    vectors = corpus[candidates]
-    step = chunk_rows(len(candidates), max_entries)
-    for start in range(0, len(rows), step):
-      chunk = rows[start:start + step]
-      edges.append(select_neighbors(corpus[chunk] @ vectors.T, chunk,
-                                    candidates, max_neighbors, threshold))
-    pairs += len(rows) * len(candidates)
-  return top_k_per_source(concat_edges(edges), max_neighbors), pairs
+  the queries that probe it. Returns (edges, pairs scored).
+
+  The products are small, so `threads` score disjoint sets of partitions at
+  once (numpy releases the GIL); the result does not depend on `threads`.
+  """
+  def score(partitions):
+    edges, pairs = [], 0
+    for partition in partitions:
+      candidates = parts.order[parts.bounds[partition]:
+                               parts.bounds[partition + 1]]
+      rows = queries[(query_probes == partition).any(axis=1)]
+      if not len(candidates) or not len(rows):
+        continue
+      vectors = corpus[candidates]
+      step = chunk_rows(len(candidates), max_entries)
+      for start in range(0, len(rows), step):
+        chunk = rows[start:start + step]
+        edges.append(select_neighbors(corpus[chunk] @ vectors.T, chunk,
+                                      candidates, max_neighbors, threshold))
+      pairs += len(rows) * len(candidates)
+    # Each worker keeps only its own top-k: less to hold and to merge.
+    return top_k_per_source(concat_edges(edges), max_neighbors), pairs
+
+  partitions = np.unique(query_probes)
+  if threads > 1 and len(partitions) > 1:
+    with futures.ThreadPoolExecutor(threads) as pool:
+      results = list(pool.map(score, np.array_split(
+          partitions, min(len(partitions), 4 * threads))))
+  else:
+    results = [score(partitions)]
+  return (top_k_per_source(concat_edges([e for e, _ in results]),
+                           max_neighbors), sum(p for _, p in results))
 
 
 def recall_at_k(found, exact, sample):
