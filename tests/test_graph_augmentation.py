@@ -3,6 +3,7 @@ unlabeled seeds, a real LocalDagRunner pipeline with an imported graph, Cora."""
 import json
 import os
 import random
+import tempfile
 
 import pytest
 import tensorflow as tf
@@ -378,8 +379,16 @@ def test_executor_matches_pack_nbrs(tmp_path, undirected, k):
 def test_many_buckets_give_the_same_output(tmp_path, monkeypatch):
   """The joins' hash buckets (one for small inputs) change nothing."""
   splits, lines = _random_data(seed=11)
+  spill_parent = tmp_path / 'spill'  # The context has no temp dir here.
+  spill_parent.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(spill_parent))
+  written = []
+  monkeypatch.setattr(executor, '_pack', lambda *args, pack=executor._pack: (
+      written.append(pack(*args)) or written[-1]))
   one = _run_executor(tmp_path / 'one', splits, lines, max_neighbors=3,
                       add_undirected_edges=True)
+  assert written and all(w[0] == executor._SPILLED for w in written)
+  assert not list(spill_parent.iterdir())  # Removed after the run.
   monkeypatch.setattr(executor, '_BYTES_PER_BUCKET', 300)
   monkeypatch.setattr(executor, '_BATCH_ITEMS',
                       dict.fromkeys(executor._BATCH_ITEMS, 3))
@@ -387,6 +396,17 @@ def test_many_buckets_give_the_same_output(tmp_path, monkeypatch):
                        add_undirected_edges=True)
   assert _by_id(_split(many, 'train')) == _by_id(_split(one, 'train'))
   assert _stats(many) == _stats(one)
+  # As other runners do it: the batches themselves through the shuffle, not
+  # paths of files that hold them.
+  packed = []
+  monkeypatch.setattr(executor.Executor, '_spill_dir', lambda self: None)
+  monkeypatch.setattr(executor, '_unpack', lambda value, unpack=(
+      executor._unpack): packed.append(value[0]) or unpack(value))
+  shuffled = _run_executor(tmp_path / 'shuffled', splits, lines,
+                           max_neighbors=3, add_undirected_edges=True)
+  assert packed and executor._SPILLED not in packed
+  assert _by_id(_split(shuffled, 'train')) == _by_id(_split(one, 'train'))
+  assert _stats(shuffled) == _stats(one)
   expected = _pack_nbrs(tmp_path, splits['train'], splits['unlabeled'], lines,
                         add_undirected_edges=True, max_nbrs=3)
   assert _by_id(_split(many, 'train')) == _by_id(expected)
@@ -521,6 +541,32 @@ def test_wrong_id_feature_fails_with_a_hint(tmp_path):
   with pytest.raises(ValueError, match=r"usable id feature 'x'.*"
                      r"Set id_feature"):
     _run_executor(tmp_path, splits, ['a\tb\n'], id_feature='x')
+
+
+def test_refuses_other_payload_formats(tmp_path):
+  examples = _examples_artifact(str(tmp_path / 'examples'),
+                                {'train': [_example('a', [1.0], 0)]})
+  examples_utils.set_payload_format(
+      examples, example_gen_pb2.PayloadFormat.FORMAT_PROTO)
+  output = standard_artifacts.Examples()
+  output.uri = str(tmp_path / 'output')
+  with pytest.raises(ValueError, match='payload format FORMAT_PROTO'):
+    executor.Executor().Do(
+        {'examples': [examples],
+         'graph': [_graph_artifact(str(tmp_path / 'graph'), ['a\tb\n'])]},
+        {'augmented_examples': [output]}, {'max_neighbors': 2})
+
+
+def test_executor_imports_no_standard_tfx_component():
+  """A worker running this executor skips TFX's components and TFMA."""
+  import subprocess
+  import sys
+  code = ('import sys; from tfx_nsl.components.graph_augmentation import '
+          'executor; print(sorted(m for m in sys.modules if m.startswith('
+          '("tfx.components", "tensorflow_model_analysis"))))')
+  out = subprocess.run([sys.executable, '-c', code], check=True,
+                       capture_output=True, text=True).stdout
+  assert out.strip() == '[]'
 
 
 def test_unusable_graph_fails(tmp_path):
