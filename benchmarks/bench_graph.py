@@ -358,8 +358,9 @@ def bench_exact(args, work):
             'edges_out': os.path.join(work, 'exact-floor-edges.npz'),
             'k': args.k, 'threshold': args.exact_threshold, 'params': params}
 
-  names = ['floor_argpartition', 'floor_pruned', 'beam_in_memory',
-           'beam_multi_processing', 'beam_read_only']
+  names = args.exact_contenders.split(',')
+  if 'floor_argpartition' not in names:  # Its edges are the reference below.
+    names.insert(0, 'floor_argpartition')
   summary = run_side_by_side(names, spec_for, work, args.repeats, 'exact')
   # The Beam graphs equal the floor's, except where the k-th and (k+1)-th
   # scores of a row differ by float32 rounding (blocks of different shapes
@@ -369,6 +370,8 @@ def bench_exact(args, work):
   x = _normalize(np.load(os.path.join(root, 'data.npy')).astype(np.float64))
   checks = {}
   for name in ('beam_in_memory', 'beam_multi_processing'):
+    if name not in names:
+      continue
     s, t, _ = read_graph_indices(os.path.join(work, f'exact-graph-{name}'))
     ours = set(zip(s.tolist(), t.tolist()))
     gap = 0.0
@@ -493,8 +496,11 @@ def main():
   parser.add_argument('--lsh-splits', type=int, default=10)
   parser.add_argument('--lsh-rounds', type=int, default=16)
   parser.add_argument('--lsh-max-bucket-size', type=int, default=2048)
-  parser.add_argument('--lsh-modes',
-                      default='beam_in_memory,beam_multi_processing')
+  parser.add_argument('--exact-contenders',
+                      default='floor_argpartition,floor_pruned,beam_in_memory',
+                      help='also: beam_multi_processing, beam_read_only')
+  parser.add_argument('--lsh-modes', default='beam_in_memory',
+                      help='also: beam_multi_processing')
   parser.add_argument('--recall-sample', type=int, default=1000)
   args = parser.parse_args()
   if args.quick:
