@@ -83,11 +83,13 @@ class GraphAugmentation(base_beam_component.BaseBeamComponent):
   node keeps only its best `max_neighbors` candidates while edges stream by.
 
   Bad input (malformed edge lines, self-loops, duplicate edges, edges naming
-  unknown ids, duplicate example ids, examples without an id, neighbors that
-  lack a requested feature) is counted with Beam counters in namespace
+  unknown ids, duplicate example ids, examples whose id is unusable, neighbors
+  that lack a requested feature) is counted with Beam counters in namespace
   'tfx_nsl.GraphAugmentation', logged, and stored as JSON in the output's
   custom property `augmentation_stats`. Self-loops are dropped, and seeds
-  without an id are kept with no neighbors (pack_nbrs has no such rule). The
+  with an unusable id (several values, floats) are kept with no neighbors
+  (pack_nbrs has no such rule). An example without the id feature is named
+  by a digest of its bytes, as GraphBuilder names it, so the two join. The
   run fails when no edge line is usable, or when edges exist but no seed got
   a neighbor (almost always an id mismatch).
 
@@ -134,7 +136,8 @@ class GraphAugmentation(base_beam_component.BaseBeamComponent):
         pair), as pack_nbrs' flag of that name. Use it for graphs that list
         each edge once, such as citations.
       id_feature: Feature holding each example's id: one bytes value (UTF-8)
-        or one int64 value, compared with the graph's ids as text.
+        or one int64 value, compared with the graph's ids as text; absent,
+        a digest of the example (`tfx_nsl.graph_io.node_id`).
       seed_splits: Splits whose examples get neighbors. Default: ['train'].
       neighbor_splits: Splits whose examples may be neighbors. Default: the
         seed splits plus 'unlabeled', those that exist. Never list eval data
