@@ -399,7 +399,8 @@ def test_many_buckets_give_the_same_output(tmp_path, monkeypatch):
   # As other runners do it: the batches themselves through the shuffle, not
   # paths of files that hold them.
   packed = []
-  monkeypatch.setattr(executor.Executor, '_spill_dir', lambda self: None)
+  monkeypatch.setattr(executor.Executor, '_spill_dir',
+                      lambda self, pipeline: None)
   monkeypatch.setattr(executor, '_unpack', lambda value, unpack=(
       executor._unpack): packed.append(value[0]) or unpack(value))
   shuffled = _run_executor(tmp_path / 'shuffled', splits, lines,
@@ -533,14 +534,19 @@ def test_joins_graph_builder_graph_on_id_less_examples(tmp_path):
 
 def test_wrong_id_feature_fails_with_a_hint(tmp_path):
   splits = {'train': [_example('a', [1.0], 0)]}
-  # Absent: ids are derived, none is in the graph, so nothing joins.
-  with pytest.raises(ValueError, match=r"No seed example got a neighbor.*"
-                     r"id_feature 'paper'"):
-    _run_executor(tmp_path, splits, ['a\tb\n'], id_feature='paper')
+  # Absent while the graph does not name digests: fails before the
+  # pipeline, listing the features there are.
+  with pytest.raises(ValueError, match=r"usable id feature 'paper'.*absent.*"
+                     r"like 'a'.*\['id', 'label', 'x'\]. Set id_feature"):
+    _run_executor(tmp_path / 'one', splits, ['a\tb\n'], id_feature='paper')
   # Present but unusable in every example: fails before the pipeline.
-  with pytest.raises(ValueError, match=r"usable id feature 'x'.*"
-                     r"Set id_feature"):
-    _run_executor(tmp_path, splits, ['a\tb\n'], id_feature='x')
+  with pytest.raises(ValueError, match=r"usable id feature 'x'.*holds "
+                     r"\[1.0\]. Set id_feature"):
+    _run_executor(tmp_path / 'two', splits, ['a\tb\n'], id_feature='x')
+  # Usable but matching nothing: fails after the join, with the counts.
+  with pytest.raises(ValueError, match=r"No seed example got a neighbor.*"
+                     r"1 name targets that no example has"):
+    _run_executor(tmp_path / 'three', splits, ['a\tghost\n'])
 
 
 def test_refuses_other_payload_formats(tmp_path):
@@ -575,6 +581,8 @@ def test_unusable_graph_fails(tmp_path):
     _run_executor(tmp_path / 'one', splits, ['a,b,1\n', 'a b\n'])
   with pytest.raises(ValueError, match='No seed example got a neighbor'):
     _run_executor(tmp_path / 'two', splits, ['x\ty\t1\n'])
+  with pytest.raises(ValueError, match='has no edges.*stats.json'):
+    _run_executor(tmp_path / 'three', splits, [])
 
 
 def test_component_validates_parameters():

@@ -7,6 +7,7 @@ import pytest
 from graph_testing import clustered_embeddings, read_graph, write_examples_artifact
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_builder import graph_core
+from tfx_nsl.pipelines.datasets import _example
 
 
 def _brute_force_top_k(vectors, k, threshold):
@@ -187,7 +188,6 @@ def test_executor_equals_nsl_build_graph(tmp_path):
 
   examples_file = str(tmp_path / 'nsl.tfrecord')
   import tensorflow as tf
-  from tfx_nsl.pipelines.datasets import _example
   with tf.io.TFRecordWriter(examples_file) as writer:
     for row in rows:
       writer.write(_example(row).SerializeToString())
@@ -279,6 +279,7 @@ def test_bad_inputs_are_counted_and_named(tmp_path, caplog):
       {'id': 'zero', 'emb': np.zeros(4, np.float32)},
       {'emb': np.array([1, 2, 3, 4], np.float32)},  # no id: derived
       {'id': ['two', 'ids'], 'emb': np.array([4, 3, 2, 1], np.float32)},
+      {'id': 'tab\there', 'emb': np.array([4, 3, 2, 2], np.float32)},
   ]
   _, found, stats = _run_executor(
       tmp_path, {'train': good + bad, 'unlabeled': []},
@@ -289,7 +290,7 @@ def test_bad_inputs_are_counted_and_named(tmp_path, caplog):
   assert counters['non_finite_embedding'] == 2
   assert counters['zero_embedding'] == 1
   assert counters['ids_derived_from_content'] == 1
-  assert counters['unusable_id'] == 1
+  assert counters['unusable_id'] == 2
   assert stats['num_nodes'] == 51
   assert stats['empty_splits'] == ['unlabeled']
   nodes = {s for s, _ in found} | {t for _, t in found}
@@ -297,6 +298,19 @@ def test_bad_inputs_are_counted_and_named(tmp_path, caplog):
   assert any(n.startswith('sha256-') for n in nodes)
   for name in ('no-emb', 'short', 'nan', 'zero', "[b'two', b'ids']"):
     assert name in caplog.text
+
+
+def test_no_examples_at_all_stops_the_run(tmp_path):
+  with pytest.raises(Exception, match=r"found no examples in splits \['train'\]"):
+    _run_executor(tmp_path, {'train': []}, embedding_features=['emb'])
+
+
+def test_no_usable_example_stops_the_run(tmp_path):
+  rows = [{'id': 'a', 'emb': np.zeros(3, np.float32)},
+          {'id': ['b', 'c'], 'emb': np.ones(3, np.float32)}]
+  with pytest.raises(Exception, match=r'none of the 2 examples.*1 have an '
+                     r"unusable id feature 'id'.*1 are not finite or all zero"):
+    _run_executor(tmp_path, {'train': rows}, embedding_features=['emb'])
 
 
 def test_duplicate_ids_stop_the_run(tmp_path):
@@ -346,12 +360,17 @@ def test_embedding_model_through_run_inference(tmp_path):
   tf.saved_model.save(module, os.path.join(model.uri, 'Format-Serving'),
                       signatures={'serving_default': module.serve})
   rows = [{'id': f'n{i:04d}', 'x': x[i]} for i in range(120)]
+  del rows[7]['id']  # Named by the digest of its record, as written.
   _, found, stats = _run_executor(
       tmp_path, {'train': rows}, model=model, similarity_threshold=0.0,
       max_neighbors=3, undirected=False)
+  digest = graph_io.derive_example_id(
+      _example(rows[7]).SerializeToString())
+  names = [digest if i == 7 else f'n{i:04d}' for i in range(120)]
   expected = _brute_force_top_k((x @ projection).astype(np.float64), 3, 0.0)
-  assert found.keys() == {(f'n{s:04d}', f'n{t:04d}') for s, t in expected}
+  assert found.keys() == {(names[s], names[t]) for s, t in expected}
   assert stats['num_nodes'] == 120
+  assert stats['counters']['ids_derived_from_content'] == 1
 
 
 def test_component_validates_parameters_at_construction():
@@ -366,6 +385,9 @@ def test_component_validates_parameters_at_construction():
     GraphBuilder(examples=examples, embedding_features=['x'], max_neighbors=0)
   with pytest.raises(ValueError, match='mode must be one of'):
     GraphBuilder(examples=examples, embedding_features=['x'], mode='fast')
+  with pytest.raises(ValueError, match='finite number, got -inf'):
+    GraphBuilder(examples=examples, embedding_features=['x'],
+                 similarity='dot', similarity_threshold=float('-inf'))
   builder = GraphBuilder(examples=examples, embedding_features=['x'],
                          max_neighbors=5)
   assert builder.exec_properties['max_neighbors'] == 5

@@ -23,6 +23,17 @@ def runs_locally(beam_pipeline_args) -> bool:
   return (runner.lower() if runner else None) in _LOCAL_RUNNERS
 
 
+def is_local(pipeline) -> bool:
+  """Whether a constructed pipeline runs on Beam's DirectRunner (in this
+  process or in worker processes of this host)."""
+  # pylint: disable=g-import-not-at-top
+  from apache_beam.runners.direct import direct_runner
+  from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+  return isinstance(pipeline.runner, (direct_runner.SwitchingDirectRunner,
+                                      direct_runner.BundleBasedDirectRunner,
+                                      FnApiRunner))
+
+
 class BeamExecutor(base_beam_executor.BaseBeamExecutor):
   """TFX's Beam executor, minus its ephemeral sdist on the DirectRunner.
 

@@ -20,6 +20,7 @@ def edge_shard_name(index, num_shards):
 
 
 EDGE_LINE = '%s\t%s\t%f\n'  # % (source, target, weight)
+DERIVED_ID_PREFIX = 'sha256-'
 
 
 def parse_edge_line(line, where=''):
@@ -65,8 +66,9 @@ def node_id(values, serialized):
   One bytes value is decoded (UTF-8, as pack_nbrs does), one int64 value is
   written in decimal; no value at all means the id is derived from the
   example's bytes (design.md), the same way in GraphBuilder and
-  GraphAugmentation so their graphs join. Anything else (several values,
-  floats, undecodable bytes) is no usable id: None.
+  GraphAugmentation so their graphs join (when both read the same records).
+  Anything else (several values, floats, undecodable bytes, a tab or line
+  break, which the TSV format cannot hold) is no usable id: None.
   """
   if not values:
     return derive_example_id(serialized)
@@ -75,12 +77,20 @@ def node_id(values, serialized):
   value = values[0]
   if isinstance(value, bytes):
     try:
-      return value.decode('utf-8')
+      text = value.decode('utf-8')
     except UnicodeDecodeError:
       return None
+    if '\t' in text or '\n' in text or '\r' in text:
+      return None
+    return text
   if isinstance(value, int):
     return str(value)
   return None
+
+
+def describe_id(values):
+  """An id feature's values for a message about an unusable id."""
+  return f'{list(values)[:3]}' + (' ...' if len(values) > 3 else '')
 
 
 def example_node_id(example, id_feature, serialized):
@@ -100,4 +110,4 @@ def derive_example_id(serialized):
   graph and GraphAugmentation finds the same node.
   """
   import hashlib  # pylint: disable=g-import-not-at-top
-  return 'sha256-' + hashlib.sha256(serialized).hexdigest()[:24]
+  return DERIVED_ID_PREFIX + hashlib.sha256(serialized).hexdigest()[:24]

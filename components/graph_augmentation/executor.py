@@ -18,12 +18,12 @@ Beam's per-element cost off the examples and edges. The top-k holds at most
 `max_neighbors` candidates per node, so a node with a huge out-degree costs
 no more memory than any other.
 
-On the DirectRunner, a batch waits for the next stage in a file of the
-executor's temporary directory and only its path is shuffled: the in-memory
-runner holds about four copies of everything it shuffles (measured: 56 MB of
-batches through one GroupByKey raised peak RSS by 250 MB), which would make
-the joins' memory several times the data. Other runners shuffle the batches
-themselves.
+On the DirectRunner, a batch waits for the next stage in a file of a local
+temporary folder (removed after the run) and only its path is shuffled: the
+in-memory runner holds about four copies of everything it shuffles
+(measured: 56 MB of batches through one GroupByKey raised peak RSS by
+250 MB), which would make the joins' memory several times the data. Other
+runners shuffle the batches themselves.
 """
 import collections
 from concurrent import futures
@@ -33,6 +33,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import struct
 import tempfile
 import uuid
@@ -223,9 +224,8 @@ def _pack(role, items, spill_dir=None) -> bytes:
     return blob
   # A unique name: a retried bundle writes new files, and only the paths of
   # the attempt that Beam commits are ever read.
-  path = FileSystems.join(spill_dir, uuid.uuid4().hex)
-  with FileSystems.create(
-      path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+  path = os.path.join(spill_dir, uuid.uuid4().hex)
+  with open(path, 'wb') as f:
     f.write(blob)
   return bytes((_SPILLED, role)) + path.encode('utf-8')
 
@@ -236,8 +236,7 @@ def _role(value) -> int:
 
 def _unpack(value):
   if value[0] == _SPILLED:
-    with FileSystems.open(value[2:].decode('utf-8'),
-                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with open(value[2:].decode('utf-8'), 'rb') as f:
       value = f.read()
   return pickle.loads(memoryview(value)[1:])
 
@@ -353,9 +352,12 @@ class _ReadExamples(beam.DoFn):
       if self._logged_no_id < _MAX_LOGGED:
         self._logged_no_id += 1
         logging.warning(
-            'GraphAugmentation: an example of split %r has an unusable id '
-            'feature %r (not one bytes or int64 value); it gets no '
-            'neighbors and cannot be one.', self._split, self._id_feature)
+            'GraphAugmentation: example %s of split %r (named by its digest) '
+            'has an unusable id feature %r: %s (one bytes or int64 value '
+            'without tabs or line breaks expected); it gets no neighbors and '
+            'cannot be one.', graph_io.derive_example_id(serialized),
+            self._split, self._id_feature,
+            _id_values(example, self._id_feature))
       if self._seed_to is not None:
         # Through the seed join too, so that every output record comes from
         # one step and writing fuses with it (a Flatten would buffer them).
@@ -755,9 +757,19 @@ def _query_counters(result) -> Dict[str, int]:
   return {**{name: 0 for name in COUNTERS}, **counters} if counters else {}
 
 
-def _describe(feature):
-  kind = feature.WhichOneof('kind')
-  return f'{kind} {list(getattr(feature, kind).value)[:3]}'
+def _id_values(example, id_feature) -> str:
+  feature = example.features.feature[id_feature]
+  return graph_io.describe_id(getattr(feature, feature.WhichOneof('kind')).value)
+
+
+def _first_edge_source(edge_files) -> Optional[str]:
+  """The source id of the first edge line of the graph, if any."""
+  for path in edge_files:
+    with FileSystems.open(path) as f:
+      line = f.readline().decode('utf-8', 'replace')
+    if line.strip():
+      return line.split('\t')[0]
+  return None
 
 
 def _first_records(split_uri, limit=20):
@@ -799,22 +811,22 @@ class Executor(beam_executor.BeamExecutor):
     splits = artifact_utils.decode_split_names(examples.split_names)
     config = _Config(exec_properties, splits)
     edge_files = graph_io.edge_files(graph.uri)  # Raises if there are none.
-    self._check_ids(examples, config)
+    self._check_ids(examples, config, edge_files)
     output.split_names = artifact_utils.encode_split_names(splits)
     logging.info('GraphAugmentation: seeds %s, neighbors %s, %d edge '
                  'file(s) under %s.', config.seed_splits,
                  config.neighbor_splits, len(edge_files), graph.uri)
 
-    spill_dir = self._spill_dir()
+    pipeline = self._make_beam_pipeline()
+    spill_dir = self._spill_dir(pipeline)
     try:
-      pipeline = self._make_beam_pipeline()
       self._build(pipeline, examples, output, splits, config, edge_files,
                   spill_dir)
       result = pipeline.run()
       result.wait_until_finish()
     finally:
       if spill_dir is not None:
-        fileio.rmtree(spill_dir)
+        shutil.rmtree(spill_dir, ignore_errors=True)
 
     for split in splits:
       if split not in config.seed_splits:
@@ -832,35 +844,39 @@ class Executor(beam_executor.BeamExecutor):
     logging.info('GraphAugmentation stats: %s', stats)
     _check_stats(stats, graph.uri, config)
 
-  def _spill_dir(self) -> Optional[str]:
-    """A fresh folder for the batches between stages on the DirectRunner
-    (see the module docstring); None on other runners."""
-    if not beam_executor.runs_locally(self._beam_pipeline_args):
+  def _spill_dir(self, pipeline) -> Optional[str]:
+    """A fresh local folder for the batches between stages when `pipeline`
+    runs on the DirectRunner, whose workers share this host (see the module
+    docstring); None on other runners."""
+    if not beam_executor.is_local(pipeline):
       return None
-    try:
-      parent = self._get_tmp_dir()
-    except RuntimeError:  # A context without a temporary directory.
-      parent = tempfile.gettempdir()
-    spill_dir = os.path.join(parent, f'graph_augmentation-{uuid.uuid4().hex}')
-    fileio.makedirs(spill_dir)
-    return spill_dir
+    return tempfile.mkdtemp(prefix='tfx_nsl_graph_augmentation-')
 
-  def _check_ids(self, examples, config):
-    """Fails early when the id feature is plainly wrong: present, but
-    unusable in every one of the first examples of a seed split."""
+  def _check_ids(self, examples, config, edge_files):
+    """Fails early when the id feature is plainly wrong: unusable in every
+    one of the first examples of a seed split, or absent from all of them
+    while the graph does not name nodes by digests."""
     for split in config.seed_splits:
       sample = _first_records(artifact_utils.get_split_uri([examples], split))
       if not sample:
         continue
       parsed = [augment_core.parse_example(r) for r in sample]
-      if all(graph_io.example_node_id(e, config.id_feature, r)[0] is None
-             for e, r in zip(parsed, sample)):
+      named = [graph_io.example_node_id(e, config.id_feature, r)
+               for e, r in zip(parsed, sample)]
+      where = (f'No example among the first {len(sample)} of split {split!r} '
+               f'has a usable id feature {config.id_feature!r} (one bytes or '
+               'int64 value)')
+      hint = 'Set id_feature to the feature that the graph names nodes by.'
+      if all(node is None for node, _ in named):
+        raise ValueError(f'{where}; the first holds '
+                         f'{_id_values(parsed[0], config.id_feature)}. {hint}')
+      first = _first_edge_source(edge_files)
+      if (all(derived for _, derived in named) and first is not None
+          and not first.startswith(graph_io.DERIVED_ID_PREFIX)):
         raise ValueError(
-            f'No example among the first {len(sample)} of split {split!r} has '
-            f'a usable id feature {config.id_feature!r} (one bytes or int64 '
-            f'value); the first holds '
-            f'{_describe(parsed[0].features.feature[config.id_feature])}. '
-            'Set id_feature to the feature that the graph names nodes by.')
+            f'{where}: it is absent, so their ids would be digests of the '
+            f'records, but the graph names nodes like {first!r}. Their '
+            f'features are {sorted(parsed[0].features.feature)}. {hint}')
       return
 
   def _build(self, p, examples, output, splits, config, edge_files,
@@ -937,7 +953,12 @@ def _check_stats(stats, graph_uri, config):
   """Raises where the output would silently carry no graph at all."""
   if not stats:
     return
-  if stats['edge_lines_read'] and stats['edges'] == 0:
+  if not stats['edge_lines_read']:
+    raise ValueError(
+        f'Graph {graph_uri} has no edges, so no example would get a '
+        'neighbor. If it came from GraphBuilder, see its stats.json (e.g. a '
+        'similarity_threshold that no pair reaches).')
+  if stats['edges'] == 0:
     raise ValueError(
         f'No usable edge in graph {graph_uri}: of {stats["edge_lines_read"]} '
         f'lines, {stats["malformed_edge_lines"]} are malformed and '
@@ -951,5 +972,6 @@ def _check_stats(stats, graph_uri, config):
         f'targets that no example has, {stats["edges_target_not_neighbor"]} '
         f'point into splits outside neighbor_splits '
         f'{config.neighbor_splits}, {stats["edges_from_non_seed"]} leave '
-        f'non-seed examples. Check that id_feature {config.id_feature!r} '
-        'holds the ids the graph uses.')
+        f'non-seed examples; {stats["ids_derived_from_content"]} examples '
+        f'lack id_feature {config.id_feature!r} (named by digests). Check '
+        'that it holds the ids the graph uses.')

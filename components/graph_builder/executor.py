@@ -7,8 +7,10 @@ Stages (each element is a batch of arrays, never one Python object per pair):
            chunk against the corpus; lsh: one matrix product per bucket;
            partition: the nodes of one k-means partition against the
            members of the partitions nearest to them
-  merge    edges keyed by source shard: dedupe (max weight), top-k per source,
-           optional reverse edges, then sorted TSV shards and statistics.
+  merge    edges keyed by source shard: dedupe (max weight; LSH only, the
+           other modes never meet a pair twice), top-k per source, reverse
+           edges if undirected (not needed for exact graphs without a top-k,
+           symmetric by construction), then sorted TSV shards and stats.
 """
 import collections
 import json
@@ -17,6 +19,7 @@ from typing import Any, Dict, List
 
 from absl import logging
 import apache_beam as beam
+from apache_beam.options.pipeline_options import DirectOptions
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +39,8 @@ NAMESPACE = 'tfx_nsl.GraphBuilder'
 _RAW_RECORD = '__raw_record__'
 _PARTIAL_STATS = '.stats-partial.json'
 _EXAMPLES_NAMED_IN_LOGS = 5
+_NO_EXAMPLES = ('GraphBuilder found no examples in splits {splits}; nothing to '
+                'build a graph from')
 
 # ids: object array of str; lengths: [n, num_features] int (-1: missing);
 # flats: per feature, the concatenated values of the rows that have it.
@@ -62,14 +67,16 @@ def _ids_from(record_batch, id_feature):
       record_batch)
   ids = np.empty(record_batch.num_rows, object)
   derived = 0
+  logged = 0
   for i, value in enumerate(values):
     derived += not value
     ids[i] = graph_io.node_id(value, None if value else raw[i].as_py()[0])
-    if ids[i] is None:
+    if ids[i] is None and logged < _EXAMPLES_NAMED_IN_LOGS:
+      logged += 1
       logging.warning(
           'GraphBuilder left out example %s (named by its digest): its id '
-          'feature %r holds %r, not one bytes or int64 value', graph_io.
-          derive_example_id(raw[i].as_py()[0]), id_feature, value[:3])
+          'feature %r holds %s', graph_io.derive_example_id(
+              raw[i].as_py()[0]), id_feature, graph_io.describe_id(value))
   return ids, derived
 
 
@@ -110,32 +117,45 @@ class _ExtractFeatures(beam.DoFn):
     yield EmbeddingBatch(ids, np.stack(lengths, axis=1), flats)
 
 
-class _ExtractPredictions(beam.DoFn):
-  """PredictionLogs of an embedding model -> (id, embedding) rows."""
+class _KeyById(beam.DoFn):
+  """A raw record -> (its node id, the record), before an embedding model.
+
+  The id comes from the record's own bytes, as GraphAugmentation reads them
+  (a record parsed and re-serialized may not have the same bytes).
+  """
 
   def __init__(self, split, params):
-    self._params = params
+    self._id_feature = params.id_feature
     self._read = _counter(f'examples_read_{split}')
     self._derived = _counter('ids_derived_from_content')
+    self._logged = 0
 
-  def process(self, prediction_log):
-    predict = prediction_log.predict_log
-    serialized = tf.make_ndarray(next(iter(predict.request.inputs.values())))
-    serialized = serialized.reshape(-1)[0]
+  def process(self, serialized):
     example_id, derived = graph_io.example_node_id(
-        tf.train.Example.FromString(serialized), self._params.id_feature,
-        serialized)
+        tf.train.Example.FromString(serialized), self._id_feature, serialized)
     self._read.inc()
     self._derived.inc(int(derived))
-    outputs = predict.response.outputs
-    key = self._params.embedding_output or (next(iter(outputs)) if len(
-        outputs) == 1 else None)
-    if key not in outputs:
-      raise ValueError(
-          f'the embedding model returns outputs {sorted(outputs)}; set '
-          'embedding_output to the one that holds the embedding')
-    yield example_id, tf.make_ndarray(outputs[key]).reshape(-1).astype(
-        np.float32)
+    if example_id is None and self._logged < _EXAMPLES_NAMED_IN_LOGS:
+      self._logged += 1
+      logging.warning('GraphBuilder left out example %s (named by its '
+                      'digest): its id feature %r is not one bytes or int64 '
+                      'value', graph_io.derive_example_id(serialized),
+                      self._id_feature)
+    yield example_id, serialized
+
+
+def _embedding_row(keyed_log, params):
+  """(id, PredictionLog of the embedding model) -> (id, embedding)."""
+  example_id, prediction_log = keyed_log
+  outputs = prediction_log.predict_log.response.outputs
+  key = params.embedding_output or (next(iter(outputs)) if len(
+      outputs) == 1 else None)
+  if key not in outputs:
+    raise ValueError(
+        f'the embedding model returns outputs {sorted(outputs)}; set '
+        'embedding_output to the one that holds the embedding')
+  return example_id, tf.make_ndarray(outputs[key]).reshape(-1).astype(
+      np.float32)
 
 
 def _rows_to_batch(rows):
@@ -165,11 +185,10 @@ class _BuildCorpus(beam.DoFn):
     params = self._params
     batches = [b for b in batches if len(b.ids)]
     if not batches:
-      raise ValueError('GraphBuilder found no examples in splits '
-                       f'{params.splits}; nothing to build a graph from')
+      raise ValueError(_NO_EXAMPLES.format(splits=params.splits))
     lengths = np.concatenate([b.lengths for b in batches])
     ids = np.concatenate([b.ids for b in batches])
-    unusable_id = np.equal(ids, None)  # Named in the log as they were read.
+    unusable_id = np.equal(ids, None)  # Named in the log when read.
     _counter('unusable_id').inc(int(unusable_id.sum()))
     present = lengths >= 0
     missing = ~present.all(axis=1) | unusable_id
@@ -201,6 +220,15 @@ class _BuildCorpus(beam.DoFn):
     self._report('zero_embedding', ids[~usable & ~nonfinite],
                  'have an all-zero embedding (no direction for cosine)')
     ids, vectors = ids[usable], vectors[usable]
+    if not len(ids):
+      raise ValueError(
+          f'GraphBuilder: none of the {len(keep)} examples of splits '
+          f'{params.splits} is usable: {int(unusable_id.sum())} have an '
+          f'unusable id feature {params.id_feature!r}, '
+          f'{int((missing & ~unusable_id).sum())} lack an embedding feature, '
+          f'{int(wrong_dim.sum())} have the wrong dimension and '
+          f'{int((~usable).sum())} are not finite or all zero (see the log '
+          'for examples of each)')
     order = np.argsort(ids, kind='stable')
     ids, vectors = ids[order], vectors[order]
     duplicated = ids[1:][ids[1:] == ids[:-1]]
@@ -275,25 +303,38 @@ class _ScoreBlock(beam.DoFn):
   """Partition: the nodes of one partition, each against the members of
   its `partition_probes` nearest partitions, as matrix products."""
 
-  def __init__(self, params):
+  def __init__(self, params, threads):
     self._params = params
+    self._threads = threads
 
   def process(self, block, corpus, parts):
     queries, query_probes = block
     # Many small products: one BLAS thread each is several times faster
-    # than BLAS threads contending for the cores, so the cores score several
-    # partitions at once instead.
+    # than BLAS threads contending for the cores (OpenBLAS: the limit is
+    # process-wide), so threads score several partitions at once instead.
     with threadpoolctl.threadpool_limits(1, user_api='blas'):
       edges, pairs = graph_core.block_edges(
           queries, query_probes, parts, corpus.vectors,
           self._params.max_neighbors, self._params.similarity_threshold,
-          threads=_usable_cores())
+          threads=self._threads)
     _counter('scored_pairs').inc(pairs)
     yield from _by_shard(edges, len(corpus.ids),
                          _num_shards(self._params, len(corpus.ids)))
 
 
-def _usable_cores():
+def _single_local_worker(pipeline):
+  """Whether `pipeline` runs on a DirectRunner with one worker (the default;
+  direct_num_workers=0 means a worker per core)."""
+  return (beam_executor.is_local(pipeline) and
+          pipeline.options.view_as(DirectOptions).direct_num_workers == 1)
+
+
+def _scoring_threads(pipeline):
+  """Threads a partition-mode scorer uses: this host's cores for a
+  single-worker DirectRunner, whose one bundle thread would leave the other
+  cores idle; 1 elsewhere, where the runner already runs a worker per core."""
+  if not _single_local_worker(pipeline):
+    return 1
   if hasattr(os, 'sched_getaffinity'):
     return len(os.sched_getaffinity(0))
   return os.cpu_count() or 1
@@ -363,21 +404,21 @@ class _WriteShard(beam.DoFn):
       f.write(''.join(map(graph_io.EDGE_LINE.__mod__, zip(
           sources, targets, edges.weight.tolist()))))
     _counter('edges_written').inc(len(edges.src))
-    yield edges
+    yield shard, edges
 
 
-def _write_empty_shards(written_shards, corpus, output_dir, params):
-  """Shards that got no edges still exist, so readers see every shard."""
+def _finish(written, corpus, sampled_recall, output_dir, params):
+  """After all shards are written: empty files for shards without edges (so
+  readers see every shard) and the graph statistics."""
+  if corpus is None:  # No examples; _finish_stats reports it.
+    return
   num_shards = _num_shards(params, len(corpus.ids))
-  for shard in set(range(num_shards)) - set(written_shards):
+  for shard in set(range(num_shards)) - {shard for shard, _ in written}:
     with tf.io.gfile.GFile(os.path.join(
         output_dir, graph_io.edge_shard_name(shard, num_shards)), 'w'):
       pass
-
-
-def _stats(all_edges, corpus, sampled_recall, output_dir):
-  stats = graph_core.graph_stats(len(corpus.ids),
-                                 graph_core.concat_edges(all_edges))
+  stats = graph_core.graph_stats(len(corpus.ids), graph_core.concat_edges(
+      [edges for _, edges in written]))
   if sampled_recall is not None:
     stats['estimated_recall_at_k'] = sampled_recall
   with tf.io.gfile.GFile(os.path.join(output_dir, _PARTIAL_STATS), 'w') as f:
@@ -415,10 +456,16 @@ class Executor(beam_executor.BeamExecutor):
     with self._make_beam_pipeline() as pipeline:
       batches = [self._read_split(pipeline, examples, model, split, params)
                  for split in params.splits]
-      corpus = (batches | 'Flatten' >> beam.Flatten()
-                | 'CollectBatches' >> beam.combiners.ToList()
+      # Without defaults (one stage fewer): no input at all yields no
+      # corpus, and _finish_stats says so.
+      if len(batches) > 1:
+        batches = batches | 'Flatten' >> beam.Flatten()
+      else:
+        batches, = batches
+      corpus = (batches
+                | 'CollectBatches' >> beam.combiners.ToList().without_defaults()
                 | 'BuildCorpus' >> beam.ParDo(_BuildCorpus(params)))
-      corpus_side = beam.pvalue.AsSingleton(corpus)
+      corpus_side = beam.pvalue.AsSingleton(corpus, default_value=None)
       extra_side = []
       if params.mode == 'exact':
         work = corpus | 'QueryRanges' >> beam.FlatMap(_query_ranges, params)
@@ -429,9 +476,14 @@ class Executor(beam_executor.BeamExecutor):
       else:
         parts = corpus | 'Partition' >> beam.Map(_partitioning, params)
         work = parts | 'Blocks' >> beam.FlatMap(graph_core.partition_blocks)
-        scorer = _ScoreBlock(params)
+        scorer = _ScoreBlock(params, _scoring_threads(pipeline))
         extra_side = [beam.pvalue.AsSingleton(parts)]
-      candidates = (work | 'Distribute' >> beam.Reshuffle()
+      if not _single_local_worker(pipeline):
+        # Spreads the units of work over the workers (else they would stay
+        # fused with the one step that made them); a single local worker has
+        # nothing to spread them to.
+        work = work | 'Distribute' >> beam.Reshuffle()
+      candidates = (work
                     | 'Score' >> beam.ParDo(scorer, corpus_side, *extra_side)
                     | 'GroupCandidates' >> beam.GroupByKey()
                     # Only LSH rounds meet a pair twice; exact and
@@ -453,16 +505,13 @@ class Executor(beam_executor.BeamExecutor):
                                                 params)
                  | 'GroupUndirected' >> beam.GroupByKey()
                  | 'Dedupe' >> beam.Map(_dedupe_shard))
-      written = final | 'Write' >> beam.ParDo(
-          _WriteShard(output_dir, params), corpus_side)
-      _ = (final | 'ShardIds' >> beam.Keys()
-           | 'CollectShardIds' >> beam.combiners.ToList()
-           | 'WriteEmpty' >> beam.Map(_write_empty_shards, corpus_side,
-                                      output_dir, params))
-      _ = (written | 'CollectEdges' >> beam.combiners.ToList()
-           | 'Stats' >> beam.Map(
-               _stats, corpus_side,
-               recall if recall is not None else None, output_dir))
+      _ = (final
+           | 'Write' >> beam.ParDo(_WriteShard(output_dir, params),
+                                   corpus_side)
+           # With defaults: a graph without edges still gets its files.
+           | 'CollectShards' >> beam.combiners.ToList()
+           | 'Finish' >> beam.Map(_finish, corpus_side, recall, output_dir,
+                                  params))
 
     stats = self._finish_stats(pipeline.result, output_dir, params)
     graph.set_int_custom_property('num_nodes', stats['num_nodes'])
@@ -490,10 +539,9 @@ class Executor(beam_executor.BeamExecutor):
             signature_name=[params.embedding_signature]))
     return (pipeline
             | f'ReadRaw[{split}]' >> beam.io.ReadFromTFRecord(pattern)
-            | f'Parse[{split}]' >> beam.Map(tf.train.Example.FromString)
+            | f'Key[{split}]' >> beam.ParDo(_KeyById(split, params))
             | f'Embed[{split}]' >> run_inference.RunInference(spec)
-            | f'Extract[{split}]' >> beam.ParDo(
-                _ExtractPredictions(split, params))
+            | f'Extract[{split}]' >> beam.Map(_embedding_row, params)
             | f'Batch[{split}]' >> beam.BatchElements(
                 min_batch_size=params.read_batch_size,
                 max_batch_size=params.read_batch_size)
@@ -501,6 +549,8 @@ class Executor(beam_executor.BeamExecutor):
 
   def _finish_stats(self, result, output_dir, params):
     partial = os.path.join(output_dir, _PARTIAL_STATS)
+    if not tf.io.gfile.exists(partial):  # No corpus: no batch was read.
+      raise ValueError(_NO_EXAMPLES.format(splits=params.splits))
     with tf.io.gfile.GFile(partial) as f:
       stats = json.load(f)
     tf.io.gfile.remove(partial)

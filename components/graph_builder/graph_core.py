@@ -14,7 +14,8 @@ COSINE = 'cosine'
 DOT = 'dot'
 SIMILARITIES = (COSINE, DOT)
 
-# Entries of one similarity chunk (rows x corpus); bounds memory to ~128 MB.
+# Entries of one similarity chunk (rows x corpus): ~128 MB of float32 per
+# scoring thread.
 MAX_CHUNK_ENTRIES = 1 << 25
 # Top-k selection: columns sampled for a per-row lower bound of the k-th
 # score, and the most candidates a row (times k) before the exact tie path.

@@ -1,6 +1,7 @@
 """GraphBuilder parameters: validated once, shared by component and executor."""
 import dataclasses
 import json
+import math
 from typing import Any, Dict, List, Optional
 
 from tfx_nsl import constants
@@ -47,6 +48,10 @@ class GraphBuilderParams:
     if self.max_neighbors is not None and self.max_neighbors < 1:
       fail(f'max_neighbors must be >= 1 (or None for all above the '
            f'threshold), got {self.max_neighbors}')
+    if not math.isfinite(self.similarity_threshold):
+      # The scorers mark excluded pairs (self, lower triangle) with -inf.
+      fail('similarity_threshold must be a finite number, got '
+           f'{self.similarity_threshold}')
     if self.similarity == graph_core.COSINE and not (
         -1.0 <= self.similarity_threshold <= 1.0):
       fail('similarity_threshold must be in [-1, 1] for cosine similarity, '
