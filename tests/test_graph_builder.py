@@ -317,7 +317,13 @@ def test_duplicate_ids_stop_the_run(tmp_path):
   rows = _rows(np.random.RandomState(9).rand(10, 4))
   rows[3]['id'] = rows[7]['id']
   with pytest.raises(Exception, match='duplicate example ids.*n0007'):
-    _run_executor(tmp_path, {'train': rows}, embedding_features=['emb'])
+    _run_executor(tmp_path / 'one', {'train': rows},
+                  embedding_features=['emb'])
+  copies = [{'emb': np.ones(4, np.float32)}] * 2 + rows[:3]
+  with pytest.raises(Exception, match=r'neither an id feature .*identical '
+                     r'records.*sha256-'):
+    _run_executor(tmp_path / 'two', {'train': copies},
+                  embedding_features=['emb'])
 
 
 def test_missing_feature_everywhere_stops_the_run(tmp_path):

@@ -20,8 +20,10 @@ its output feature for feature:
 
 Where we differ (pack_nbrs has no answer or crashes): self-loops are dropped
 (pack_nbrs would make a node its own neighbor, a zero-distance term that only
-adds weight to the seed itself); examples without an id are kept, without
-neighbors; duplicate ids keep every seed copy and pick one neighbor copy
+adds weight to the seed itself); examples whose id is unusable are kept,
+without neighbors (examples without the id feature are named by a digest of
+their bytes, as GraphBuilder names them); duplicate ids keep every seed copy
+and pick one neighbor copy
 deterministically. All of these are counted by the executor.
 """
 import heapq

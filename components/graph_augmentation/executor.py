@@ -189,11 +189,11 @@ class _Config:
 
 # Roles of the batches that meet in the two joins.
 _POOL, _OTHER, _EDGES = 0, 1, 2  # Join by target bucket.
-_CANDIDATES, _SEEDS, _PRESENT, _NO_ID_SEEDS = 3, 4, 5, 6  # By source bucket.
+_CANDIDATES, _SEEDS, _PRESENT, _UNNAMED_SEEDS = 3, 4, 5, 6  # By source bucket.
 _S1, _S2 = 'by_target', 'by_source'
 # Items per batch, by kind: examples are ~1 KB, edges a few dozen bytes;
 # candidates share their target's entries within a batch.
-_BATCH_ITEMS = {_POOL: 2000, _SEEDS: 2000, _NO_ID_SEEDS: 2000,
+_BATCH_ITEMS = {_POOL: 2000, _SEEDS: 2000, _UNNAMED_SEEDS: 2000,
                 _CANDIDATES: 20000,
                 _OTHER: 20000, _PRESENT: 20000, _EDGES: 20000}
 # Input bytes (examples + edge files) per bucket. A bucket's items are held in
@@ -318,7 +318,7 @@ class _ReadExamples(beam.DoFn):
 
   Out: _S1 batches of pool entries (id, preference, neighbor entries) or of
   other ids; _S2 batches of seeds (id, out split, labeled, serialized, has
-  neighbor features), of seeds without an id (out split, labeled,
+  neighbor features), of seeds with an unusable id (out split, labeled,
   serialized) and of ids that are not seeds.
   """
 
@@ -363,7 +363,7 @@ class _ReadExamples(beam.DoFn):
         # one step and writing fuses with it (a Flatten would buffer them).
         out_split, labeled = self._seed_to
         full = self._batches.add(
-            _S2, _NO_ID_SEEDS,
+            _S2, _UNNAMED_SEEDS,
             zlib.crc32(serialized) % self._buckets,
             (out_split, labeled, serialized))
         if full is not None:
@@ -658,8 +658,8 @@ class _JoinSeeds(beam.DoFn):
       yield beam.pvalue.TaggedOutput(out_split, augment_core.augment_fast(
           serialized, neighbors, labeled if mark else None,
           has_nbr_features))
-    # Seeds without an id: kept, with NL_num_nbrs = 0 (pack_nbrs fails).
-    no_id = (seed for blob in blobs if _role(blob) == _NO_ID_SEEDS
+    # Seeds with an unusable id: kept, with NL_num_nbrs = 0 (pack_nbrs fails).
+    no_id = (seed for blob in blobs if _role(blob) == _UNNAMED_SEEDS
              for seed in _unpack(blob))
     for out_split, labeled, serialized in no_id:
       counts.add('seeds_written')

@@ -109,7 +109,10 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
       model: optional Model channel of an embedding model.
       splits: splits whose examples become nodes; default: train, plus
         unlabeled when the examples have it.
-      id_feature: feature naming each example (bytes or int).
+      id_feature: feature naming each example: one bytes (UTF-8, no tabs or
+        line breaks) or int64 value; an example without it is named by a
+        digest of its record, others with an unusable id are left out
+        (counted, logged).
       similarity: 'cosine' (NSL's) or 'dot'.
       similarity_threshold: minimum similarity of an edge.
       max_neighbors: at most this many neighbors a node (top-k); None keeps

@@ -232,6 +232,15 @@ class _BuildCorpus(beam.DoFn):
     order = np.argsort(ids, kind='stable')
     ids, vectors = ids[order], vectors[order]
     duplicated = ids[1:][ids[1:] == ids[:-1]]
+    if len(duplicated) and all(d.startswith(graph_io.DERIVED_ID_PREFIX)
+                               for d in duplicated):
+      raise ValueError(
+          f'{len(duplicated)} examples in splits {params.splits} have neither '
+          f'an id feature {params.id_feature!r} nor different bytes from '
+          f'another example (identical records), e.g. '
+          f'{sorted(set(duplicated.tolist()))[:_EXAMPLES_NAMED_IN_LOGS]}; '
+          'graph nodes must be unique: give the examples ids or drop the '
+          'copies')
     if len(duplicated):
       raise ValueError(
           f'{len(duplicated)} duplicate example ids in splits {params.splits}, '

@@ -161,12 +161,6 @@ def dedupe_max(edges):
   return Edges(*(a[first] for a in edges))
 
 
-def with_reverse_edges(edges):
-  return dedupe_max(Edges(np.r_[edges.src, edges.tgt],
-                          np.r_[edges.tgt, edges.src],
-                          np.r_[edges.weight, edges.weight]))
-
-
 def chunk_rows(num_corpus, max_entries=MAX_CHUNK_ENTRIES):
   return max(1, min(num_corpus, max_entries // max(1, num_corpus)))
 
