@@ -93,14 +93,23 @@ def describe_id(values):
   return f'{list(values)[:3]}' + (' ...' if len(values) > 3 else '')
 
 
-def example_node_id(example, id_feature, serialized):
-  """(node_id, whether it was derived) of a parsed tf.train.Example;
-  `serialized` is its record."""
+def _id_values(example, id_feature):
   feature = (example.features.feature[id_feature]
              if id_feature in example.features.feature else None)
   kind = feature.WhichOneof('kind') if feature is not None else None
-  values = list(getattr(feature, kind).value) if kind else []
+  return list(getattr(feature, kind).value) if kind else []
+
+
+def example_node_id(example, id_feature, serialized):
+  """(node_id, whether it was derived) of a parsed tf.train.Example;
+  `serialized` is its record."""
+  values = _id_values(example, id_feature)
   return node_id(values, serialized), not values
+
+
+def describe_example_id(example, id_feature):
+  """describe_id of a parsed tf.train.Example's id feature."""
+  return describe_id(_id_values(example, id_feature))
 
 
 def derive_example_id(serialized):

@@ -357,7 +357,7 @@ class _ReadExamples(beam.DoFn):
             'without tabs or line breaks expected); it gets no neighbors and '
             'cannot be one.', graph_io.derive_example_id(serialized),
             self._split, self._id_feature,
-            _id_values(example, self._id_feature))
+            graph_io.describe_example_id(example, self._id_feature))
       if self._seed_to is not None:
         # Through the seed join too, so that every output record comes from
         # one step and writing fuses with it (a Flatten would buffer them).
@@ -757,11 +757,6 @@ def _query_counters(result) -> Dict[str, int]:
   return {**{name: 0 for name in COUNTERS}, **counters} if counters else {}
 
 
-def _id_values(example, id_feature) -> str:
-  feature = example.features.feature[id_feature]
-  return graph_io.describe_id(getattr(feature, feature.WhichOneof('kind')).value)
-
-
 def _first_edge_source(edge_files) -> Optional[str]:
   """The source id of the first edge line of the graph, if any."""
   for path in edge_files:
@@ -868,11 +863,12 @@ class Executor(beam_executor.BeamExecutor):
                'int64 value)')
       hint = 'Set id_feature to the feature that the graph names nodes by.'
       if all(node is None for node, _ in named):
-        raise ValueError(f'{where}; the first holds '
-                         f'{_id_values(parsed[0], config.id_feature)}. {hint}')
-      first = _first_edge_source(edge_files)
-      if (all(derived for _, derived in named) and first is not None
-          and not first.startswith(graph_io.DERIVED_ID_PREFIX)):
+        held = graph_io.describe_example_id(parsed[0], config.id_feature)
+        raise ValueError(f'{where}; the first holds {held}. {hint}')
+      first = (_first_edge_source(edge_files)
+               if all(derived for _, derived in named) else None)
+      if first is not None and not first.startswith(
+          graph_io.DERIVED_ID_PREFIX):
         raise ValueError(
             f'{where}: it is absent, so their ids would be digests of the '
             f'records, but the graph names nodes like {first!r}. Their '

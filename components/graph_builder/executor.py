@@ -58,6 +58,13 @@ def _column(record_batch, name):
   return None if index < 0 else record_batch.column(index)
 
 
+def _warn_unusable_id(serialized, id_feature, values):
+  logging.warning(
+      'GraphBuilder left out example %s (named by its digest): its id '
+      'feature %r holds %s, not one bytes or int64 value',
+      graph_io.derive_example_id(serialized), id_feature, values)
+
+
 def _ids_from(record_batch, id_feature):
   """Example ids as str (graph_io.node_id; None: unusable) and how many were
   derived from the example's bytes."""
@@ -73,10 +80,8 @@ def _ids_from(record_batch, id_feature):
     ids[i] = graph_io.node_id(value, None if value else raw[i].as_py()[0])
     if ids[i] is None and logged < _EXAMPLES_NAMED_IN_LOGS:
       logged += 1
-      logging.warning(
-          'GraphBuilder left out example %s (named by its digest): its id '
-          'feature %r holds %s', graph_io.derive_example_id(
-              raw[i].as_py()[0]), id_feature, graph_io.describe_id(value))
+      _warn_unusable_id(raw[i].as_py()[0], id_feature,
+                        graph_io.describe_id(value))
   return ids, derived
 
 
@@ -131,16 +136,15 @@ class _KeyById(beam.DoFn):
     self._logged = 0
 
   def process(self, serialized):
-    example_id, derived = graph_io.example_node_id(
-        tf.train.Example.FromString(serialized), self._id_feature, serialized)
+    example = tf.train.Example.FromString(serialized)
+    example_id, derived = graph_io.example_node_id(example, self._id_feature,
+                                                   serialized)
     self._read.inc()
     self._derived.inc(int(derived))
     if example_id is None and self._logged < _EXAMPLES_NAMED_IN_LOGS:
       self._logged += 1
-      logging.warning('GraphBuilder left out example %s (named by its '
-                      'digest): its id feature %r is not one bytes or int64 '
-                      'value', graph_io.derive_example_id(serialized),
-                      self._id_feature)
+      _warn_unusable_id(serialized, self._id_feature,
+                        graph_io.describe_example_id(example, self._id_feature))
     yield example_id, serialized
 
 
