@@ -8,6 +8,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUTPUT_ROOT ?= runs
 PYTEST_ARGS ?=
+# Local Flink/Spark clusters (tfx_nsl/engines.py): jars cache and run folder.
+export TFX_NSL_ENGINES_HOME ?= $(CURDIR)/.engines
+# Where `make run` runs its Beam steps: direct, flink or spark.
+ENGINE ?= direct
 
 # Keras 2 for NSL, in every process we start (design.md, "Keras 2 only").
 export TF_USE_LEGACY_KERAS := 1
@@ -22,12 +26,15 @@ find_python310 = $(firstword $(foreach p,$(PYTHON) python3.10 \
     $(shell $(p) -c 'import sys, venv, ensurepip; assert sys.version_info[:2] == (3, 10)' \
         >/dev/null 2>&1 && echo $(p))))
 
-.PHONY: help install run test clean constraints chromium bench-graph bench-augment \
-  bench-quality bench-eval kfp-compile
+.PHONY: help install run test test-fast clean constraints chromium bench-graph bench-augment \
+  bench-quality bench-eval bench-engines kfp-compile engines-fetch flink-up spark-up engines-down
 
 help:
 	@echo "make run    run the NSL pipeline on the bundled digits data (outputs in $(OUTPUT_ROOT)/)"
-	@echo "make test   run the test suite"
+	@echo "make test   run the test suite (Flink and Spark engine tests included)"
+	@echo "make test-fast   the test suite without the engine tests"
+	@echo "make run ENGINE=flink|spark   the pipeline's Beam steps on a local cluster"
+	@echo "make flink-up | spark-up | engines-down   local clusters (docs/engines.md)"
 	@echo "make bench-graph | bench-augment | bench-quality | bench-eval   benchmarks (docs/benchmarks.md)"
 	@echo "make kfp-compile  compile the Kubeflow/Vertex pipeline spec (KFP_IMAGE=..., KFP_PIPELINE_ROOT=gs://...)"
 	@echo "make clean  remove $(OUTPUT_ROOT)/, build outputs and .venv"
@@ -50,10 +57,27 @@ $(STAMP): constraints.txt setup.py pyproject.toml
 	@touch $@
 
 run: $(STAMP)
-	$(VENV)/bin/tfx-nsl run --output-root $(OUTPUT_ROOT)
+	$(VENV)/bin/tfx-nsl run --output-root $(OUTPUT_ROOT) --engine $(ENGINE)
 
-test: $(STAMP) chromium
+# The engine tests start the clusters they need and stop them afterwards.
+test: $(STAMP) chromium engines-fetch
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) chromium
+	$(VENV)/bin/pytest -m 'not engines' $(PYTEST_ARGS)
+
+# Pinned, checksummed job-server and engine jars (tfx_nsl/engines.lock).
+engines-fetch: $(STAMP)
+	$(PY) -m tfx_nsl.engines fetch
+
+flink-up: engines-fetch
+	$(PY) -m tfx_nsl.engines up flink
+
+spark-up: engines-fetch
+	$(PY) -m tfx_nsl.engines up spark
+
+engines-down:
+	@if [ -x $(PY) ]; then $(PY) -m tfx_nsl.engines down; fi
 
 # Headless Chromium renders the robustness report in a test (Debian package).
 chromium:
@@ -73,6 +97,9 @@ bench-quality: $(STAMP)
 bench-eval: $(STAMP)
 	$(PY) benchmarks/bench_eval.py $(BENCH_ARGS)
 
+bench-engines: engines-fetch
+	$(PY) benchmarks/bench_engines.py $(BENCH_ARGS)
+
 # Kubeflow: compile the pipeline into a KFP v2 spec (docs/kubeflow.md).
 KFP_IMAGE ?= tfx-nsl:0.1.0
 KFP_PIPELINE_ROOT ?= gs://YOUR_BUCKET/tfx-nsl
@@ -89,5 +116,5 @@ constraints: $(STAMP)
 	   $(PY) -m pip freeze --all --exclude-editable | grep -v -i '^tfx-nsl'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
-clean:
-	rm -rf $(OUTPUT_ROOT) build dist *.egg-info $(VENV)
+clean: engines-down
+	rm -rf $(OUTPUT_ROOT) build dist *.egg-info $(VENV) .engines

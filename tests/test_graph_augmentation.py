@@ -95,7 +95,7 @@ def _graph_artifact(uri, lines, shards=2):
   return artifact
 
 
-def _run_executor(tmp_path, splits, lines, **params):
+def _run_executor(tmp_path, splits, lines, beam_args=None, **params):
   examples = _examples_artifact(str(tmp_path / 'examples'), splits)
   graph = _graph_artifact(str(tmp_path / 'graph'), lines)
   output = standard_artifacts.Examples()
@@ -106,7 +106,7 @@ def _run_executor(tmp_path, splits, lines, **params):
       'neighbor_features': None, 'unlabeled_as_seeds': False}
   exec_properties.update(params)
   context = base_beam_executor.BaseBeamExecutor.Context(
-      beam_pipeline_args=list(constants.DEFAULT_BEAM_ARGS),
+      beam_pipeline_args=list(beam_args or constants.DEFAULT_BEAM_ARGS),
       tmp_dir=str(tmp_path / 'tmp'))
   executor.Executor(context).Do(
       {'examples': [examples], 'graph': [graph]},

@@ -11,12 +11,11 @@ import os
 # first resolved, so it must be set before then; entry points set it too.
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
-from tfx_nsl.types import Graph  # noqa: E402
-
 __version__ = '0.1.0'
 
 # name -> module that defines it; resolved lazily (PEP 562).
 _LAZY = {
+    'Graph': 'tfx_nsl.types',
     'create_pipeline': 'tfx_nsl.pipelines.nsl_pipeline',
     'run_local': 'tfx_nsl.pipelines.local_runner',
     'import_nsl': 'tfx_nsl.nsl_compat',

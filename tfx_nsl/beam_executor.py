@@ -7,8 +7,11 @@ from absl import flags
 from absl import logging
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PortableOptions
 from apache_beam.options.pipeline_options import StandardOptions
 from tfx.dsl.components.base import base_beam_executor
+
+from tfx_nsl import engines
 
 _LOCAL_RUNNERS = (None, 'direct', 'directrunner', 'bundlebaseddirectrunner',
                   'switchingdirectrunner')
@@ -24,14 +27,29 @@ def runs_locally(beam_pipeline_args) -> bool:
 
 
 def is_local(pipeline) -> bool:
-  """Whether a constructed pipeline runs on Beam's DirectRunner (in this
-  process or in worker processes of this host)."""
+  """Whether a constructed pipeline runs on Beam's DirectRunner: in this
+  process, or (multi_processing) in worker processes it forks on this host,
+  so that a local temp folder reaches every worker.
+
+  Exactly those runner classes: Beam's DaskRunner subclasses the
+  BundleBasedDirectRunner yet runs on a Dask cluster, and the portable
+  runners (Flink, Spark) run workers elsewhere.
+  """
   # pylint: disable=g-import-not-at-top
   from apache_beam.runners.direct import direct_runner
   from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-  return isinstance(pipeline.runner, (direct_runner.SwitchingDirectRunner,
-                                      direct_runner.BundleBasedDirectRunner,
-                                      FnApiRunner))
+  return type(pipeline.runner) in (direct_runner.SwitchingDirectRunner,
+                                   direct_runner.BundleBasedDirectRunner,
+                                   FnApiRunner)
+
+
+def check_job_endpoint(beam_pipeline_args) -> None:
+  """Fails fast, naming the address, when the args name a Beam job server
+  (`--job_endpoint`, portable runners) that does not answer."""
+  endpoint = PipelineOptions(list(beam_pipeline_args)).view_as(
+      PortableOptions).job_endpoint
+  if endpoint and endpoint != 'embed':
+    engines.check_reachable(endpoint)
 
 
 class BeamExecutor(base_beam_executor.BaseBeamExecutor):
@@ -45,6 +63,7 @@ class BeamExecutor(base_beam_executor.BaseBeamExecutor):
 
   def __init__(self, context=None):
     args = getattr(context, 'beam_pipeline_args', None)
+    check_job_endpoint(args or [])
     if not args or not runs_locally(args):
       super().__init__(context)
       return

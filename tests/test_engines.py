@@ -1,0 +1,185 @@
+"""GraphBuilder and GraphAugmentation on local Flink and Spark clusters give
+what they give on the DirectRunner, with only `beam_pipeline_args` changed.
+
+Each engine's cluster (tfx_nsl/engines.py: 2 TaskManagers or 2 Spark
+workers, SDK workers as processes) is started once for this module and
+stopped after it, unless it was already running.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from tfx_nsl import beam_executor
+from tfx_nsl import constants
+from tfx_nsl import engines
+from tfx_nsl.components.graph_augmentation import executor as augment_executor
+from tfx_nsl.components.graph_builder import executor as graph_executor
+
+import test_graph_augmentation as augmentation_tests
+import test_graph_builder as graph_tests
+from graph_testing import clustered_embeddings
+
+DIRECT = list(constants.DEFAULT_BEAM_ARGS)
+NUM = 3000  # Several bundles per stage on 2 workers.
+
+# GraphBuilder configurations: each mode, and model-embedding input.
+GRAPH_CASES = {
+    'exact_threshold': dict(similarity_threshold=0.9, num_shards=3),
+    'exact_top_k': dict(similarity_threshold=0.0, max_neighbors=5,
+                        undirected=True, block_size=256, num_shards=2),
+    'lsh': dict(similarity_threshold=0.0, max_neighbors=5, undirected=False,
+                mode='lsh', lsh_splits=5, lsh_rounds=6, recall_sample_size=300),
+    'partition': dict(similarity_threshold=0.0, max_neighbors=5,
+                      undirected=False, mode='partition', partition_size=150,
+                      partition_probes=4, recall_sample_size=300),
+}
+
+
+@pytest.fixture(scope='module', params=engines.ENGINES)
+def engine(request):
+  """(name, beam args) with that engine's cluster up."""
+  with engines.cluster(request.param) as args:
+    yield request.param, args
+
+
+@pytest.fixture(scope='module')
+def vectors():
+  return clustered_embeddings(NUM, 16, 30, 0.3, seed=21)
+
+
+@pytest.fixture
+def runner_probes(monkeypatch):
+  """Records the DirectRunner-only decisions the executors take."""
+  seen = {'spill': [], 'threads': []}
+  spill = augment_executor.Executor._spill_dir
+  threads = graph_executor._scoring_threads
+  monkeypatch.setattr(augment_executor.Executor, '_spill_dir',
+                      lambda self, p: seen['spill'].append(spill(self, p))
+                      or seen['spill'][-1])
+  monkeypatch.setattr(graph_executor, '_scoring_threads',
+                      lambda p: seen['threads'].append(threads(p))
+                      or seen['threads'][-1])
+  return seen
+
+
+def _workers_started(engine_name):
+  root = engines.home() / 'run' / engine_name / 'workers'
+  return set(os.listdir(root)) if root.is_dir() else set()
+
+
+def _assert_same_graph(direct, remote):
+  _, direct_edges, direct_stats = direct
+  _, remote_edges, remote_stats = remote
+  assert remote_edges.keys() == direct_edges.keys()
+  for key, weight in direct_edges.items():
+    assert remote_edges[key] == pytest.approx(weight, abs=1e-6), key
+  assert remote_stats == direct_stats
+
+
+@pytest.mark.engines
+@pytest.mark.parametrize('case', sorted(GRAPH_CASES))
+def test_graph_builder_same_graph(engine, case, vectors, tmp_path,
+                                  runner_probes):
+  name, args = engine
+  splits = {'train': graph_tests._rows(vectors[:2500]),
+            'unlabeled': graph_tests._rows(vectors[2500:], prefix='u')}
+  params = dict(embedding_features=['emb'], **GRAPH_CASES[case])
+  before = _workers_started(name)
+  remote = graph_tests._run_executor(tmp_path, splits, name=name,
+                                     beam_args=args, **params)
+  assert len(_workers_started(name) - before) >= 2  # More than one worker.
+  direct = graph_tests._run_executor(tmp_path, splits, name='direct',
+                                     beam_args=DIRECT, **params)
+  assert direct[2]['num_nodes'] == NUM
+  _assert_same_graph(direct, remote)
+  if case == 'partition':  # Threads only for a one-worker DirectRunner.
+    assert runner_probes['threads'] == [1, len(os.sched_getaffinity(0))]
+
+
+@pytest.mark.engines
+def test_graph_builder_model_embeddings_same_graph(engine, tmp_path):
+  import tensorflow as tf
+  from tfx.types import standard_artifacts
+  name, args = engine
+  rng = np.random.RandomState(22)
+  x = rng.rand(NUM, 6).astype(np.float32)
+  projection = rng.standard_normal((6, 4)).astype(np.float32)
+
+  class Embed(tf.Module):
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serve(self, serialized):
+      features = tf.io.parse_example(
+          serialized, {'x': tf.io.FixedLenFeature([6], tf.float32)})
+      return {'embedding': features['x'] @ projection}
+
+  model = standard_artifacts.Model()
+  model.uri = str(tmp_path / 'model')
+  module = Embed()
+  tf.saved_model.save(module, os.path.join(model.uri, 'Format-Serving'),
+                      signatures={'serving_default': module.serve})
+  rows = [{'id': f'n{i:04d}', 'x': x[i]} for i in range(NUM)]
+  params = dict(similarity_threshold=0.0, max_neighbors=3, undirected=False)
+  remote = graph_tests._run_executor(tmp_path, {'train': rows}, name=name,
+                                     beam_args=args, model=model, **params)
+  direct = graph_tests._run_executor(tmp_path, {'train': rows}, name='direct',
+                                     beam_args=DIRECT, model=model, **params)
+  assert direct[2]['num_edges'] == NUM * 3
+  _assert_same_graph(direct, remote)
+
+
+@pytest.mark.engines
+def test_graph_augmentation_same_examples(engine, tmp_path, runner_probes):
+  name, args = engine
+  splits, lines = augmentation_tests._random_data(
+      seed=23, n_train=2000, n_unlabeled=1500, n_eval=500, n_edges=12000)
+  params = dict(max_neighbors=3, add_undirected_edges=True)
+  remote = augmentation_tests._run_executor(tmp_path / name, splits, lines,
+                                            beam_args=args, **params)
+  direct = augmentation_tests._run_executor(tmp_path / 'direct', splits, lines,
+                                            beam_args=DIRECT, **params)
+  # No driver-local spill folder on a cluster; the DirectRunner has one.
+  assert runner_probes['spill'][0] is None
+  assert runner_probes['spill'][1] is not None
+  for split in ('train', 'eval'):
+    remote_examples = augmentation_tests._by_id(
+        augmentation_tests._split(remote, split))
+    assert remote_examples == augmentation_tests._by_id(
+        augmentation_tests._split(direct, split))
+  stats = augmentation_tests._stats(remote)
+  assert stats == augmentation_tests._stats(direct)
+  assert stats['seeds_written'] == 2000
+  augmentation_tests._check_accounting(stats, len(lines))
+
+
+def test_is_local_knows_exactly_the_in_process_runners():
+  import apache_beam as beam
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from apache_beam.runners.direct import direct_runner
+
+  class ClusterRunner(direct_runner.BundleBasedDirectRunner):
+    """Stands for Beam's DaskRunner, a DirectRunner subclass."""
+
+  assert beam_executor.is_local(beam.Pipeline(options=PipelineOptions(DIRECT)))
+  assert not beam_executor.is_local(beam.Pipeline(runner=ClusterRunner()))
+  for name in engines.ENGINES:
+    pipeline = beam.Pipeline(options=PipelineOptions(engines.beam_args(name)))
+    assert not beam_executor.is_local(pipeline)
+    assert not beam_executor.runs_locally(engines.beam_args(name))
+
+
+def test_job_server_down_is_a_clear_error_not_a_hang(tmp_path, monkeypatch):
+  monkeypatch.setitem(engines.PORTS['flink'], 'job', 1)  # Nothing there.
+  with pytest.raises(engines.EngineError,
+                     match=r'127\.0\.0\.1:1 .*`make flink-up`'):
+    graph_tests._run_executor(
+        tmp_path, {'train': graph_tests._rows(
+            clustered_embeddings(10, 4, 2, 0.1, seed=1))},
+        beam_args=engines.beam_args('flink'), embedding_features=['emb'])
+
+
+def test_missing_jar_names_the_file_and_the_fix(tmp_path):
+  with pytest.raises(engines.EngineError,
+                     match=r'missing .*flink.*make engines-fetch'):
+    engines.up('flink', tmp_path)
