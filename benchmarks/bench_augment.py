@@ -67,7 +67,7 @@ def _make_data(root, num_examples, degree, seed):
           f.write(f'n{i:07d}\tn{j:07d}\t{pyrng.random():f}\n')
 
 
-def _run_ours(root, out, mode):
+def _run_ours(root, out, mode, beam_args=None):
   from tfx.dsl.components.base import base_beam_executor  # pylint: disable=g-import-not-at-top
   from tfx.types import artifact_utils  # pylint: disable=g-import-not-at-top
   from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
@@ -84,8 +84,8 @@ def _run_ours(root, out, mode):
   graph.uri = os.path.join(root, 'graph')
   output = standard_artifacts.Examples()
   output.uri = out
-  args = [f'--direct_running_mode={mode}',
-          f'--direct_num_workers={1 if mode == "in_memory" else 2}']
+  args = beam_args or [f'--direct_running_mode={mode}',
+                       f'--direct_num_workers={1 if mode == "in_memory" else 2}']
   context = base_beam_executor.BaseBeamExecutor.Context(
       beam_pipeline_args=args, tmp_dir=os.path.join(out, '.tmp'))
   start = time.time()

@@ -181,6 +181,7 @@ def run_local(
     robustness_config: Optional[Dict[str, Any]] = DIGITS_ROBUSTNESS_CONFIG,
     train_baseline: bool = True,
     beam_pipeline_args: Sequence[str] = constants.DEFAULT_BEAM_ARGS,
+    component_beam_args: Optional[Dict[str, Sequence[str]]] = None,
     enable_cache: bool = True,
     verbose: bool = False,
 ) -> Dict[str, Any]:
@@ -205,6 +206,7 @@ def run_local(
           tfx.orchestration.metadata.sqlite_metadata_connection_config(
               metadata_path)),
       beam_pipeline_args=beam_pipeline_args,
+      component_beam_args=component_beam_args,
       enable_cache=enable_cache)
   _show_progress(verbose)
   print(f'Running pipeline {pipeline_name!r} under {output_root}', flush=True)

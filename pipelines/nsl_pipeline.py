@@ -1,5 +1,5 @@
 """The tfx-nsl pipeline definition, shared by the local and Kubeflow runners."""
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
@@ -31,6 +31,7 @@ def create_pipeline(
     train_baseline: bool = False,
     metadata_connection_config: Optional[Any] = None,
     beam_pipeline_args: Sequence[str] = constants.DEFAULT_BEAM_ARGS,
+    component_beam_args: Optional[Mapping[str, Sequence[str]]] = None,
     enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
   """Builds the NSL pipeline.
@@ -65,6 +66,9 @@ def create_pipeline(
     metadata_connection_config: ML Metadata connection; None lets the
       orchestrator (e.g. Kubeflow) provide one.
     beam_pipeline_args: arguments for every Beam-based component.
+    component_beam_args: {component id: Beam arguments} appended to
+      `beam_pipeline_args` for that component only (the last value of a flag
+      wins), e.g. to run one step on another runner.
     enable_cache: reuse outputs of unchanged components.
   """
   config = TrainerConfig.from_dict(trainer_config)
@@ -130,13 +134,20 @@ def create_pipeline(
           filesystem=tfx.proto.PushDestination.Filesystem(
               base_directory=serving_model_dir)))
 
-  components: List[Any] = [example_gen, statistics_gen, schema_gen,
-                           graph_builder, augmentation, trainer,
-                           baseline_trainer, evaluator, pusher]
+  components: List[Any] = [c for c in (
+      example_gen, statistics_gen, schema_gen, graph_builder, augmentation,
+      trainer, baseline_trainer, evaluator, pusher) if c is not None]
+  by_id = {c.id: c for c in components}
+  unknown = sorted(set(component_beam_args or {}) - set(by_id))
+  if unknown:
+    raise ValueError(f'component_beam_args names {unknown}, which are not '
+                     f'components of this pipeline ({sorted(by_id)}).')
+  for component_id, args in (component_beam_args or {}).items():
+    by_id[component_id].with_beam_pipeline_args(list(args))
   return tfx.dsl.Pipeline(
       pipeline_name=pipeline_name,
       pipeline_root=pipeline_root,
-      components=[c for c in components if c is not None],
+      components=components,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=list(beam_pipeline_args),
       enable_cache=enable_cache)

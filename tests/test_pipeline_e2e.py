@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tfx_nsl import constants
+from tfx_nsl import engines
 from serving_testing import digits_predictions
 from tfx_nsl.pipelines import local_runner
 
@@ -129,3 +130,27 @@ def test_rerun_reuses_cache_and_a_non_robust_model_is_not_pushed(first_run):
   assert any('fgsm_linf_eps0.1' in f for f in summary['threshold_failures'])
   assert 'not blessed' in stdout
   assert len(glob.glob(str(root / 'serving' / PIPELINE / '*'))) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.engines
+@pytest.mark.parametrize('engine', engines.ENGINES)
+def test_engine_run_pushes_the_direct_runs_model(first_run, engine,
+                                                 tmp_path):
+  """The whole job with every Beam step on a local cluster (but those the
+  engine cannot run, which fall back to the DirectRunner and say so)."""
+  direct_root, _ = first_run
+  root = tmp_path / engine
+  stdout = _run(root, '--engine', engine)
+  assert not engines.is_up(engine)  # Started for the run, stopped after it.
+  for component_id, reason in engines.DIRECT_FALLBACK[engine].items():
+    assert f'note: {component_id} runs on the DirectRunner' in stdout
+    assert reason in stdout
+  summary, direct = _summary(root), _summary(direct_root)
+  assert summary['pushed'], summary
+  assert summary['graph'] == direct['graph']
+  assert summary['accuracies'] == direct['accuracies']
+  ours, labels = digits_predictions(summary['pushed_model'])
+  theirs, _ = digits_predictions(direct['pushed_model'])
+  np.testing.assert_array_equal(ours, theirs)
+  assert labels.size

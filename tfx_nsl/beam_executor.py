@@ -63,8 +63,8 @@ class BeamExecutor(base_beam_executor.BaseBeamExecutor):
 
   def __init__(self, context=None):
     args = getattr(context, 'beam_pipeline_args', None)
-    check_job_endpoint(args or [])
     if not args or not runs_locally(args):
+      check_job_endpoint(args or [])
       super().__init__(context)
       return
     local = copy.copy(context)

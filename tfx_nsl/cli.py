@@ -6,6 +6,7 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -26,9 +27,16 @@ def _parser():
                    help='train without NSL adversarial regularization')
   run.add_argument('--no-graph', action='store_true',
                    help='train without NSL graph regularization')
+  run.add_argument('--engine', choices=('direct', 'flink', 'spark'),
+                   default='direct',
+                   help='where the Beam steps run: Beam\'s DirectRunner, or '
+                        'a local Flink or Spark cluster, started for the run '
+                        'and stopped after it unless already up (make '
+                        'flink-up / spark-up; docs/engines.md)')
   run.add_argument('--beam-arg', action='append', default=None,
-                   help='a Beam pipeline argument, repeatable (default: '
-                        'DirectRunner in_memory, one worker)')
+                   help='a Beam pipeline argument, repeatable, added after '
+                        'the engine\'s (default for direct: in_memory, one '
+                        'worker)')
   run.add_argument('--no-cache', action='store_true',
                    help='rerun every component even if its inputs are unchanged')
   run.add_argument('--verbose', action='store_true', help='show all logs')
@@ -45,15 +53,30 @@ def main(argv=None):
   if args.no_graph:
     config['graph'] = None
   start = time.time()
-  summary = local_runner.run_local(
-      output_root=args.output_root,
-      pipeline_name=args.pipeline_name,
-      trainer_config=config,
-      train_steps=args.train_steps,
-      min_accuracy=args.min_accuracy,
-      beam_pipeline_args=args.beam_arg or constants.DEFAULT_BEAM_ARGS,
-      enable_cache=not args.no_cache,
-      verbose=args.verbose)
+  with contextlib.ExitStack() as stack:
+    beam_args, per_component = list(constants.DEFAULT_BEAM_ARGS), {}
+    if args.engine != 'direct':
+      from tfx_nsl import engines  # pylint: disable=g-import-not-at-top
+      try:
+        beam_args = stack.enter_context(engines.cluster(args.engine))
+      except engines.EngineError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+      for component_id, reason in engines.DIRECT_FALLBACK.get(
+          args.engine, {}).items():
+        print(f'  note: {component_id} runs on the DirectRunner, not '
+              f'{args.engine}: {reason}')
+        per_component[component_id] = list(engines.FALLBACK_ARGS)
+    summary = local_runner.run_local(
+        output_root=args.output_root,
+        pipeline_name=args.pipeline_name,
+        trainer_config=config,
+        train_steps=args.train_steps,
+        min_accuracy=args.min_accuracy,
+        beam_pipeline_args=beam_args + (args.beam_arg or []),
+        component_beam_args=per_component,
+        enable_cache=not args.no_cache,
+        verbose=args.verbose)
   print(local_runner.format_summary(summary))
   print(f'  wall time: {time.time() - start:.0f} s')
   return 0

@@ -83,6 +83,12 @@ _JAVA17_OPTS = [
     'java.net', 'java.nio', 'java.text', 'java.time', 'java.util',
     'java.util.concurrent', 'java.util.concurrent.atomic', 'sun.nio.ch',
     'sun.nio.cs', 'sun.security.action', 'sun.util.calendar')]
+# Pipeline steps that run on the DirectRunner on an engine, and why
+# (docs/engines.md); `tfx-nsl run` prints the reason.
+DIRECT_FALLBACK: Dict[str, Dict[str, str]] = {'flink': {}, 'spark': {}}
+# Appended to a component's Beam args to move it to the DirectRunner.
+FALLBACK_ARGS = ('--runner=DirectRunner', '--direct_running_mode=in_memory',
+                 '--direct_num_workers=1')
 LOCK_FILE = Path(__file__).with_name('engines.lock')
 WORKER_COMMAND = 'tfx-nsl-beam-worker'
 _TIMEOUT_S = 120
@@ -494,6 +500,9 @@ def _up_spark(root: Path) -> None:
   executor_opts = ' '.join(_JAVA17_OPTS)
   _job_server(root, 'spark', extra_cp=f'{dist}/jars/*:', props=[
       f'-Dspark.executor.extraJavaOptions={executor_opts}',
+      # Room to cache stages with several outputs (Beam's Spark runner
+      # recomputes evicted ones, and their counters count twice).
+      '-Dspark.executor.memory=2g',
       f'-Dspark.local.dir={run / "tmp"}'],
               master=[f'--spark-master-url={master}'])
 
