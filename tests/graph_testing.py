@@ -43,3 +43,26 @@ def clustered_embeddings(num, dim, num_clusters, spread, seed):
   assignment = rng.randint(num_clusters, size=num)
   return (centers[assignment] + spread * rng.standard_normal((num, dim))
           ).astype(np.float32)
+
+
+def linear_embedding_model(uri, projection, feature='x'):
+  """A Model artifact at `uri`: a SavedModel whose serving_default maps
+  serialized examples to {'embedding': features[feature] @ projection}."""
+  import tensorflow as tf
+  from tfx.types import standard_artifacts
+  width = projection.shape[0]
+
+  class Embed(tf.Module):
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serve(self, serialized):
+      features = tf.io.parse_example(
+          serialized, {feature: tf.io.FixedLenFeature([width], tf.float32)})
+      return {'embedding': features[feature] @ projection}
+
+  model = standard_artifacts.Model()
+  model.uri = str(uri)
+  module = Embed()
+  tf.saved_model.save(module, os.path.join(model.uri, 'Format-Serving'),
+                      signatures={'serving_default': module.serve})
+  return model

@@ -18,7 +18,7 @@ from tfx_nsl.components.graph_builder import executor as graph_executor
 
 import test_graph_augmentation as augmentation_tests
 import test_graph_builder as graph_tests
-from graph_testing import clustered_embeddings
+from graph_testing import clustered_embeddings, linear_embedding_model
 
 DIRECT = list(constants.DEFAULT_BEAM_ARGS)
 NUM = 3000  # Several bundles per stage on 2 workers.
@@ -99,26 +99,11 @@ def test_graph_builder_same_graph(engine, case, vectors, tmp_path,
 
 @pytest.mark.engines
 def test_graph_builder_model_embeddings_same_graph(engine, tmp_path):
-  import tensorflow as tf
-  from tfx.types import standard_artifacts
   name, args = engine
   rng = np.random.RandomState(22)
   x = rng.rand(NUM, 6).astype(np.float32)
   projection = rng.standard_normal((6, 4)).astype(np.float32)
-
-  class Embed(tf.Module):
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def serve(self, serialized):
-      features = tf.io.parse_example(
-          serialized, {'x': tf.io.FixedLenFeature([6], tf.float32)})
-      return {'embedding': features['x'] @ projection}
-
-  model = standard_artifacts.Model()
-  model.uri = str(tmp_path / 'model')
-  module = Embed()
-  tf.saved_model.save(module, os.path.join(model.uri, 'Format-Serving'),
-                      signatures={'serving_default': module.serve})
+  model = linear_embedding_model(tmp_path / 'model', projection)
   rows = [{'id': f'n{i:04d}', 'x': x[i]} for i in range(NUM)]
   params = dict(similarity_threshold=0.0, max_neighbors=3, undirected=False)
   remote = graph_tests._run_executor(tmp_path, {'train': rows}, name=name,
@@ -183,3 +168,26 @@ def test_missing_jar_names_the_file_and_the_fix(tmp_path):
   with pytest.raises(engines.EngineError,
                      match=r'missing .*flink.*make engines-fetch'):
     engines.up('flink', tmp_path)
+
+
+def test_a_step_can_fall_back_to_the_direct_runner(tmp_path):
+  """How `tfx-nsl run --engine` moves a step an engine cannot run
+  (engines.DIRECT_FALLBACK) to the DirectRunner: its args end with the
+  fallback, so the DirectRunner wins for it alone."""
+  from tfx_nsl.pipelines import local_runner
+  from tfx_nsl.pipelines.nsl_pipeline import create_pipeline
+  common = dict(
+      pipeline_name='p', pipeline_root=str(tmp_path / 'root'),
+      data_root=str(tmp_path / 'data'), serving_model_dir=str(tmp_path / 's'),
+      trainer_config=local_runner.DIGITS_TRAINER_CONFIG,
+      graph_builder_config=local_runner.DIGITS_GRAPH_BUILDER_CONFIG,
+      beam_pipeline_args=engines.beam_args('flink'))
+  pipeline = create_pipeline(
+      component_beam_args={'Evaluator': engines.FALLBACK_ARGS}, **common)
+  args = {c.id: c.executor_spec.beam_pipeline_args
+          for c in pipeline.components
+          if hasattr(c.executor_spec, 'beam_pipeline_args')}
+  assert beam_executor.runs_locally(args['Evaluator'])
+  assert not beam_executor.runs_locally(args['GraphBuilder'])
+  with pytest.raises(ValueError, match=r"\['Nope'\]"):
+    create_pipeline(component_beam_args={'Nope': ['--x']}, **common)

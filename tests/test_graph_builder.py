@@ -4,7 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from graph_testing import clustered_embeddings, read_graph, write_examples_artifact
+from graph_testing import (clustered_embeddings, linear_embedding_model,
+                           read_graph, write_examples_artifact)
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_builder import graph_core
 from tfx_nsl.pipelines.datasets import _example
@@ -346,25 +347,11 @@ def test_several_features_are_concatenated(tmp_path):
 def test_embedding_model_through_run_inference(tmp_path):
   """A SavedModel embedding (here: a fixed linear map) gives the same graph
   as computing that embedding by hand."""
-  import tensorflow as tf
-  from tfx.types import standard_artifacts
   rng = np.random.RandomState(11)
   x = rng.rand(120, 6).astype(np.float32)
   projection = rng.standard_normal((6, 4)).astype(np.float32)
 
-  class Embed(tf.Module):
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def serve(self, serialized):
-      features = tf.io.parse_example(
-          serialized, {'x': tf.io.FixedLenFeature([6], tf.float32)})
-      return {'embedding': features['x'] @ projection}
-
-  model = standard_artifacts.Model()
-  model.uri = str(tmp_path / 'model')
-  module = Embed()
-  tf.saved_model.save(module, os.path.join(model.uri, 'Format-Serving'),
-                      signatures={'serving_default': module.serve})
+  model = linear_embedding_model(tmp_path / 'model', projection)
   rows = [{'id': f'n{i:04d}', 'x': x[i]} for i in range(120)]
   del rows[7]['id']  # Named by the digest of its record, as written.
   _, found, stats = _run_executor(

@@ -390,10 +390,10 @@ def _flink_conf(run: Path, dist: Path) -> Path:
       'rest.bind-address': HOST, 'rest.port': ports['rest'],
       'blob.server.port': ports['blob'],
       'jobmanager.memory.process.size': '1024m',
-      'taskmanager.memory.process.size': '2048m',
+      'taskmanager.memory.process.size': '2560m',
       # Beam's batch stages shuffle many PCollections at once.
-      'taskmanager.memory.network.min': '256mb',
-      'taskmanager.memory.network.max': '256mb',
+      'taskmanager.memory.network.min': '512mb',
+      'taskmanager.memory.network.max': '512mb',
       'taskmanager.numberOfTaskSlots': 1, 'parallelism.default': WORKERS,
       'io.tmp.dirs': str(run / 'tmp'),
       'env.java.opts.all': ' '.join(_JAVA17_OPTS),
