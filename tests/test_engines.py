@@ -191,3 +191,26 @@ def test_a_step_can_fall_back_to_the_direct_runner(tmp_path):
   assert not beam_executor.runs_locally(args['GraphBuilder'])
   with pytest.raises(ValueError, match=r"\['Nope'\]"):
     create_pipeline(component_beam_args={'Nope': ['--x']}, **common)
+
+
+def test_down_stops_only_processes_of_that_cluster(tmp_path):
+  """A pid in pids.json that now runs something else (pid reuse, or a stale
+  file) is left alone; one of this cluster's commands is stopped."""
+  import json
+  import subprocess
+  import sys
+  stranger = subprocess.Popen(['sleep', '60'])
+  ours = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)',
+                           str(tmp_path)], start_new_session=True)
+  run = tmp_path / 'run' / 'spark'
+  run.mkdir(parents=True)
+  (run / 'pids.json').write_text(json.dumps(
+      {'master': stranger.pid, 'worker-0': ours.pid}))
+  try:
+    assert engines.down('spark', tmp_path) == [ours.pid]
+    assert ours.wait(timeout=10) is not None
+    assert stranger.poll() is None
+    assert not (run / 'pids.json').exists()
+  finally:
+    stranger.kill()
+    ours.kill()

@@ -325,6 +325,16 @@ def _read_state(root: Path, engine: str) -> Dict[str, int]:
   return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _ours(pid: int, root: Path) -> bool:
+  """Whether `pid` still runs a command of this cluster (each names a path
+  under `root`), not a later process that reuses the number."""
+  try:
+    with open(f'/proc/{pid}/cmdline', 'rb') as f:
+      return str(root).encode() in f.read()
+  except OSError:
+    return False
+
+
 def _alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -508,8 +518,10 @@ def _up_spark(root: Path) -> None:
 
 
 def is_up(engine: str, root: Optional[Path] = None) -> bool:
-  state = _read_state(root or home(), engine)
-  return bool(state) and all(_alive(p) for p in state.values())
+  root = root or home()
+  state = _read_state(root, engine)
+  return bool(state) and all(_alive(p) and _ours(p, root)
+                             for p in state.values())
 
 
 def up(engine: str, root: Optional[Path] = None) -> None:
@@ -536,8 +548,9 @@ def down(engine: str, root: Optional[Path] = None) -> List[int]:
   returns the pids that were still running."""
   _check_engine(engine)
   root = root or home()
-  state = _read_state(root, engine)
-  stopped = [pid for pid in state.values() if _alive(pid)]
+  state = {name: pid for name, pid in _read_state(root, engine).items()
+           if _alive(pid) and _ours(pid, root)}
+  stopped = list(state.values())
   for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
     for pid in state.values():
       try:
