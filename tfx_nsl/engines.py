@@ -229,11 +229,17 @@ def fetch(engine: str, root: Optional[Path] = None,
   downloads = root / 'downloads'
   downloads.mkdir(parents=True, exist_ok=True)
   requirement, archive, prefix, members = _DISTRIBUTIONS[engine]
-  if not (downloads / archive).exists():
+  path, want = downloads / archive, _read_lock().get(f'{engine}/{archive}')
+  if path.exists() and verify and _sha256(path) != want:
+    path.unlink()  # A partial or changed download: fetch it again.
+  if not path.exists():
     print(f'{engine}: downloading {requirement} from PyPI', flush=True)
     _run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary',
           ':all:', '--disable-pip-version-check', '-d', str(downloads),
           requirement], f'pip download {requirement}')
+  if verify and _sha256(path) != want:  # Before unpacking anything from it.
+    raise EngineError(f'sha256 mismatch for {path} (want {want}, from '
+                      f'{LOCK_FILE}); PyPI served another file.')
   jars = _job_server_dir(root, engine)
   shutil.rmtree(jars, ignore_errors=True)
   jars.mkdir(parents=True)
@@ -244,8 +250,6 @@ def fetch(engine: str, root: Optional[Path] = None,
   _run(['mvn', '-B', '-q', '-f', str(pom), 'dependency:copy-dependencies',
         f'-DoutputDirectory={jars}', '-DincludeScope=runtime'],
        f'mvn dependency:copy-dependencies for {_RUNNERS[engine]}')
-  if verify:
-    _verified(engine, root, quiet=False)
   dist = _dist_dir(root, engine)
   shutil.rmtree(dist, ignore_errors=True)
   with tarfile.open(downloads / archive) as tar:
@@ -257,6 +261,8 @@ def fetch(engine: str, root: Optional[Path] = None,
   if engine == 'spark':
     # Spark's launcher takes a folder with RELEASE for a binary release.
     (dist / 'RELEASE').write_text(f'Spark {SPARK_VERSION} (from {archive})\n')
+  if verify:
+    _verified(engine, root, quiet=False)
 
 
 def _verified(engine: str, root: Path, quiet: bool) -> bool:
