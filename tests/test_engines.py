@@ -25,7 +25,6 @@ NUM = 3000  # Several bundles per stage on 2 workers.
 
 # GraphBuilder configurations: each mode, and model-embedding input.
 GRAPH_CASES = {
-    'exact_threshold': dict(similarity_threshold=0.9, num_shards=3),
     'exact_top_k': dict(similarity_threshold=0.0, max_neighbors=5,
                         undirected=True, block_size=256, num_shards=2),
     'lsh': dict(similarity_threshold=0.0, max_neighbors=5, undirected=False,

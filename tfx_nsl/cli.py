@@ -27,6 +27,8 @@ def _parser():
                    help='train without NSL adversarial regularization')
   run.add_argument('--no-graph', action='store_true',
                    help='train without NSL graph regularization')
+  run.add_argument('--no-baseline', action='store_true',
+                   help='do not train and judge the plain model beside it')
   run.add_argument('--engine', choices=('direct', 'flink', 'spark'),
                    default='direct',
                    help='where the Beam steps run: Beam\'s DirectRunner, or '
@@ -73,6 +75,7 @@ def main(argv=None):
         trainer_config=config,
         train_steps=args.train_steps,
         min_accuracy=args.min_accuracy,
+        train_baseline=not args.no_baseline,
         beam_pipeline_args=beam_args + (args.beam_arg or []),
         component_beam_args=per_component,
         enable_cache=not args.no_cache,
