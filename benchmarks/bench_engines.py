@@ -15,6 +15,7 @@ measured here (bench_graph / bench_augment do that for the DirectRunner).
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -35,13 +36,12 @@ def _fixed_cost(beam_args):
   return time.time() - start
 
 
-def _graph(work, spec, beam_args):
+def _graph(spec, beam_args):
   return bench_graph._executor_run(spec, beam_args)['seconds']
 
 
 def _augment(work, beam_args, tag):
   out = os.path.join(work, f'augment-out-{tag}')
-  import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(out, ignore_errors=True)
   seconds, _ = bench_augment._run_ours(os.path.join(work, 'augment'), out,
                                        None, beam_args=beam_args)
@@ -85,8 +85,7 @@ def main():
       beam_args = engines.beam_args(engine)
     try:
       for name, run in (('fixed_s', lambda: _fixed_cost(beam_args)),
-                        ('graph_builder_s', lambda: _graph(work, spec,
-                                                           beam_args)),
+                        ('graph_builder_s', lambda: _graph(spec, beam_args)),
                         ('graph_augmentation_s', lambda: _augment(
                             work, beam_args, engine))):
         times = [run() for _ in range(args.repeats)]

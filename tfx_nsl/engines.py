@@ -395,7 +395,7 @@ def _java() -> str:
   return java
 
 
-def _flink_conf(run: Path, dist: Path) -> Path:
+def _flink_conf(run: Path) -> Path:
   ports = PORTS['flink']
   conf = run / 'conf'
   conf.mkdir(parents=True, exist_ok=True)
@@ -462,12 +462,12 @@ def _worker_env(root: Path, engine: str) -> Dict[str, str]:
   """Environment of the processes that start SDK workers: their scratch
   folders live under the cluster's run folder, removed by `down`."""
   return {'TFX_NSL_WORKER_ROOT': str(_run_dir(root, engine) / 'workers'),
-          'TF_USE_LEGACY_KERAS': '1', 'TF_CPP_MIN_LOG_LEVEL': '2'}
+          'TF_CPP_MIN_LOG_LEVEL': '2'}
 
 
 def _up_flink(root: Path) -> None:
   dist, run = _dist_dir(root, 'flink'), _run_dir(root, 'flink')
-  conf = _flink_conf(run, dist)
+  conf = _flink_conf(run)
   rest = f'http://{HOST}:{PORTS["flink"]["rest"]}/overview'
   logs = run / 'logs'
   processes = [('jobmanager', 'JM', 'org.apache.flink.runtime.entrypoint.'

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 
+from tfx_nsl import constants
+
 _TIMEOUT_S = 60
 _PACKAGE_SUFFIXES = ('.tar.gz', '.whl', '.zip')
 # Staged names Beam gives files that are not Python packages to install.
@@ -134,7 +136,7 @@ def main(argv=None):
       'CONTROL_API_SERVICE_DESCRIPTOR':
           f'url: "{info.control_endpoint.url or flags.control_endpoint}"',
       'RUNNER_CAPABILITIES': ' '.join(info.runner_capabilities),
-      'TF_USE_LEGACY_KERAS': '1',
+      **constants.LEGACY_KERAS_ENV,
   })
   os.execve(sys.executable, [sys.executable, '-m',
                              'apache_beam.runners.worker.sdk_worker_main'], env)
