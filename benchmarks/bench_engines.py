@@ -1,21 +1,23 @@
 """GraphBuilder and GraphAugmentation on the DirectRunner, Flink and Spark,
 side by side in one run (`make bench-engines`; results: docs/benchmarks.md).
 
-For each engine, in turn on the same data: the cluster start-up (Flink or
-Spark, tfx_nsl/engines.py: 2 TaskManagers / 2 workers of one slot each);
-the fixed cost of one Beam job (a one-element pipeline through the same
-executor wiring: job submission, SDK worker start, teardown); then
-GraphBuilder (exact, 100k x 128, k=10) and GraphAugmentation (100k
-examples, out-degree 4, 3 neighbors), each the wall time of the executor's
-Do() in this process, medians of `--repeats`. The DirectRunner runs in
-multi_processing mode with 2 workers, as the clusters have 2 workers.
-Processing = wall - fixed cost. Whole-process times and memory are not
-measured here (bench_graph / bench_augment do that for the DirectRunner).
+All clusters are started first (Flink and Spark, tfx_nsl/engines.py:
+2 TaskManagers / 2 workers of one slot each; their start-up is timed). Then
+each repeat runs every engine in turn on the same data: the fixed cost of
+one Beam job (a one-element pipeline: job submission, SDK worker start,
+teardown); GraphBuilder (exact, 100k x 128, k=10); GraphAugmentation (100k
+examples, out-degree 4, 3 neighbors). Each is the wall time of the
+executor's Do() in this process. Reported: medians of `--repeats`, their
+ratios to the DirectRunner's, and processing = median - fixed cost. The
+DirectRunner runs in multi_processing mode with 2 workers, as the clusters
+have 2 workers. Whole-process times and memory are not measured here
+(bench_graph / bench_augment do that for the DirectRunner).
 """
 import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -59,6 +61,8 @@ def main():
   parser.add_argument('--output', default=None, help='results JSON path')
   args = parser.parse_args()
   from tfx_nsl import engines  # pylint: disable=g-import-not-at-top
+  # A killed benchmark still stops the clusters it started.
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
   work = os.path.abspath(args.work_dir)
   os.makedirs(work, exist_ok=True)
   data = bench_graph.write_dataset(os.path.join(work, 'graph-data'), args.n,
@@ -69,36 +73,45 @@ def main():
           'graph_out': os.path.join(work, 'graph-out'),
           'params': {'similarity_threshold': -1.0, 'max_neighbors': args.k,
                      'undirected': False}}
-  results = {'data': data, 'repeats': args.repeats, 'engines': {}}
-  for engine in args.engines.split(','):
-    row = {}
-    if engine == 'direct':
-      beam_args, root = DIRECT, None
-      row['startup_s'] = 0.0
-    else:
-      root = engines.home()
+  names = args.engines.split(',')
+  rows = {engine: {'startup_s': 0.0} for engine in names}
+  beam_args = {'direct': DIRECT}
+  root = engines.home()
+  clusters = [engine for engine in names if engine != 'direct']
+  try:
+    for engine in clusters:  # All up at once, so that runs can interleave.
       engines.down(engine, root)
       engines.fetch(engine, root)
       start = time.time()
       engines.up(engine, root)
-      row['startup_s'] = time.time() - start
-      beam_args = engines.beam_args(engine)
-    try:
-      for name, run in (('fixed_s', lambda: _fixed_cost(beam_args)),
-                        ('graph_builder_s', lambda: _graph(spec, beam_args)),
-                        ('graph_augmentation_s', lambda: _augment(
-                            work, beam_args, engine))):
-        times = [run() for _ in range(args.repeats)]
-        row[name] = statistics.median(times)
-        row[name + '_all'] = times
-        print(f'{engine:7s} {name:22s} median {row[name]:8.1f} s  {times}',
-              flush=True)
-    finally:
-      if root is not None:
-        engines.down(engine, root)
+      rows[engine]['startup_s'] = time.time() - start
+      beam_args[engine] = engines.beam_args(engine)
+    steps = (('fixed_s', _fixed_cost),
+             ('graph_builder_s', lambda a: _graph(spec, a)),
+             ('graph_augmentation_s', lambda a: _augment(work, a, 'out')))
+    # Round-robin: each repeat runs every engine once, so that the machine's
+    # drift in load spreads over all of them alike.
+    for repeat in range(args.repeats):
+      for engine in names:
+        for name, run in steps:
+          seconds = run(beam_args[engine])
+          rows[engine].setdefault(name + '_all', []).append(seconds)
+          print(f'repeat {repeat} {engine:7s} {name:22s} {seconds:8.1f} s',
+                flush=True)
+  finally:
+    for engine in clusters:
+      engines.down(engine, root)
+  for row in rows.values():
+    for name, _ in steps:
+      row[name] = statistics.median(row[name + '_all'])
     for name in ('graph_builder_s', 'graph_augmentation_s'):
       row[name.replace('_s', '_processing_s')] = row[name] - row['fixed_s']
-    results['engines'][engine] = row
+  if 'direct' in rows:
+    for row in rows.values():  # Ratios of medians, to the DirectRunner's.
+      for name in ('graph_builder_s', 'graph_augmentation_s'):
+        row[name.replace('_s', '_vs_direct')] = (
+            row[name] / rows['direct'][name])
+  results = {'data': data, 'repeats': args.repeats, 'engines': rows}
   print(json.dumps(results, indent=1))
   if args.output:
     with open(args.output, 'w') as f:

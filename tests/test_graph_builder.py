@@ -174,6 +174,8 @@ def _run_executor(tmp_path, splits, name='graph', beam_args=None, model=None,
       beam_pipeline_args=beam_args or ['--direct_running_mode=in_memory'],
       tmp_dir=str(tmp_path / 'tmp'))
   executor.Executor(context).Do(inputs, {'graph': [graph]}, values)
+  # Only the graph: the stored corpus the workers read is gone.
+  assert not any(name.startswith('.') for name in os.listdir(graph.uri))
   return graph, read_graph(graph.uri), graph_io.read_stats(graph.uri)
 
 
@@ -385,3 +387,17 @@ def test_component_validates_parameters_at_construction():
                          max_neighbors=5)
   assert builder.exec_properties['max_neighbors'] == 5
   assert builder.outputs['graph'].type_name == 'tfx_nsl.Graph'
+
+
+def test_stored_corpus_is_read_once_per_process(tmp_path):
+  from tfx_nsl.components.graph_builder import executor
+  corpus = executor.Corpus(np.array(['a', 'bb'], dtype=object),
+                           np.eye(2, dtype=np.float32))
+  path = executor.store_corpus(corpus, str(tmp_path))
+  loaded = executor.load_corpus(path)
+  assert loaded.ids.tolist() == ['a', 'bb'] and type(loaded.ids[0]) is str
+  np.testing.assert_array_equal(loaded.vectors, corpus.vectors)
+  assert executor.load_corpus(path) is loaded
+  # The next job's corpus replaces it.
+  assert executor.load_corpus(executor.store_corpus(corpus, str(tmp_path))) \
+      is not loaded

@@ -126,7 +126,11 @@ def beam_args(engine: str) -> List[str]:
           '--environment_config=' + json.dumps({'command': worker_command()}),
           '--job_server_timeout=60', f'--parallelism={WORKERS}',
           # Keep SDK workers between stages: each start imports TF and TFX.
-          f'--environment_cache_millis={_WORKER_CACHE_MS}']
+          f'--environment_cache_millis={_WORKER_CACHE_MS}'] + (
+              # Beam's Spark runner caches a stage with several consumers,
+              # by default in memory only: an evicted partition would be
+              # computed again, and its counters would count twice.
+              ['--storage_level=MEMORY_AND_DISK'] if engine == 'spark' else [])
 
 
 def check_reachable(endpoint: str, timeout_s: float = 5.0) -> None:

@@ -190,6 +190,11 @@ class _Config:
 # Roles of the batches that meet in the two joins.
 _POOL, _OTHER, _EDGES = 0, 1, 2  # Join by target bucket.
 _CANDIDATES, _SEEDS, _PRESENT, _UNNAMED_SEEDS = 3, 4, 5, 6  # By source bucket.
+# The read stage's counter values, reported by the seed join: a stage with two
+# consumers may run twice on Spark (a partition computed for each consumer
+# before either cached it), which would count its examples twice, while each
+# consumer still gets each element once.
+_READ_COUNTS = 7
 _S1, _S2 = 'by_target', 'by_source'
 # Items per batch, by kind: examples are ~1 KB, edges a few dozen bytes;
 # candidates share their target's entries within a batch.
@@ -335,20 +340,18 @@ class _ReadExamples(beam.DoFn):
 
   def start_bundle(self):
     self._batches = _Batcher(self._spill_dir)
-    self._counts = _Counts(('examples_read', 'examples_without_id',
-                            'ids_derived_from_content',
-                            'neighbor_examples_missing_features'))
+    self._counts = collections.Counter()
 
   def process(self, serialized):
     counts = self._counts
-    counts.add('examples_read')
+    counts['examples_read'] += 1
     example = augment_core.parse_example(serialized)
     node, derived = graph_io.example_node_id(example, self._id_feature,
                                              serialized)
     if derived:
-      counts.add('ids_derived_from_content')
+      counts['ids_derived_from_content'] += 1
     if node is None:
-      counts.add('examples_without_id')
+      counts['examples_without_id'] += 1
       if self._logged_no_id < _MAX_LOGGED:
         self._logged_no_id += 1
         logging.warning(
@@ -374,9 +377,9 @@ class _ReadExamples(beam.DoFn):
     if self._preference is not None:
       entries, missing = augment_core.payload_entries(example, self._features)
       if missing:
-        counts.add('neighbor_examples_missing_features')
+        counts['neighbor_examples_missing_features'] += 1
         for name in missing:
-          counts.add(_MISSING_FEATURE_COUNTER + name)
+          counts[_MISSING_FEATURE_COUNTER + name] += 1
         if self._logged_missing < _MAX_LOGGED:
           self._logged_missing += 1
           logging.warning(
@@ -399,7 +402,9 @@ class _ReadExamples(beam.DoFn):
       yield full
 
   def finish_bundle(self):
-    self._counts.report()
+    if self._counts:
+      yield beam.pvalue.TaggedOutput(_S2, GlobalWindows.windowed_value(
+          (0, _pack(_READ_COUNTS, dict(self._counts), self._spill_dir))))
     yield from self._batches.flush(windowed=True)
 
 
@@ -624,6 +629,9 @@ class _JoinSeeds(beam.DoFn):
           seen_ids[node] = seen_ids.get(node, 0) + 1
       elif role == _PRESENT:
         present.update(_unpack(blob))
+      elif role == _READ_COUNTS:
+        for name, value in _unpack(blob).items():
+          counts.add(name, value)
 
     ranked = {}
     for node, copies in seen_ids.items():

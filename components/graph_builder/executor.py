@@ -2,7 +2,12 @@
 
 Stages (each element is a batch of arrays, never one Python object per pair):
   read     TFXIO RecordBatches (or RunInference outputs) -> EmbeddingBatch
-  corpus   all batches -> one id-sorted, validated, normalized corpus (side input)
+  corpus   all batches -> one id-sorted, validated, normalized corpus, stored
+           once as a file beside the output: the steps that run per bundle
+           load it once per worker process (a side input of that size would
+           be sent to the SDK workers again for every bundle on portable
+           runners such as Flink, Spark and Dataflow, which cache no side
+           inputs across bundles)
   score    exact: fixed index ranges of query rows, one matrix product per
            chunk against the corpus; lsh: one matrix product per bucket;
            partition: the nodes of one k-means partition against the
@@ -13,8 +18,11 @@ Stages (each element is a batch of arrays, never one Python object per pair):
            symmetric by construction), then sorted TSV shards and stats.
 """
 import collections
+import io
 import json
 import os
+import threading
+import uuid
 from typing import Any, Dict, List
 
 from absl import logging
@@ -38,6 +46,7 @@ from tfx_nsl.components.graph_builder.params import GraphBuilderParams
 NAMESPACE = 'tfx_nsl.GraphBuilder'
 _RAW_RECORD = '__raw_record__'
 _PARTIAL_STATS = '.stats-partial.json'
+_CORPUS_DIR = '.corpus'  # Removed when the pipeline is done.
 _EXAMPLES_NAMED_IN_LOGS = 5
 _NO_EXAMPLES = ('GraphBuilder found no examples in splits {splits}; nothing to '
                 'build a graph from')
@@ -280,7 +289,8 @@ class _ScoreRange(beam.DoFn):
   def __init__(self, params):
     self._params = params
 
-  def process(self, index_range, corpus):
+  def process(self, index_range, corpus_path):
+    corpus = load_corpus(corpus_path)
     start, end = index_range
     num = len(corpus.ids)
     if self._params.max_neighbors is None:
@@ -303,7 +313,8 @@ class _ScoreBucket(beam.DoFn):
   def __init__(self, params):
     self._params = params
 
-  def process(self, members, corpus):
+  def process(self, members, corpus_path):
+    corpus = load_corpus(corpus_path)
     edges = graph_core.bucket_edges(members, corpus.vectors,
                                     self._params.max_neighbors,
                                     self._params.similarity_threshold)
@@ -320,7 +331,8 @@ class _ScoreBlock(beam.DoFn):
     self._params = params
     self._threads = threads
 
-  def process(self, block, corpus, parts):
+  def process(self, block, corpus_path, parts):
+    corpus = load_corpus(corpus_path)
     queries, query_probes = block
     # Many small products: one BLAS thread each is several times faster
     # than BLAS threads contending for the cores (OpenBLAS: the limit is
@@ -333,6 +345,36 @@ class _ScoreBlock(beam.DoFn):
     _counter('scored_pairs').inc(pairs)
     yield from _by_shard(edges, len(corpus.ids),
                          _num_shards(self._params, len(corpus.ids)))
+
+
+def store_corpus(corpus, directory) -> str:
+  """Writes `corpus` to a new file in `directory`; returns its path."""
+  path = os.path.join(directory, f'{uuid.uuid4().hex}.npz')
+  buffer = io.BytesIO()
+  # Ids as fixed-width unicode: no pickle in the file.
+  np.savez(buffer, ids=corpus.ids.astype(str), vectors=corpus.vectors)
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    f.write(buffer.getvalue())
+  return path
+
+
+# The corpus this process loaded last: every bundle of a job on this worker
+# uses the same one, and the next job's replaces it.
+_loaded_corpus = {}
+_loaded_corpus_lock = threading.Lock()
+
+
+def load_corpus(path) -> Corpus:
+  """The corpus stored at `path`, read once per process."""
+  with _loaded_corpus_lock:
+    corpus = _loaded_corpus.get(path)
+    if corpus is None:
+      _loaded_corpus.clear()
+      with tf.io.gfile.GFile(path, 'rb') as f:
+        stored = np.load(io.BytesIO(f.read()))
+        corpus = Corpus(stored['ids'].astype(object), stored['vectors'])
+      _loaded_corpus[path] = corpus
+    return corpus
 
 
 def _single_local_worker(pipeline):
@@ -386,10 +428,10 @@ def _merge_shard(keyed, max_neighbors, dedupe):
   return shard, graph_core.top_k_per_source(edges, max_neighbors)
 
 
-def _reverse_by_shard(keyed, corpus, params):
+def _reverse_by_shard(keyed, corpus_path, params):
   _, edges = keyed
   reverse = graph_core.Edges(edges.tgt, edges.src, edges.weight)
-  num = len(corpus.ids)
+  num = len(load_corpus(corpus_path).ids)
   for part in (edges, reverse):
     yield from _by_shard(part, num, _num_shards(params, num))
 
@@ -407,7 +449,8 @@ class _WriteShard(beam.DoFn):
     self._output_dir = output_dir
     self._params = params
 
-  def process(self, keyed, corpus):
+  def process(self, keyed, corpus_path):
+    corpus = load_corpus(corpus_path)
     shard, edges = keyed
     num_shards = _num_shards(self._params, len(corpus.ids))
     path = os.path.join(self._output_dir,
@@ -465,6 +508,8 @@ class Executor(beam_executor.BeamExecutor):
     graph = artifact_utils.get_single_instance(output_dict['graph'])
     output_dir = graph.uri
     tf.io.gfile.makedirs(output_dir)
+    corpus_dir = os.path.join(output_dir, _CORPUS_DIR)
+    tf.io.gfile.makedirs(corpus_dir)
 
     with self._make_beam_pipeline() as pipeline:
       batches = [self._read_split(pipeline, examples, model, split, params)
@@ -479,6 +524,8 @@ class Executor(beam_executor.BeamExecutor):
                 | 'CollectBatches' >> beam.combiners.ToList().without_defaults()
                 | 'BuildCorpus' >> beam.ParDo(_BuildCorpus(params)))
       corpus_side = beam.pvalue.AsSingleton(corpus, default_value=None)
+      corpus_path = beam.pvalue.AsSingleton(
+          corpus | 'StoreCorpus' >> beam.Map(store_corpus, corpus_dir))
       extra_side = []
       if params.mode == 'exact':
         work = corpus | 'QueryRanges' >> beam.FlatMap(_query_ranges, params)
@@ -497,7 +544,7 @@ class Executor(beam_executor.BeamExecutor):
         # nothing to spread them to.
         work = work | 'Distribute' >> beam.Reshuffle()
       candidates = (work
-                    | 'Score' >> beam.ParDo(scorer, corpus_side, *extra_side)
+                    | 'Score' >> beam.ParDo(scorer, corpus_path, *extra_side)
                     | 'GroupCandidates' >> beam.GroupByKey()
                     # Only LSH rounds meet a pair twice; exact and
                     # partition modes score each (query, node) pair once.
@@ -514,18 +561,21 @@ class Executor(beam_executor.BeamExecutor):
       symmetric = params.mode == 'exact' and params.max_neighbors is None
       if params.undirected and not symmetric:
         final = (candidates
-                 | 'AddReverse' >> beam.FlatMap(_reverse_by_shard, corpus_side,
+                 | 'AddReverse' >> beam.FlatMap(_reverse_by_shard, corpus_path,
                                                 params)
                  | 'GroupUndirected' >> beam.GroupByKey()
                  | 'Dedupe' >> beam.Map(_dedupe_shard))
       _ = (final
            | 'Write' >> beam.ParDo(_WriteShard(output_dir, params),
-                                   corpus_side)
+                                   corpus_path)
            # With defaults: a graph without edges still gets its files.
            | 'CollectShards' >> beam.combiners.ToList()
            | 'Finish' >> beam.Map(_finish, corpus_side, recall, output_dir,
                                   params))
 
+    with _loaded_corpus_lock:  # This process may have been a worker.
+      _loaded_corpus.clear()
+    tf.io.gfile.rmtree(corpus_dir)
     stats = self._finish_stats(pipeline.result, output_dir, params)
     graph.set_int_custom_property('num_nodes', stats['num_nodes'])
     graph.set_int_custom_property('num_edges', stats['num_edges'])
