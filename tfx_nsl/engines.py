@@ -545,7 +545,9 @@ def _up_spark(root: Path) -> None:
   _wait(f'{WORKERS} Spark workers',
         lambda: (_http_json(web) or {}).get('aliveworkers') == WORKERS,
         root, 'spark', 'worker-0')
-  executor_opts = ' '.join(_JAVA17_OPTS)
+  # Executors are new JVMs for every job: C1 alone starts them faster (a
+  # trivial job took 12.5 s instead of 15.9 s here).
+  executor_opts = ' '.join(_JAVA17_OPTS + ['-XX:TieredStopAtLevel=1'])
   _job_server(root, 'spark', extra_cp=(
       f'{dist}/jars/*:{_no_staging_classes(root, "spark")}:'), props=[
       f'-Dspark.executor.extraJavaOptions={executor_opts}',
