@@ -232,3 +232,5 @@ def test_java_runner_options_are_not_dropped():
         'tfxnsl.ClusterClasspath')
     assert sent['storage_level'] == (
         'MEMORY_AND_DISK' if name == 'spark' else None)
+    assert sent['execution_mode_for_batch'] == (
+        'BATCH_FORCED' if name == 'flink' else None)

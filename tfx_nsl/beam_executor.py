@@ -30,6 +30,10 @@ class JavaRunnerOptions(PipelineOptions):
         help='Spark: storage level of cached stages, e.g. MEMORY_AND_DISK '
         '(Beam\'s default MEMORY_ONLY recomputes evicted partitions).')
     parser.add_argument(
+        '--execution_mode_for_batch', default=None,
+        help='Flink: PIPELINED (Beam\'s default) or BATCH_FORCED, which '
+        'avoids deadlocks of diamond-shaped batch pipelines.')
+    parser.add_argument(
         '--pipeline_resources_detector_factory_class', default=None,
         help='Flink: the class that picks the jars a job stages.')
 

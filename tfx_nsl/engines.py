@@ -133,7 +133,11 @@ def beam_args(engine: str) -> List[str]:
               # Beam's Spark runner caches a stage with several consumers,
               # by default in memory only: an evicted partition would be
               # computed again, and its counters would count twice.
-              ['--storage_level=MEMORY_AND_DISK'] if engine == 'spark' else []
+              ['--storage_level=MEMORY_AND_DISK'] if engine == 'spark' else
+              # Flink's default pipelined exchanges deadlock where a stage
+              # feeds another both directly and as a side input (GraphBuilder's
+              # corpus, at 100,000 examples: all idle after the read).
+              ['--execution_mode_for_batch=BATCH_FORCED']
           ) + [  # The cluster has the runner's jars (_no_staging_classes).
               '--pipeline_resources_detector_factory_class='
               'tfxnsl.ClusterClasspath']
