@@ -420,7 +420,10 @@ def _flink_conf(run: Path) -> Path:
       'rest.bind-address': HOST, 'rest.port': ports['rest'],
       'blob.server.port': ports['blob'],
       'jobmanager.memory.process.size': '1024m',
-      'taskmanager.memory.process.size': '2560m',
+      'taskmanager.memory.process.size': '3072m',
+      # Beam's data plane (gRPC) buffers in direct memory: a 100,000 x 128
+      # GraphBuilder corpus (one 51 MB element) exhausted the default.
+      'taskmanager.memory.task.off-heap.size': '512m',
       # Beam's batch stages shuffle many PCollections at once.
       'taskmanager.memory.network.min': '512mb',
       'taskmanager.memory.network.max': '512mb',
