@@ -14,7 +14,6 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx_nsl import engines
 
 
-
 class JavaRunnerOptions(PipelineOptions):
   """Options of Beam's Java runners that tfx-nsl passes on.
 
@@ -35,7 +34,7 @@ class JavaRunnerOptions(PipelineOptions):
         'avoids deadlocks of diamond-shaped batch pipelines.')
     parser.add_argument(
         '--pipeline_resources_detector_factory_class', default=None,
-        help='Flink: the class that picks the jars a job stages.')
+        help='Flink, Spark: the class that picks the jars a job stages.')
 
 
 _LOCAL_RUNNERS = (None, 'direct', 'directrunner', 'bundlebaseddirectrunner',

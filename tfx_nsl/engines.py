@@ -497,7 +497,7 @@ def _up_flink(root: Path) -> None:
         _java(), *jvm, *_JAVA17_OPTS, f'-Dlog.file={logs / (name + ".log")}',
         f'-Dlog4j.configurationFile=file:{conf / "log4j.properties"}',
         # Beam's runner classes on the cluster's classpath: jobs then stage
-        # no jars (_flink_classes) and reuse warm classes.
+        # no jars (_no_staging_classes) and reuse warm classes.
         '-cp', f'{dist}/lib/*:{_job_server_dir(root, "flink")}/*', main_class,
         *dynamic], env=_worker_env(root, 'flink'))
     if which == 'JM':

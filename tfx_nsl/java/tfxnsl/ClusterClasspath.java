@@ -5,9 +5,9 @@ import java.util.List;
 import org.apache.beam.sdk.util.construction.resources.PipelineResourcesDetector;
 
 /**
- * Tells Beam's Flink job server to stage no jars with a job: the local
- * cluster (tfx_nsl/engines.py) has the job server's jars on its own
- * classpath. Beam's default stages the job server's whole classpath
+ * Tells Beam's Flink and Spark job servers to stage no jars with a job: the
+ * local clusters (tfx_nsl/engines.py) have the job server's jars on their
+ * own classpath. Beam's default stages the job server's whole classpath
  * (160 MB) with every job, and every job then loads those classes anew.
  */
 public class ClusterClasspath implements PipelineResourcesDetector.Factory {
