@@ -32,6 +32,8 @@ DIRECT = ['--direct_running_mode=multi_processing', '--direct_num_workers=2']
 def _fixed_cost(beam_args):
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+  from tfx_nsl import beam_executor  # pylint: disable=g-import-not-at-top,unused-import
+  # (It declares the Java runner options that the executors' jobs pass.)
   start = time.time()
   with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
     _ = p | beam.Create([1]) | beam.Map(lambda x: x)

@@ -36,6 +36,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -232,12 +233,14 @@ def beam_read_only(spec):
   start = time.time()
   ex = executor.Executor(executor.Executor.Context(
       beam_pipeline_args=['--direct_running_mode=in_memory']))
+  store = tempfile.mkdtemp()
   with beam.Pipeline(options=PipelineOptions(
       ['--direct_running_mode=in_memory'])) as pipeline:
     _ = (ex._read_split(pipeline, examples, None, 'train', params)  # pylint: disable=protected-access
+         | beam.ParDo(executor._StoreBatches(store))  # pylint: disable=protected-access
          | beam.combiners.ToList()
-         | beam.ParDo(executor._BuildCorpus(params))  # pylint: disable=protected-access
-         | beam.Map(lambda c: len(c.ids)))
+         | beam.ParDo(executor._BuildCorpus(params, store)))  # pylint: disable=protected-access
+  shutil.rmtree(store)
   return {'seconds': time.time() - start}
 
 

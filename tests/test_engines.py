@@ -23,14 +23,18 @@ from graph_testing import clustered_embeddings, linear_embedding_model
 DIRECT = list(constants.DEFAULT_BEAM_ARGS)
 NUM = 3000  # Several bundles per stage on 2 workers.
 
-# GraphBuilder on embedding features, approximate modes; exact mode runs on
-# model embeddings (test_graph_builder_model_embeddings_same_graph): one job
+# GraphBuilder on embedding features: approximate modes and exact without a
+# top-k; exact with a top-k runs on model embeddings (test_graph_builder_model_embeddings_same_graph): one job
 # fewer per engine, and the read paths differ only before the corpus.
 EXACT = dict(similarity_threshold=0.0, max_neighbors=5, undirected=True,
              block_size=256, num_shards=2)
 GRAPH_CASES = {
     'lsh': dict(similarity_threshold=0.0, max_neighbors=5, undirected=False,
                 mode='lsh', lsh_splits=5, lsh_rounds=6, recall_sample_size=300),
+    # Exact without a top-k: every pair over the threshold (pair_edges),
+    # symmetric as scored, so no reverse edges are added.
+    'pairs': dict(similarity_threshold=0.97, max_neighbors=None,
+                  undirected=True, block_size=512),
     'partition': dict(similarity_threshold=0.0, max_neighbors=5,
                       undirected=False, mode='partition', partition_size=150,
                       partition_probes=4, recall_sample_size=300),
@@ -73,8 +77,11 @@ def _assert_same_graph(direct, remote):
   _, direct_edges, direct_stats = direct
   _, remote_edges, remote_stats = remote
   assert remote_edges.keys() == direct_edges.keys()
+  # Weights are written with 6 decimals; model embeddings computed in other
+  # batches (RunInference batches differently per runner) differ by float
+  # rounding, which can flip the last written digit.
   for key, weight in direct_edges.items():
-    assert remote_edges[key] == pytest.approx(weight, abs=1e-6), key
+    assert remote_edges[key] == pytest.approx(weight, abs=1.5e-6), key
   assert remote_stats == direct_stats
 
 

@@ -401,3 +401,33 @@ def test_stored_corpus_is_read_once_per_process(tmp_path):
   # The next job's corpus replaces it.
   assert executor.load_corpus(executor.store_corpus(corpus, str(tmp_path))) \
       is not loaded
+
+
+def test_stored_batches_keep_unusable_ids(tmp_path):
+  from tfx_nsl.components.graph_builder import executor
+  batches = [executor.EmbeddingBatch(
+      np.array(['a', None], object), np.array([[2, -1], [2, 1]]),
+      [np.arange(4, dtype=np.float32), np.ones(1, np.float32)]),
+             executor.EmbeddingBatch(
+                 np.array(['c'], object), np.array([[2, 1]]),
+                 [np.zeros(2, np.float32), np.ones(1, np.float32)])]
+  batch = executor.load_batch(executor.store_batches(batches, str(tmp_path)))
+  assert batch.ids.tolist() == ['a', None, 'c']
+  np.testing.assert_array_equal(batch.lengths, [[2, -1], [2, 1], [2, 1]])
+  np.testing.assert_array_equal(batch.flats[0], [0, 1, 2, 3, 0, 0])
+  np.testing.assert_array_equal(batch.flats[1], [1, 1])
+
+
+def test_graph_stats_merge_from_shards():
+  rng = np.random.RandomState(3)
+  edges = graph_core.Edges(rng.randint(0, 50, 300), rng.randint(0, 50, 300),
+                           np.ones(300, np.float32))
+  edges = graph_core.dedupe_max(edges)
+  shard = edges.src * 4 // 60  # 60 nodes: 50..59 have no edges
+  parts = [graph_core.stats_part(60, graph_core.Edges(
+      *(a[shard == s] for a in edges))) for s in range(4)]
+  merged = graph_core.final_stats(
+      60, graph_core.merge_stats_parts(parts),
+      graph_core.connected_components(60, edges.src, edges.tgt))
+  assert merged == graph_core.graph_stats(60, edges)
+  assert merged['isolated_nodes'] >= 10

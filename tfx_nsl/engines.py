@@ -424,6 +424,11 @@ def _flink_conf(run: Path) -> Path:
       # Beam's data plane (gRPC) buffers in direct memory: a 100,000 x 128
       # GraphBuilder corpus (one 51 MB element) exhausted the default.
       'taskmanager.memory.task.off-heap.size': '512m',
+      # Flink's batch grouping holds all values of one key in the task heap
+      # (and a serialized copy): a GraphAugmentation bucket (up to 64 MB of
+      # input) needs some 4 times that. The default managed memory (40%,
+      # for sorting, which spills to disk) left 225 MB of task heap.
+      'taskmanager.memory.managed.size': '256m',
       # Beam's batch stages shuffle many PCollections at once.
       'taskmanager.memory.network.min': '512mb',
       'taskmanager.memory.network.max': '512mb',
@@ -520,14 +525,22 @@ def _no_staging_classes(root: Path, engine: str) -> Path:
   jars and loading their classes anew."""
   classes = _run_dir(root, engine) / 'classes'
   shutil.rmtree(classes, ignore_errors=True)
-  javac = shutil.which('javac')
-  if not javac:
-    raise EngineError(f'javac not found: the {engine} cluster needs a Java 17 '
-                      'JDK (not only a runtime).')
-  _run([javac, '-d', str(classes), '-cp',
+  tools = {tool: shutil.which(tool) for tool in ('javac', 'jar')}
+  for tool, path in tools.items():
+    if not path:
+      raise EngineError(f'{tool} not found: the {engine} cluster needs a Java '
+                        '17 JDK (not only a runtime).')
+  _run([tools['javac'], '-d', str(classes), '-cp',
         f'{_job_server_dir(root, engine)}/*', str(_JAVA_SOURCE)],
        'javac ' + _JAVA_SOURCE.name, timeout_s=120)
-  return classes
+  # A jar, not a folder: a job whose options lack the detector (a pipeline
+  # built without tfx_nsl.beam_executor imported) stages the job server's
+  # classpath, and Beam stages files only.
+  jar = _run_dir(root, engine) / 'tfxnsl-classpath.jar'
+  _run([tools['jar'], '--create', '--file', str(jar), '-C', str(classes), '.'],
+       'jar ' + jar.name, timeout_s=120)
+  shutil.rmtree(classes)
+  return jar
 
 
 def _up_spark(root: Path) -> None:

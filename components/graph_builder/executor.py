@@ -1,13 +1,17 @@
 """GraphBuilder executor: embeddings -> similarity graph, as one Beam pipeline.
 
 Stages (each element is a batch of arrays, never one Python object per pair):
-  read     TFXIO RecordBatches (or RunInference outputs) -> EmbeddingBatch
-  corpus   all batches -> one id-sorted, validated, normalized corpus, stored
-           once as a file beside the output: the steps that run per bundle
-           load it once per worker process (a side input of that size would
-           be sent to the SDK workers again for every bundle on portable
-           runners such as Flink, Spark and Dataflow, which cache no side
-           inputs across bundles)
+  read     TFXIO RecordBatches (or RunInference outputs) -> EmbeddingBatch,
+           stored per bundle as files beside the output
+  corpus   all batch files -> one id-sorted, validated, normalized corpus,
+           stored once as a file beside the output; only its path and size
+           travel through the runner. The steps that run per bundle load it
+           once per worker process. (As elements, the batches and the corpus
+           would be held whole in the heap of one runner process, e.g. by
+           Flink's grouping, and as a side input the corpus would be sent to
+           the SDK workers again for every bundle on portable runners such as
+           Flink, Spark and Dataflow, which cache no side inputs across
+           bundles.)
   score    exact: fixed index ranges of query rows, one matrix product per
            chunk against the corpus; lsh: one matrix product per bucket;
            partition: the nodes of one k-means partition against the
@@ -15,7 +19,9 @@ Stages (each element is a batch of arrays, never one Python object per pair):
   merge    edges keyed by source shard: dedupe (max weight; LSH only, the
            other modes never meet a pair twice), top-k per source, reverse
            edges if undirected (not needed for exact graphs without a top-k,
-           symmetric by construction), then sorted TSV shards and stats.
+           symmetric by construction), then sorted TSV shards; statistics
+           merged from per-shard parts, the recall estimate from the edges
+           of a fixed sample of sources.
 """
 import collections
 import io
@@ -28,6 +34,7 @@ from typing import Any, Dict, List
 from absl import logging
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions
+from apache_beam.transforms.window import GlobalWindows
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,6 +63,10 @@ _NO_EXAMPLES = ('GraphBuilder found no examples in splits {splits}; nothing to '
 EmbeddingBatch = collections.namedtuple('EmbeddingBatch',
                                         ['ids', 'lengths', 'flats'])
 Corpus = collections.namedtuple('Corpus', ['ids', 'vectors'])
+# What the runner carries of a stored corpus.
+CorpusInfo = collections.namedtuple('CorpusInfo', ['path', 'num_nodes'])
+# Rows a read bundle holds before it stores them.
+_STORE_ROWS = 1 << 18
 
 
 def _counter(name):
@@ -178,6 +189,70 @@ def _rows_to_batch(rows):
   return EmbeddingBatch(ids, lengths, [flat.astype(np.float32)])
 
 
+def _store_arrays(directory, prefix, **arrays) -> str:
+  """Writes numpy `arrays` to a new .npz file in `directory`; its path."""
+  path = os.path.join(directory, f'{prefix}-{uuid.uuid4().hex}.npz')
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)  # Callers pass no object arrays: no pickle.
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    f.write(buffer.getvalue())
+  return path
+
+
+def _load_arrays(path):
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    return np.load(io.BytesIO(f.read()))
+
+
+def store_batches(batches, directory) -> str:
+  """Stores EmbeddingBatches (one feature layout) as one file; its path."""
+  ids = np.concatenate([b.ids for b in batches])
+  unusable = np.equal(ids, None)
+  return _store_arrays(
+      directory, 'batch', ids=np.where(unusable, '', ids).astype(str),
+      unusable=unusable,
+      lengths=np.concatenate([b.lengths for b in batches]),
+      **{f'flat{f}': np.concatenate([b.flats[f] for b in batches])
+         for f in range(len(batches[0].flats))})
+
+
+def load_batch(path) -> EmbeddingBatch:
+  stored = _load_arrays(path)
+  ids = stored['ids'].astype(object)
+  ids[stored['unusable']] = None
+  lengths = stored['lengths']
+  return EmbeddingBatch(ids, lengths, [stored[f'flat{f}']
+                                       for f in range(lengths.shape[1])])
+
+
+class _StoreBatches(beam.DoFn):
+  """EmbeddingBatches -> paths of files that hold them, a few per bundle."""
+
+  def __init__(self, directory):
+    self._directory = directory
+    self._batches = []
+    self._rows = 0
+
+  def start_bundle(self):
+    self._batches, self._rows = [], 0
+
+  def process(self, batch):
+    if len(batch.ids):
+      self._batches.append(batch)
+      self._rows += len(batch.ids)
+    if self._rows >= _STORE_ROWS:
+      yield self._store()
+
+  def finish_bundle(self):
+    if self._batches:
+      yield GlobalWindows.windowed_value(self._store())
+
+  def _store(self):
+    path = store_batches(self._batches, self._directory)
+    self._batches, self._rows = [], 0
+    return path
+
+
 def _matrix(batch, dims, keep):
   """[kept rows, sum(dims)] from a batch's per-feature flat values."""
   columns = []
@@ -189,12 +264,20 @@ def _matrix(batch, dims, keep):
 
 
 class _BuildCorpus(beam.DoFn):
-  """All EmbeddingBatches -> one validated Corpus sorted by id."""
+  """All batch files -> one validated Corpus sorted by id, stored in
+  `directory`; yields its CorpusInfo."""
 
-  def __init__(self, params):
+  def __init__(self, params, directory):
     self._params = params
+    self._directory = directory
 
-  def process(self, batches: List[EmbeddingBatch]):
+  def process(self, paths: List[str]):
+    corpus = self.build([load_batch(p) for p in sorted(paths)])
+    path = store_corpus(corpus, self._directory)
+    _remember_corpus(path, corpus)
+    yield CorpusInfo(path, len(corpus.ids))
+
+  def build(self, batches: List[EmbeddingBatch]) -> Corpus:
     params = self._params
     batches = [b for b in batches if len(b.ids)]
     if not batches:
@@ -262,14 +345,13 @@ class _BuildCorpus(beam.DoFn):
     _counter('nodes').inc(len(ids))
     logging.info('GraphBuilder corpus: %d nodes, %d dimensions', len(ids),
                  vectors.shape[1])
-    yield Corpus(ids, np.ascontiguousarray(vectors))
+    return Corpus(ids, np.ascontiguousarray(vectors))
 
   def _report(self, name, ids, what):
     _counter(name).inc(len(ids))
     if len(ids):
       logging.warning('GraphBuilder left out %d examples that %s, e.g. %s',
                       len(ids), what, ids[:_EXAMPLES_NAMED_IN_LOGS].tolist())
-
 
 
 def _num_shards(params, num_nodes):
@@ -289,8 +371,8 @@ class _ScoreRange(beam.DoFn):
   def __init__(self, params):
     self._params = params
 
-  def process(self, index_range, corpus_path):
-    corpus = load_corpus(corpus_path)
+  def process(self, index_range, info):
+    corpus = load_corpus(info.path)
     start, end = index_range
     num = len(corpus.ids)
     if self._params.max_neighbors is None:
@@ -313,8 +395,8 @@ class _ScoreBucket(beam.DoFn):
   def __init__(self, params):
     self._params = params
 
-  def process(self, members, corpus_path):
-    corpus = load_corpus(corpus_path)
+  def process(self, members, info):
+    corpus = load_corpus(info.path)
     edges = graph_core.bucket_edges(members, corpus.vectors,
                                     self._params.max_neighbors,
                                     self._params.similarity_threshold)
@@ -331,8 +413,8 @@ class _ScoreBlock(beam.DoFn):
     self._params = params
     self._threads = threads
 
-  def process(self, block, corpus_path, parts):
-    corpus = load_corpus(corpus_path)
+  def process(self, block, info, parts):
+    corpus = load_corpus(info.path)
     queries, query_probes = block
     # Many small products: one BLAS thread each is several times faster
     # than BLAS threads contending for the cores (OpenBLAS: the limit is
@@ -349,19 +431,14 @@ class _ScoreBlock(beam.DoFn):
 
 def store_corpus(corpus, directory) -> str:
   """Writes `corpus` to a new file in `directory`; returns its path."""
-  path = os.path.join(directory, f'{uuid.uuid4().hex}.npz')
-  buffer = io.BytesIO()
-  # Ids as fixed-width unicode: no pickle in the file.
-  np.savez(buffer, ids=corpus.ids.astype(str), vectors=corpus.vectors)
-  with tf.io.gfile.GFile(path, 'wb') as f:
-    f.write(buffer.getvalue())
-  return path
+  return _store_arrays(directory, 'corpus', ids=corpus.ids.astype(str),
+                       vectors=corpus.vectors)
 
 
 # The corpus this process loaded last: every bundle of a job on this worker
 # uses the same one, and the next job's replaces it.
 _loaded_corpus = {}
-_loaded_corpus_lock = threading.Lock()
+_loaded_corpus_lock = threading.RLock()
 
 
 def load_corpus(path) -> Corpus:
@@ -369,12 +446,17 @@ def load_corpus(path) -> Corpus:
   with _loaded_corpus_lock:
     corpus = _loaded_corpus.get(path)
     if corpus is None:
-      _loaded_corpus.clear()
-      with tf.io.gfile.GFile(path, 'rb') as f:
-        stored = np.load(io.BytesIO(f.read()))
-        corpus = Corpus(stored['ids'].astype(object), stored['vectors'])
-      _loaded_corpus[path] = corpus
+      stored = _load_arrays(path)
+      corpus = _remember_corpus(path, Corpus(stored['ids'].astype(object),
+                                             stored['vectors']))
     return corpus
+
+
+def _remember_corpus(path, corpus):
+  with _loaded_corpus_lock:
+    _loaded_corpus.clear()
+    _loaded_corpus[path] = corpus
+  return corpus
 
 
 def _single_local_worker(pipeline):
@@ -395,8 +477,9 @@ def _scoring_threads(pipeline):
   return os.cpu_count() or 1
 
 
-def _partitioning(corpus, params):
-  num_partitions = max(1, len(corpus.ids) // params.partition_size)
+def _partitioning(info, params):
+  corpus = load_corpus(info.path)
+  num_partitions = max(1, info.num_nodes // params.partition_size)
   centroids = graph_core.partition_centroids(corpus.vectors, num_partitions,
                                              params.seed)
   probes = graph_core.nearest_partitions(corpus.vectors, centroids,
@@ -405,16 +488,16 @@ def _partitioning(corpus, params):
   return graph_core.partitioning(probes, centroids, params.seed)
 
 
-def _query_ranges(corpus, params):
-  num = len(corpus.ids)
-  for start in range(0, num, params.block_size):
-    yield start, min(num, start + params.block_size)
+def _query_ranges(info, params):
+  for start in range(0, info.num_nodes, params.block_size):
+    yield start, min(info.num_nodes, start + params.block_size)
 
 
-def _lsh_buckets(corpus, params):
+def _lsh_buckets(info, params):
+  vectors = load_corpus(info.path).vectors
   for round_index in range(params.lsh_rounds):
     buckets = graph_core.lsh_buckets(
-        corpus.vectors, params.lsh_splits, params.seed + round_index,
+        vectors, params.lsh_splits, params.seed + round_index,
         params.lsh_max_bucket_size)
     _counter('lsh_buckets').inc(len(buckets))
     yield from buckets
@@ -428,12 +511,12 @@ def _merge_shard(keyed, max_neighbors, dedupe):
   return shard, graph_core.top_k_per_source(edges, max_neighbors)
 
 
-def _reverse_by_shard(keyed, corpus_path, params):
+def _reverse_by_shard(keyed, info, params):
   _, edges = keyed
   reverse = graph_core.Edges(edges.tgt, edges.src, edges.weight)
-  num = len(load_corpus(corpus_path).ids)
   for part in (edges, reverse):
-    yield from _by_shard(part, num, _num_shards(params, num))
+    yield from _by_shard(part, info.num_nodes,
+                         _num_shards(params, info.num_nodes))
 
 
 def _dedupe_shard(keyed):
@@ -442,54 +525,104 @@ def _dedupe_shard(keyed):
       graph_core.dedupe_max(graph_core.concat_edges(list(parts))), None)
 
 
+# What a written shard reports for the statistics: its StatsPart, and the
+# file with its (source, target) pairs for the connected components.
+_Written = collections.namedtuple('_Written', ['shards', 'part', 'pair_files'])
+
+
 class _WriteShard(beam.DoFn):
   """Writes one shard's edges as sorted NSL TSV lines."""
 
-  def __init__(self, output_dir, params):
+  def __init__(self, output_dir, pairs_dir, params):
     self._output_dir = output_dir
+    self._pairs_dir = pairs_dir
     self._params = params
 
-  def process(self, keyed, corpus_path):
-    corpus = load_corpus(corpus_path)
+  def process(self, keyed, info):
+    ids = load_corpus(info.path).ids
     shard, edges = keyed
-    num_shards = _num_shards(self._params, len(corpus.ids))
+    num_shards = _num_shards(self._params, info.num_nodes)
     path = os.path.join(self._output_dir,
                         graph_io.edge_shard_name(shard, num_shards))
-    sources, targets = corpus.ids[edges.src], corpus.ids[edges.tgt]
     with tf.io.gfile.GFile(path, 'w') as f:
       f.write(''.join(map(graph_io.EDGE_LINE.__mod__, zip(
-          sources, targets, edges.weight.tolist()))))
+          ids[edges.src], ids[edges.tgt], edges.weight.tolist()))))
     _counter('edges_written').inc(len(edges.src))
-    yield shard, edges
+    pairs = _store_arrays(self._pairs_dir, f'pairs{shard}',
+                          src=edges.src.astype(np.int32),
+                          tgt=edges.tgt.astype(np.int32))
+    yield _Written({shard}, graph_core.stats_part(info.num_nodes, edges),
+                   [pairs])
 
 
-def _finish(written, corpus, sampled_recall, output_dir, params):
+class _MergeWritten(beam.CombineFn):
+  """_Written of every shard -> one; small enough for any runner (the parts
+  hold counts and a bit per node, the pairs stay in their files)."""
+
+  def create_accumulator(self):
+    return _Written(set(), graph_core.StatsPart(0, {}, None), [])
+
+  def add_input(self, accumulator, written):
+    return self.merge_accumulators([accumulator, written])
+
+  def merge_accumulators(self, accumulators):
+    accumulators = list(accumulators)
+    return _Written(
+        set().union(*(a.shards for a in accumulators)),
+        graph_core.merge_stats_parts(a.part for a in accumulators),
+        sorted(f for a in accumulators for f in a.pair_files))
+
+  def extract_output(self, accumulator):
+    return accumulator
+
+
+def _finish(written, info, sampled_recall, output_dir, params):
   """After all shards are written: empty files for shards without edges (so
   readers see every shard) and the graph statistics."""
-  if corpus is None:  # No examples; _finish_stats reports it.
+  if info is None:  # No examples; _finish_stats reports it.
     return
-  num_shards = _num_shards(params, len(corpus.ids))
-  for shard in set(range(num_shards)) - {shard for shard, _ in written}:
+  num_shards = _num_shards(params, info.num_nodes)
+  for shard in set(range(num_shards)) - written.shards:
     with tf.io.gfile.GFile(os.path.join(
         output_dir, graph_io.edge_shard_name(shard, num_shards)), 'w'):
       pass
-  stats = graph_core.graph_stats(len(corpus.ids), graph_core.concat_edges(
-      [edges for _, edges in written]))
+  components = None
+  if written.part.num_edges <= graph_core.MAX_COMPONENTS_EDGES:
+    pairs = [_load_arrays(path) for path in written.pair_files]
+    components = graph_core.connected_components(
+        info.num_nodes,
+        np.concatenate([p['src'] for p in pairs] + [np.zeros(0, np.int32)]),
+        np.concatenate([p['tgt'] for p in pairs] + [np.zeros(0, np.int32)]))
+  stats = graph_core.final_stats(info.num_nodes, written.part, components)
   if sampled_recall is not None:
     stats['estimated_recall_at_k'] = sampled_recall
   with tf.io.gfile.GFile(os.path.join(output_dir, _PARTIAL_STATS), 'w') as f:
     json.dump(stats, f)
 
 
-def _sampled_recall(found_parts, corpus, params):
-  """Recall of the approximate top-k against exact, on a fixed node sample."""
-  found = graph_core.concat_edges(found_parts)
+def _recall_sample(num_nodes, params):
+  """The fixed node sample of the recall estimate, sorted."""
   rng = np.random.RandomState(params.seed)
-  size = min(params.recall_sample_size, len(corpus.ids))
-  sample = np.sort(rng.choice(len(corpus.ids), size, replace=False))
-  exact = graph_core.exact_edges(sample, corpus.vectors, params.max_neighbors,
+  size = min(params.recall_sample_size, num_nodes)
+  return np.sort(rng.choice(num_nodes, size, replace=False))
+
+
+def _sample_edges(keyed, info, params):
+  """One shard's edges from the recall sample's sources."""
+  _, edges = keyed
+  mask = np.isin(edges.src, _recall_sample(info.num_nodes, params))
+  if mask.any():
+    yield graph_core.Edges(*(a[mask] for a in edges))
+
+
+def _sampled_recall(found_parts, info, params):
+  """Recall of the approximate top-k against exact, on a fixed node sample."""
+  sample = _recall_sample(info.num_nodes, params)
+  exact = graph_core.exact_edges(sample, load_corpus(info.path).vectors,
+                                 params.max_neighbors,
                                  params.similarity_threshold)
-  return graph_core.recall_at_k(found, exact, sample)
+  return graph_core.recall_at_k(graph_core.concat_edges(found_parts), exact,
+                                sample)
 
 
 class Executor(beam_executor.BeamExecutor):
@@ -521,11 +654,11 @@ class Executor(beam_executor.BeamExecutor):
       else:
         batches, = batches
       corpus = (batches
+                | 'StoreBatches' >> beam.ParDo(_StoreBatches(corpus_dir))
                 | 'CollectBatches' >> beam.combiners.ToList().without_defaults()
-                | 'BuildCorpus' >> beam.ParDo(_BuildCorpus(params)))
-      corpus_side = beam.pvalue.AsSingleton(corpus, default_value=None)
-      corpus_path = beam.pvalue.AsSingleton(
-          corpus | 'StoreCorpus' >> beam.Map(store_corpus, corpus_dir))
+                | 'BuildCorpus' >> beam.ParDo(_BuildCorpus(params,
+                                                           corpus_dir)))
+      info = beam.pvalue.AsSingleton(corpus, default_value=None)
       extra_side = []
       if params.mode == 'exact':
         work = corpus | 'QueryRanges' >> beam.FlatMap(_query_ranges, params)
@@ -544,7 +677,7 @@ class Executor(beam_executor.BeamExecutor):
         # nothing to spread them to.
         work = work | 'Distribute' >> beam.Reshuffle()
       candidates = (work
-                    | 'Score' >> beam.ParDo(scorer, corpus_path, *extra_side)
+                    | 'Score' >> beam.ParDo(scorer, info, *extra_side)
                     | 'GroupCandidates' >> beam.GroupByKey()
                     # Only LSH rounds meet a pair twice; exact and
                     # partition modes score each (query, node) pair once.
@@ -553,25 +686,24 @@ class Executor(beam_executor.BeamExecutor):
       recall = None
       if params.mode != 'exact':
         recall = beam.pvalue.AsSingleton(
-            candidates | 'DropShard' >> beam.Values()
+            candidates
+            | 'SampleForRecall' >> beam.FlatMap(_sample_edges, info, params)
             | 'CollectForRecall' >> beam.combiners.ToList()
-            | 'Recall' >> beam.Map(_sampled_recall, corpus_side, params))
+            | 'Recall' >> beam.Map(_sampled_recall, info, params))
       final = candidates
       # Without a top-k, exact edges come out symmetric (pair_edges).
       symmetric = params.mode == 'exact' and params.max_neighbors is None
       if params.undirected and not symmetric:
         final = (candidates
-                 | 'AddReverse' >> beam.FlatMap(_reverse_by_shard, corpus_path,
-                                                params)
+                 | 'AddReverse' >> beam.FlatMap(_reverse_by_shard, info, params)
                  | 'GroupUndirected' >> beam.GroupByKey()
                  | 'Dedupe' >> beam.Map(_dedupe_shard))
       _ = (final
-           | 'Write' >> beam.ParDo(_WriteShard(output_dir, params),
-                                   corpus_path)
+           | 'Write' >> beam.ParDo(_WriteShard(output_dir, corpus_dir, params),
+                                   info)
            # With defaults: a graph without edges still gets its files.
-           | 'CollectShards' >> beam.combiners.ToList()
-           | 'Finish' >> beam.Map(_finish, corpus_side, recall, output_dir,
-                                  params))
+           | 'MergeWritten' >> beam.CombineGlobally(_MergeWritten())
+           | 'Finish' >> beam.Map(_finish, info, recall, output_dir, params))
 
     with _loaded_corpus_lock:  # This process may have been a worker.
       _loaded_corpus.clear()

@@ -364,33 +364,74 @@ def recall_at_k(found, exact, sample):
   return len(truth & pairs(found)) / len(truth)
 
 
-def graph_stats(num_nodes, edges, max_components_edges=20_000_000):
-  """Nodes, edges, out-degree histogram, isolated nodes, components."""
-  degrees = np.bincount(edges.src, minlength=num_nodes) if num_nodes else (
-      np.zeros(0, np.int64))
+# Graph statistics in parts that merge: each shard of sources gives one, so
+# no process needs the edge list for them (components aside, see below).
+# degree_counts: {out-degree >= 1: sources with it}; touched: np.packbits of
+# the nodes on an edge (None: none).
+StatsPart = collections.namedtuple('StatsPart',
+                                   ['num_edges', 'degree_counts', 'touched'])
+MAX_COMPONENTS_EDGES = 20_000_000
+
+
+def stats_part(num_nodes, edges):
+  """The statistics of one set of sources' edges (all edges of each)."""
+  if not len(edges.src):
+    return StatsPart(0, {}, None)
+  histogram = np.bincount(np.bincount(edges.src))
   touched = np.zeros(num_nodes, bool)
   touched[edges.src] = True
   touched[edges.tgt] = True
-  histogram = np.bincount(degrees) if num_nodes else np.zeros(0, np.int64)
+  return StatsPart(len(edges.src),
+                   {d: int(c) for d, c in enumerate(histogram) if d and c},
+                   np.packbits(touched))
+
+
+def merge_stats_parts(parts):
+  num_edges, counts, touched = 0, collections.Counter(), None
+  for part in parts:
+    num_edges += part.num_edges
+    counts.update(part.degree_counts)
+    if part.touched is not None:
+      touched = part.touched if touched is None else touched | part.touched
+  return StatsPart(num_edges, dict(counts), touched)
+
+
+def connected_components(num_nodes, src, tgt):
+  """(number of weakly connected components, size of the largest)."""
+  from scipy.sparse import coo_matrix  # pylint: disable=g-import-not-at-top
+  from scipy.sparse.csgraph import connected_components as components  # pylint: disable=g-import-not-at-top
+  adjacency = coo_matrix((np.ones(len(src), np.int8), (src, tgt)),
+                         shape=(num_nodes,) * 2)
+  count, labels = components(adjacency, directed=True, connection='weak')
+  return int(count), int(np.bincount(labels).max()) if num_nodes else 0
+
+
+def final_stats(num_nodes, part, components=None):
+  """Nodes, edges, out-degree histogram, isolated nodes and (when given, as
+  connected_components' answer) components."""
+  histogram = dict(part.degree_counts)
+  without = num_nodes - sum(histogram.values())
+  if without:
+    histogram[0] = without
+  touched = 0 if part.touched is None else int(
+      np.unpackbits(part.touched)[:num_nodes].sum())
   stats = {
       'num_nodes': int(num_nodes),
-      'num_edges': int(len(edges.src)),
-      'isolated_nodes': int(num_nodes - touched.sum()),
-      'out_degree_histogram': {str(d): int(c) for d, c in enumerate(histogram)
-                               if c},
-      'max_out_degree': int(degrees.max()) if num_nodes else 0,
-      'mean_out_degree': float(degrees.mean()) if num_nodes else 0.0,
+      'num_edges': int(part.num_edges),
+      'isolated_nodes': int(num_nodes - touched),
+      'out_degree_histogram': {str(d): histogram[d] for d in sorted(histogram)},
+      'max_out_degree': max(histogram) if histogram else 0,
+      'mean_out_degree': part.num_edges / num_nodes if num_nodes else 0.0,
   }
-  if len(edges.src) <= max_components_edges:
-    from scipy.sparse import coo_matrix  # pylint: disable=g-import-not-at-top
-    from scipy.sparse.csgraph import connected_components  # pylint: disable=g-import-not-at-top
-    adjacency = coo_matrix((np.ones(len(edges.src), np.int8),
-                            (edges.src, edges.tgt)), shape=(num_nodes,) * 2)
-    count, labels = connected_components(adjacency, directed=True,
-                                         connection='weak')
-    sizes = np.bincount(labels) if num_nodes else np.zeros(0, np.int64)
-    stats['connected_components'] = int(count)
-    stats['largest_component'] = int(sizes.max()) if num_nodes else 0
-  else:
+  if components is None:
     stats['connected_components'] = None  # too many edges to be cheap
+  else:
+    stats['connected_components'], stats['largest_component'] = components
   return stats
+
+
+def graph_stats(num_nodes, edges, max_components_edges=MAX_COMPONENTS_EDGES):
+  """final_stats of one edge list."""
+  components = (connected_components(num_nodes, edges.src, edges.tgt)
+                if len(edges.src) <= max_components_edges else None)
+  return final_stats(num_nodes, stats_part(num_nodes, edges), components)
