@@ -148,6 +148,46 @@ def test_component_validates_at_construction():
       attacks=[{'method': 'pgd', 'norm': 'l2', 'epsilon': 0.5, 'steps': 5,
                 'step_size': 0.2}], min_attacked_accuracy=0.3)
   assert evaluator.exec_properties['module_path'].endswith('tfma_module')
+  for bad in (0, 2.5, True):
+    with pytest.raises(ValueError, match='batch_size must be an int >= 1'):
+      RobustnessEvaluator(examples=examples, model=model, batch_size=bad)
+
+
+def test_attacks_run_in_batches_of_batch_size(digits_model, monkeypatch):
+  """Small read batches are gathered into attack calls of batch_size
+  examples; each extract gets its own rows' predictions back."""
+  from tensorflow_model_analysis import constants as tfma_constants
+  from tfx_nsl.components.robustness_evaluator import tfma_module
+  model, x, y = digits_model
+  serialized = np.array(_serialize(x[:23], y[:23]), object)
+  names = ['clean', 'fgsm_linf_eps0.1']
+  settings = attacks.AttackSettings(label_key='label', clip_min=0.0,
+                                    clip_max=1.0, batch_size=8)
+  calls = []
+  real = attacks.predictions_under_attacks
+  monkeypatch.setattr(attacks, 'predictions_under_attacks',
+                      lambda m, rows, *a: calls.append(len(rows)) or
+                      real(m, rows, *a))
+  do_fn = tfma_module._AttackedPredictionsDoFn([], names, settings)  # pylint: disable=protected-access
+  do_fn._loaded_models = {'': model}  # pylint: disable=protected-access
+  do_fn.start_bundle()
+  # 23 rows, gathered as 12 (calls of 8 + 4), 9 (8 + 1), then 2 at the end
+  # of the bundle.
+  sizes = [2, 3, 2, 5, 1, 6, 2, 2]
+  starts = np.cumsum([0] + sizes)
+  out = []
+  for start, end in zip(starts[:-1], starts[1:]):
+    out += list(do_fn.process(
+        {tfma_constants.INPUT_KEY: serialized[start:end]}))
+  assert calls == [8, 4, 8, 1]
+  out += [windowed.value for windowed in do_fn.finish_bundle()]
+  assert calls == [8, 4, 8, 1, 2]
+  assert [len(e[tfma_constants.PREDICTIONS_KEY]['clean']) for e in out] == sizes
+  whole = real(model, serialized.tolist(), names, settings)
+  for name in names:
+    np.testing.assert_allclose(np.concatenate(
+        [e[tfma_constants.PREDICTIONS_KEY][name] for e in out]), whole[name],
+                               atol=1e-5)
 
 
 def test_l2_attacks_stay_in_their_l2_ball(digits_model):

@@ -96,7 +96,8 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       perturb_features: Optional[List[str]] = None,
       clip_min: Optional[float] = None,
       clip_max: Optional[float] = None,
-      example_splits: Optional[List[str]] = None):
+      example_splits: Optional[List[str]] = None,
+      batch_size: int = attacks_lib.DEFAULT_BATCH_SIZE):
     """Constructs a RobustnessEvaluator.
 
     Args:
@@ -119,6 +120,9 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       clip_min, clip_max: valid range of perturbed features (e.g. pixels in
         [0, 1]).
       example_splits: splits to evaluate on.
+      batch_size: examples per attack call (each model, each attack); the
+        Evaluator's read batches are gathered up to it. Larger is faster
+        until memory (batch x input size x attack steps' tensors) runs out.
     """
     names = []
     for spec in attacks:
@@ -142,6 +146,10 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       if value is not None and not 0.0 <= value <= 1.0:
         raise ValueError(f'accuracy threshold {name} must be in [0, 1], got '
                          f'{value}')
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, int) or
+        batch_size < 1):
+      raise ValueError(f'batch_size must be an int >= 1 (examples per attack '
+                       f'call), got {batch_size!r}')
     if max_accuracy_drop is not None and max_accuracy_drop < 0:
       raise ValueError('max_accuracy_drop must be >= 0')
     if (clip_min is not None and clip_max is not None and
@@ -152,7 +160,7 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         with_baseline=baseline_model is not None)
     settings = attacks_lib.AttackSettings(
         label_key=label_key, perturb_features=perturb_features,
-        clip_min=clip_min, clip_max=clip_max)
+        clip_min=clip_min, clip_max=clip_max, batch_size=batch_size)
     spec = RobustnessEvaluatorSpec(
         examples=examples, model=model, baseline_model=baseline_model,
         eval_config=eval_config,

@@ -6,7 +6,11 @@ batch and each model (candidate, baseline) it returns one prediction per
 TFMA output name, `clean` and one per attack, so TFMA's own metrics,
 thresholds and baseline comparisons apply to attacked accuracy unchanged.
 """
+import time
+
+from absl import logging
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
 import numpy as np
 from tensorflow_model_analysis import constants as tfma_constants
 from tensorflow_model_analysis.extractors import example_weights_extractor
@@ -21,6 +25,8 @@ from tensorflow_model_analysis.utils import util
 
 from tfx_nsl.components.robustness_evaluator import attacks
 
+_PROGRESS_SECONDS = 30
+
 def attack_names(eval_config):
   names = []
   for spec in eval_config.metrics_specs:
@@ -30,8 +36,14 @@ def attack_names(eval_config):
   return names or [attacks.CLEAN]
 
 
-class _AttackedPredictionsDoFn(model_util.BatchReducibleBatchedDoFnWithModels):
-  """Batched extracts -> predictions keyed by model, then attack name."""
+class _AttackedPredictionsDoFn(model_util.DoFnWithModels):
+  """Batched extracts -> predictions keyed by model, then attack name.
+
+  The extracts of a bundle wait until they hold `settings.batch_size`
+  examples, which are then attacked in calls of exactly that many (the last
+  of a bundle may be smaller): the batches TFXIO makes are sized for
+  reading, not for attacks.
+  """
 
   def __init__(self, eval_shared_models, names, settings):
     super().__init__({m.model_name: m.model_loader for m in eval_shared_models})
@@ -39,17 +51,64 @@ class _AttackedPredictionsDoFn(model_util.BatchReducibleBatchedDoFnWithModels):
     self._settings = settings
     self._examples = beam.metrics.Metrics.counter('tfx_nsl.Robustness',
                                                   'examples_attacked')
+    self._pending, self._rows = [], 0
+    self._progress = None
 
-  def _batch_reducible_process(self, batched_extract):
-    serialized = np.asarray(batched_extract[tfma_constants.INPUT_KEY]).ravel()
-    outputs = {name: attacks.predictions_under_attacks(
-        model, serialized.tolist(), self._names, self._settings)
-               for name, model in self._loaded_models.items()}
-    if len(outputs) == 1:
-      outputs = next(iter(outputs.values()))
+  def start_bundle(self):
+    self._pending, self._rows = [], 0
+
+  def process(self, batched_extract):
+    self._pending.append(batched_extract)
+    self._rows += util.batch_size(batched_extract)
+    if self._rows >= self._settings.batch_size:
+      yield from self._flush()
+
+  def finish_bundle(self):
+    super().finish_bundle()
+    for extract in self._flush():
+      yield GlobalWindows.windowed_value(extract)
+
+  def _flush(self):
+    pending, self._pending, self._rows = self._pending, [], 0
+    if not pending:
+      return
+    sizes = [util.batch_size(e) for e in pending]
+    serialized = np.concatenate([
+        np.asarray(e[tfma_constants.INPUT_KEY], object).ravel()
+        for e in pending])
+    size = self._settings.batch_size
+    outputs = {}
+    for model_name, model in self._loaded_models.items():
+      chunks = [attacks.predictions_under_attacks(
+          model, serialized[i:i + size].tolist(), self._names, self._settings)
+                for i in range(0, len(serialized), size)]
+      outputs[model_name] = {name: np.concatenate([c[name] for c in chunks])
+                             for name in self._names}
     self._examples.inc(len(serialized))
-    return [util.copy_and_set_by_keys(
-        batched_extract, [tfma_constants.PREDICTIONS_KEY], outputs)]
+    self._log_progress(len(serialized))
+    offsets = np.cumsum([0] + sizes)
+    for extract, start, end in zip(pending, offsets[:-1], offsets[1:]):
+      predictions = {model_name: {name: values[start:end]
+                                  for name, values in by_name.items()}
+                     for model_name, by_name in outputs.items()}
+      if len(predictions) == 1:
+        predictions = next(iter(predictions.values()))
+      yield util.copy_and_set_by_keys(
+          extract, [tfma_constants.PREDICTIONS_KEY], predictions)
+
+  def _log_progress(self, count):
+    now = time.time()
+    if self._progress is None:
+      self._progress = [now, now, 0]  # started, last logged, examples
+    self._progress[2] += count
+    started, logged, total = self._progress
+    if now - logged >= _PROGRESS_SECONDS or logged == started:
+      self._progress[1] = now
+      logging.info(
+          'RobustnessEvaluator: %d examples attacked by %d attacks in this '
+          'worker (%.0f examples/s, batches of %d)', total,
+          len(self._names) - (attacks.CLEAN in self._names), total / max(
+              now - started, 1e-9), self._settings.batch_size)
 
 
 def AttackedPredictionsExtractor(eval_shared_model, eval_config, settings):  # pylint: disable=invalid-name
