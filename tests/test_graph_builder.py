@@ -303,9 +303,13 @@ def test_bad_inputs_are_counted_and_named(tmp_path, caplog):
     assert name in caplog.text
 
 
-def test_no_examples_at_all_stops_the_run(tmp_path):
+@pytest.mark.parametrize('mode', ['exact', 'lsh'])
+def test_no_examples_at_all_stops_the_run(tmp_path, mode):
+  # lsh: the recall estimate, too, runs without a corpus.
   with pytest.raises(Exception, match=r"found no examples in splits \['train'\]"):
-    _run_executor(tmp_path, {'train': []}, embedding_features=['emb'])
+    _run_executor(tmp_path, {'train': []}, embedding_features=['emb'],
+                  mode=mode)
+  assert not os.path.exists(os.path.join(str(tmp_path), 'graph', '.corpus'))
 
 
 def test_no_usable_example_stops_the_run(tmp_path):

@@ -617,6 +617,8 @@ def _sample_edges(keyed, info, params):
 
 def _sampled_recall(found_parts, info, params):
   """Recall of the approximate top-k against exact, on a fixed node sample."""
+  if info is None:  # No examples; _finish_stats reports it.
+    return None
   sample = _recall_sample(info.num_nodes, params)
   exact = graph_core.exact_edges(sample, load_corpus(info.path).vectors,
                                  params.max_neighbors,
@@ -644,70 +646,75 @@ class Executor(beam_executor.BeamExecutor):
     corpus_dir = os.path.join(output_dir, _CORPUS_DIR)
     tf.io.gfile.makedirs(corpus_dir)
 
-    with self._make_beam_pipeline() as pipeline:
-      batches = [self._read_split(pipeline, examples, model, split, params)
-                 for split in params.splits]
-      # Without defaults (one stage fewer): no input at all yields no
-      # corpus, and _finish_stats says so.
-      if len(batches) > 1:
-        batches = batches | 'Flatten' >> beam.Flatten()
-      else:
-        batches, = batches
-      corpus = (batches
-                | 'StoreBatches' >> beam.ParDo(_StoreBatches(corpus_dir))
-                | 'CollectBatches' >> beam.combiners.ToList().without_defaults()
-                | 'BuildCorpus' >> beam.ParDo(_BuildCorpus(params,
-                                                           corpus_dir)))
-      info = beam.pvalue.AsSingleton(corpus, default_value=None)
-      extra_side = []
-      if params.mode == 'exact':
-        work = corpus | 'QueryRanges' >> beam.FlatMap(_query_ranges, params)
-        scorer = _ScoreRange(params)
-      elif params.mode == 'lsh':
-        work = corpus | 'LshBuckets' >> beam.FlatMap(_lsh_buckets, params)
-        scorer = _ScoreBucket(params)
-      else:
-        parts = corpus | 'Partition' >> beam.Map(_partitioning, params)
-        work = parts | 'Blocks' >> beam.FlatMap(graph_core.partition_blocks)
-        scorer = _ScoreBlock(params, _scoring_threads(pipeline))
-        extra_side = [beam.pvalue.AsSingleton(parts)]
-      if not _single_local_worker(pipeline):
-        # Spreads the units of work over the workers (else they would stay
-        # fused with the one step that made them); a single local worker has
-        # nothing to spread them to.
-        work = work | 'Distribute' >> beam.Reshuffle()
-      candidates = (work
-                    | 'Score' >> beam.ParDo(scorer, info, *extra_side)
-                    | 'GroupCandidates' >> beam.GroupByKey()
-                    # Only LSH rounds meet a pair twice; exact and
-                    # partition modes score each (query, node) pair once.
-                    | 'TopK' >> beam.Map(_merge_shard, params.max_neighbors,
-                                         params.mode == 'lsh'))
-      recall = None
-      if params.mode != 'exact':
-        recall = beam.pvalue.AsSingleton(
-            candidates
-            | 'SampleForRecall' >> beam.FlatMap(_sample_edges, info, params)
-            | 'CollectForRecall' >> beam.combiners.ToList()
-            | 'Recall' >> beam.Map(_sampled_recall, info, params))
-      final = candidates
-      # Without a top-k, exact edges come out symmetric (pair_edges).
-      symmetric = params.mode == 'exact' and params.max_neighbors is None
-      if params.undirected and not symmetric:
-        final = (candidates
-                 | 'AddReverse' >> beam.FlatMap(_reverse_by_shard, info, params)
-                 | 'GroupUndirected' >> beam.GroupByKey()
-                 | 'Dedupe' >> beam.Map(_dedupe_shard))
-      _ = (final
-           | 'Write' >> beam.ParDo(_WriteShard(output_dir, corpus_dir, params),
-                                   info)
-           # With defaults: a graph without edges still gets its files.
-           | 'MergeWritten' >> beam.CombineGlobally(_MergeWritten())
-           | 'Finish' >> beam.Map(_finish, info, recall, output_dir, params))
-
-    with _loaded_corpus_lock:  # This process may have been a worker.
-      _loaded_corpus.clear()
-    tf.io.gfile.rmtree(corpus_dir)
+    # The stored batches, corpus and pairs go, whether the job succeeds
+    # or not.
+    try:
+      with self._make_beam_pipeline() as pipeline:
+        batches = [self._read_split(pipeline, examples, model, split, params)
+                   for split in params.splits]
+        # Without defaults (one stage fewer): no input at all yields no
+        # corpus, and _finish_stats says so.
+        if len(batches) > 1:
+          batches = batches | 'Flatten' >> beam.Flatten()
+        else:
+          batches, = batches
+        corpus = (batches
+                  | 'StoreBatches' >> beam.ParDo(_StoreBatches(corpus_dir))
+                  | 'CollectBatches' >> (
+                      beam.combiners.ToList().without_defaults())
+                  | 'BuildCorpus' >> beam.ParDo(_BuildCorpus(params,
+                                                             corpus_dir)))
+        info = beam.pvalue.AsSingleton(corpus, default_value=None)
+        extra_side = []
+        if params.mode == 'exact':
+          work = corpus | 'QueryRanges' >> beam.FlatMap(_query_ranges, params)
+          scorer = _ScoreRange(params)
+        elif params.mode == 'lsh':
+          work = corpus | 'LshBuckets' >> beam.FlatMap(_lsh_buckets, params)
+          scorer = _ScoreBucket(params)
+        else:
+          parts = corpus | 'Partition' >> beam.Map(_partitioning, params)
+          work = parts | 'Blocks' >> beam.FlatMap(graph_core.partition_blocks)
+          scorer = _ScoreBlock(params, _scoring_threads(pipeline))
+          extra_side = [beam.pvalue.AsSingleton(parts)]
+        if not _single_local_worker(pipeline):
+          # Spreads the units of work over the workers (else they would stay
+          # fused with the one step that made them); a single local worker has
+          # nothing to spread them to.
+          work = work | 'Distribute' >> beam.Reshuffle()
+        candidates = (work
+                      | 'Score' >> beam.ParDo(scorer, info, *extra_side)
+                      | 'GroupCandidates' >> beam.GroupByKey()
+                      # Only LSH rounds meet a pair twice; exact and
+                      # partition modes score each (query, node) pair once.
+                      | 'TopK' >> beam.Map(_merge_shard, params.max_neighbors,
+                                           params.mode == 'lsh'))
+        recall = None
+        if params.mode != 'exact':
+          recall = beam.pvalue.AsSingleton(
+              candidates
+              | 'SampleForRecall' >> beam.FlatMap(_sample_edges, info, params)
+              | 'CollectForRecall' >> beam.combiners.ToList()
+              | 'Recall' >> beam.Map(_sampled_recall, info, params))
+        final = candidates
+        # Without a top-k, exact edges come out symmetric (pair_edges).
+        symmetric = params.mode == 'exact' and params.max_neighbors is None
+        if params.undirected and not symmetric:
+          final = (candidates
+                   | 'AddReverse' >> beam.FlatMap(_reverse_by_shard, info,
+                                                  params)
+                   | 'GroupUndirected' >> beam.GroupByKey()
+                   | 'Dedupe' >> beam.Map(_dedupe_shard))
+        _ = (final
+             | 'Write' >> beam.ParDo(
+                 _WriteShard(output_dir, corpus_dir, params), info)
+             # With defaults: a graph without edges still gets its files.
+             | 'MergeWritten' >> beam.CombineGlobally(_MergeWritten())
+             | 'Finish' >> beam.Map(_finish, info, recall, output_dir, params))
+    finally:
+      with _loaded_corpus_lock:  # This process may have been a worker.
+        _loaded_corpus.clear()
+      tf.io.gfile.rmtree(corpus_dir)
     stats = self._finish_stats(pipeline.result, output_dir, params)
     graph.set_int_custom_property('num_nodes', stats['num_nodes'])
     graph.set_int_custom_property('num_edges', stats['num_edges'])
