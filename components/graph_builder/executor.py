@@ -24,6 +24,7 @@ Stages (each element is a batch of arrays, never one Python object per pair):
            of a fixed sample of sources.
 """
 import collections
+import functools
 import io
 import json
 import os
@@ -602,9 +603,18 @@ def _finish(written, info, sampled_recall, output_dir, params):
 
 def _recall_sample(num_nodes, params):
   """The fixed node sample of the recall estimate, sorted."""
-  rng = np.random.RandomState(params.seed)
-  size = min(params.recall_sample_size, num_nodes)
-  return np.sort(rng.choice(num_nodes, size, replace=False))
+  return _sample_of(num_nodes, params.seed,
+                    min(params.recall_sample_size, num_nodes))
+
+
+@functools.lru_cache(maxsize=4)
+def _sample_of(num_nodes, seed, size):
+  # Drawn once per process, not once per shard: choice() without
+  # replacement permutes all num_nodes indices. Read-only for callers.
+  sample = np.sort(np.random.RandomState(seed).choice(num_nodes, size,
+                                                      replace=False))
+  sample.flags.writeable = False
+  return sample
 
 
 def _sample_edges(keyed, info, params):
