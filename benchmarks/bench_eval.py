@@ -45,7 +45,8 @@ def _model(root, pixels, labels):
   tf.keras.utils.set_random_seed(0)
   config = TrainerConfig.from_dict({'feature_keys': ['pixels'],
                                     'model': {'hidden_units': [128, 64]}})
-  model = nsl_trainer.build_base_model(config, {'pixels': ((64,), tf.float32)})
+  model = nsl_trainer.build_base_model(
+      config, {'pixels': tf.TensorSpec((None, 64), tf.float32)})
   model.compile(optimizer='adam', loss='sparse_categorical_crossentropy')
   model.fit({'pixels': pixels}, labels, epochs=3, batch_size=64, verbose=0)
   artifact = standard_artifacts.Model()

@@ -314,7 +314,7 @@ def _time_fit(config_dict, examples_uri, schema_uri, steps, repeats):
   train = inputs.dataset([os.path.join(examples_uri, 'Split-train', '*')],
                          True, config.batch_size)
   base_model = nsl_trainer.build_base_model(
-      config, inputs.model_input_spec(raw_spec))
+      config, inputs.model_input_specs(raw_spec, None))
   model = nsl_trainer.wrap_with_nsl(base_model, config)
   model.compile(optimizer=nsl_trainer._optimizer(config),  # pylint: disable=protected-access
                 loss=tf.keras.losses.SparseCategoricalCrossentropy(),

@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
+from tfx_nsl import heads
 from tfx_nsl.components.robustness_evaluator import attacks
-from tfx_nsl.components.robustness_evaluator.component import robustness_eval_config
+from tfx_nsl.components.robustness_evaluator.executor import Gates
+from tfx_nsl.components.robustness_evaluator.executor import robustness_eval_config
 
 
 @pytest.mark.parametrize('name', [
@@ -44,7 +46,7 @@ def digits_model(tmp_path_factory):
                                     'model': {'hidden_units': [32]}})
   spec = {'pixels': tf.io.FixedLenFeature([64], tf.float32)}
   model = nsl_trainer.build_base_model(
-      config, {'pixels': ((64,), tf.float32)})
+      config, {'pixels': tf.TensorSpec((None, 64), tf.float32)})
   model.compile(optimizer=tf.keras.optimizers.Adam(0.01),
                 loss='sparse_categorical_crossentropy')
   model.fit({'pixels': x[:1400]}, y[:1400], epochs=15, batch_size=64,
@@ -69,7 +71,7 @@ def test_fgsm_accuracy_equals_a_direct_gradient_tape_fgsm(digits_model):
   settings = attacks.AttackSettings(label_key='label', clip_min=0.0,
                                     clip_max=1.0)
   ours = attacks.predictions_under_attacks(
-      model, _serialize(x, y), ['clean', f'fgsm_linf_eps{eps}'], settings)
+      model, _serialize(x, y), ['clean', f'fgsm_linf_eps{eps}'], settings)[0]
   # Independent FGSM: x + eps * sign(d loss / d x), clipped to [0, 1].
   inputs = tf.constant(x)
   with tf.GradientTape() as tape:
@@ -98,7 +100,7 @@ def test_pgd_is_at_least_as_strong_as_fgsm_and_stays_in_the_ball(digits_model):
   assert np.abs(perturbed - x).max() <= 0.1 + 1e-6
   assert perturbed.min() >= 0.0 and perturbed.max() <= 1.0
   result = attacks.predictions_under_attacks(
-      model, _serialize(x, y), ['fgsm_linf_eps0.1', pgd.name], settings)
+      model, _serialize(x, y), ['fgsm_linf_eps0.1', pgd.name], settings)[0]
   accuracy = {k: (v.argmax(1) == y).mean() for k, v in result.items()}
   assert accuracy[pgd.name] <= accuracy['fgsm_linf_eps0.1'] + 0.01
 
@@ -115,9 +117,9 @@ def test_only_the_named_features_are_perturbed(digits_model):
 
 
 def test_eval_config_has_one_output_per_attack_with_thresholds():
-  config = robustness_eval_config(
-      'label', ['fgsm_linf_eps0.1', 'fgsm_linf_eps0.2'], 0.9,
-      {'fgsm_linf_eps0.1': 0.5}, 0.02, with_baseline=True)
+  config = robustness_eval_config(heads.Head('multiclass'), Gates(
+      ['fgsm_linf_eps0.1', 'fgsm_linf_eps0.2'], 'label', 0.9,
+      {'fgsm_linf_eps0.1': 0.5}, 0.02, with_baseline=True))
   assert [m.name for m in config.model_specs] == ['candidate', 'baseline']
   assert config.model_specs[1].is_baseline
   by_output = {s.output_names[0]: s for s in config.metrics_specs}
@@ -166,8 +168,8 @@ def test_attacks_run_in_batches_of_batch_size(digits_model, monkeypatch):
   calls = []
   real = attacks.predictions_under_attacks
   monkeypatch.setattr(attacks, 'predictions_under_attacks',
-                      lambda m, rows, *a: calls.append(len(rows)) or
-                      real(m, rows, *a))
+                      lambda m, rows, *a, **k: calls.append(len(rows)) or
+                      real(m, rows, *a, **k))
   do_fn = tfma_module._AttackedPredictionsDoFn([], names, settings)  # pylint: disable=protected-access
   do_fn._loaded_models = {'': model}  # pylint: disable=protected-access
   do_fn.start_bundle()
@@ -183,7 +185,7 @@ def test_attacks_run_in_batches_of_batch_size(digits_model, monkeypatch):
   out += [windowed.value for windowed in do_fn.finish_bundle()]
   assert calls == [8, 4, 8, 1, 2]
   assert [len(e[tfma_constants.PREDICTIONS_KEY]['clean']) for e in out] == sizes
-  whole = real(model, serialized.tolist(), names, settings)
+  whole, _ = real(model, serialized.tolist(), names, settings)
   for name in names:
     np.testing.assert_allclose(np.concatenate(
         [e[tfma_constants.PREDICTIONS_KEY][name] for e in out]), whole[name],
@@ -202,6 +204,6 @@ def test_l2_attacks_stay_in_their_l2_ball(digits_model):
     assert norms.max() <= 1.0 + 1e-4, name
     assert norms.mean() > 0.5, name  # the attack does move the input
   result = attacks.predictions_under_attacks(
-      model, _serialize(x, y), ['clean', 'fgsm_l2_eps1'], settings)
+      model, _serialize(x, y), ['clean', 'fgsm_l2_eps1'], settings)[0]
   accuracy = {k: (v.argmax(1) == y).mean() for k, v in result.items()}
   assert accuracy['fgsm_l2_eps1'] < accuracy['clean']

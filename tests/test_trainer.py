@@ -258,7 +258,8 @@ def test_transform_graph_is_applied_to_seeds_neighbors_and_serving(tmp_path):
                                     'graph': GRAPH})
   _, raw_spec = nsl_trainer.feature_spec_from_schema(args.schema_path)
   inputs = nsl_trainer._Inputs(  # pylint: disable=protected-access
-      config, raw_spec, tft.TFTransformOutput(args.transform_graph_path))
+      config, raw_spec, tft.TFTransformOutput(args.transform_graph_path),
+      nsl_trainer.RAW)
   features, _, _ = next(iter(inputs.dataset(args.train_files, False, 50)))
   assert set(features) >= {'x_scaled', 'NL_nbr_0_x_scaled', 'NL_nbr_0_weight'}
   assert 'x' not in features

@@ -6,18 +6,36 @@ by `run_fn`. It imports no TensorFlow.
 
 Keys (all optional except `feature_keys`):
 
-  feature_keys       list of raw feature names the model reads.
-  label_key          int label feature (default 'label').
-  num_classes        number of classes (default 10).
+  feature_keys       list of the model's input features: raw features, or
+                     outputs of Transform's preprocessing_fn when the
+                     Trainer has a transform_graph.
+  label_key          the label: int class ids (classification) or floats
+                     (regression); a raw feature or an output of Transform
+                     (default 'label'). A missing label (or -1, or NaN) marks
+                     an unlabeled example.
+  examples           'auto' (default), 'transformed' or 'raw': whether the
+                     Trainer's examples are Transform's transformed_examples
+                     or raw examples that Transform's graph is applied to
+                     here. 'auto' tells them apart by the first example's
+                     feature names and types.
+  head               what the model outputs (tfx_nsl.heads): 'auto' (default;
+                     the built-in model is then 'multiclass', a model_fn's
+                     model is inferred from its output layer), 'multiclass',
+                     'multiclass_logits', 'binary', 'binary_logits',
+                     'regression'. It picks the loss and the metrics.
+  num_classes        number of classes of the built-in multiclass model
+                     (default 10).
   model              the built-in classifier: {'type': 'dense' or 'cnn',
                      'hidden_units': [64, 64], 'dropout': 0.0,
                      'image_shape': None, 'filters': [32, 64]}. 'cnn' reshapes
                      the (single) input feature to image_shape, e.g. [8, 8, 1],
                      then conv layers of `filters`, then the dense layers.
   model_fn           'package.module.function' returning a Keras 2 model that
-                     takes {feature: tensor} for `feature_keys` and outputs
-                     class probabilities; replaces `model`. Called as
-                     fn(feature_shapes: dict, num_classes: int).
+                     takes {feature: tensor} for `feature_keys`; replaces
+                     `model`. Called as fn(input_specs, config) with
+                     {feature: tf.TensorSpec (batch first, with dtype)} and
+                     this TrainerConfig. From a Trainer module_file, use
+                     `nsl_trainer.make_run_fn(model_fn)` instead.
   graph              None, or NSL graph regularization settings: max_neighbors
                      (neighbors read per example), multiplier, distance_type
                      ('l2', 'l1', 'cosine', 'kl_divergence',
@@ -51,6 +69,7 @@ import dataclasses
 from typing import Any, Dict, List, Optional
 
 from tfx_nsl import constants
+from tfx_nsl import heads
 
 _ADVERSARIAL_DEFAULTS = {
     'multiplier': 0.2,
@@ -74,6 +93,7 @@ _DISTANCES_NEEDING_AXIS = ('cosine', 'kl_divergence', 'jensen_shannon_divergence
 _MODEL_DEFAULTS = {'type': 'dense', 'hidden_units': [64, 64], 'dropout': 0.0,
                    'image_shape': None, 'filters': [32, 64]}
 DISTRIBUTIONS = ('auto', 'default', 'mirrored', 'tpu')
+EXAMPLES = ('auto', 'transformed', 'raw')
 OPTIMIZERS = ('adam', 'sgd', 'rmsprop')
 
 
@@ -90,6 +110,8 @@ class TrainerConfig:
   """Validated Trainer settings; see the module docstring for each key."""
   feature_keys: List[str]
   label_key: str = constants.LABEL_FEATURE
+  examples: str = 'auto'
+  head: str = heads.AUTO
   num_classes: int = 10
   model: Dict[str, Any] = dataclasses.field(
       default_factory=lambda: dict(_MODEL_DEFAULTS))
@@ -134,6 +156,12 @@ class TrainerConfig:
       if (values['graph']['distance_type'] in _DISTANCES_NEEDING_AXIS and
           values['graph']['sum_over_axis'] is None):
         values['graph']['sum_over_axis'] = -1
+    if values.get('examples', 'auto') not in EXAMPLES:
+      raise ValueError(f"custom_config['examples'] must be one of {EXAMPLES}, "
+                       f"got {values['examples']!r}")
+    if values.get('head', heads.AUTO) not in (heads.AUTO, *heads.HEADS):
+      raise ValueError(f"custom_config['head'] must be one of "
+                       f"{(heads.AUTO, *heads.HEADS)}, got {values['head']!r}")
     if values.get('distribution', 'auto') not in DISTRIBUTIONS:
       raise ValueError(f'distribution must be one of {DISTRIBUTIONS}, got '
                        f"{values['distribution']!r}")

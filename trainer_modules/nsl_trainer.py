@@ -20,11 +20,16 @@ from absl import logging
 import tensorflow as tf
 
 from tfx_nsl import constants
+from tfx_nsl import heads
 from tfx_nsl.nsl_compat import import_nsl
 from tfx_nsl.nsl_compat import per_feature
 from tfx_nsl.trainer_modules.config import TrainerConfig
 
 SAMPLE_WEIGHT = '__sample_weight__'
+NBR_PREFIX = constants.NBR_PREFIX
+NBR_WEIGHT_SUFFIX = constants.NBR_WEIGHT_SUFFIX
+# How training examples relate to Transform (`examples_route`).
+AUTO, PLAIN, RAW, TRANSFORMED = 'auto', 'plain', 'raw', 'transformed'
 # Parsed value of a missing label: marks an unlabeled example.
 MISSING_LABEL = -1
 
@@ -65,48 +70,30 @@ def feature_spec_from_schema(schema_path):
   return schema, schema_utils.schema_as_feature_spec(schema).feature_spec
 
 
-def _fixed(spec, name):
+def _fixed(spec, name, where):
   if not isinstance(spec, tf.io.FixedLenFeature):
-    raise ValueError(
-        f'feature {name!r} has a variable length in the schema; NSL training '
-        'needs fixed-length features (SchemaGen with infer_feature_shape=True, '
-        'or a Transform that densifies it)')
-  return spec
+    hint = ('densify it in the preprocessing_fn (e.g. '
+            'tft.sparse_tensor_to_dense_with_shape)' if where == TRANSFORMED
+            else 'give the Trainer a transform_graph whose preprocessing_fn '
+            'densifies it, or a schema with a fixed shape (SchemaGen '
+            'infer_feature_shape=True)')
+    raise ValueError(f'model input {name!r} is variable-length in the {where} '
+                     f'feature spec; the model needs a dense tensor: {hint}')
+  # Scalars parse as [1]: one value per example, as Keras inputs expect.
+  return tf.io.FixedLenFeature(list(spec.shape) or [1], spec.dtype,
+                               spec.default_value)
 
 
 def _filled(spec, value):
-  """`spec` with every missing value parsed as `value`."""
+  """`spec` with every missing value parsed as `value` (b'' for strings)."""
+  if not isinstance(spec, tf.io.FixedLenFeature):
+    return spec  # a missing value is an empty sparse/ragged value already
   size = 1
   for dim in spec.shape:
     size *= dim
-  return tf.io.FixedLenFeature(
-      spec.shape, spec.dtype,
-      default_value=[spec.dtype.as_numpy_dtype(value)] * size)
-
-
-def training_parse_spec(raw_spec, config, raw_neighbor_features):
-  """tf.io spec of training examples: base raw features, the label, and NSL's
-  neighbor features, which SchemaGen's schema knows nothing about.
-
-  Neighbor features are derived from the base ones with zero defaults, and a
-  missing neighbor's weight defaults to 0, as in NSL. A missing label parses
-  as MISSING_LABEL (its example then gets supervised weight 0).
-  """
-  spec = {name: _fixed(raw_spec[name], name) for name in raw_neighbor_features}
-  # Where unlabeled examples exist, SchemaGen sees the label as optional
-  # (a VarLenFeature); one value or none, either way.
-  spec[config.label_key] = _filled(tf.io.FixedLenFeature(
-      [1], raw_spec[config.label_key].dtype), MISSING_LABEL)
-  if config.graph:
-    nsl = import_nsl()
-    prefix = nsl.configs.GraphNeighborConfig().prefix
-    weight_suffix = nsl.configs.GraphNeighborConfig().weight_suffix
-    for i in range(config.graph['max_neighbors']):
-      for name in raw_neighbor_features:
-        spec[f'{prefix}{i}_{name}'] = _filled(raw_spec[name], 0)
-      spec[f'{prefix}{i}{weight_suffix}'] = tf.io.FixedLenFeature(
-          [1], tf.float32, default_value=[0.0])
-  return spec
+  fill = b'' if spec.dtype == tf.string else spec.dtype.as_numpy_dtype(value)
+  return tf.io.FixedLenFeature(spec.shape, spec.dtype,
+                               default_value=[fill] * size)
 
 
 def _files(patterns):
@@ -116,45 +103,189 @@ def _files(patterns):
   return files
 
 
+def _first_example(patterns):
+  files = _files(patterns)
+  compression = 'GZIP' if files[0].endswith('.gz') else None
+  for record in tf.data.TFRecordDataset(files[:1], compression_type=compression
+                                        ).take(1):
+    return tf.train.Example.FromString(record.numpy())
+  raise ValueError(f'the first example file {files[0]} is empty')
+
+
+_KINDS = {'float_list': tf.float32, 'int64_list': tf.int64,
+          'bytes_list': tf.string}
+
+
+def _agrees(example, spec, required=()):
+  """Whether `example` can be an example of `spec`: every feature it shares
+  with `spec` has the spec's type, it shares one at least, and it holds
+  `required`. NSL's own features (NL_...) do not count."""
+  shared = 0
+  for name, feature in example.features.feature.items():
+    if name.startswith('NL_') or name not in spec:
+      continue
+    kind = feature.WhichOneof('kind')
+    if kind and _KINDS[kind] != spec[name].dtype:
+      return False
+    shared += 1
+  return shared > 0 and all(k in example.features.feature for k in required)
+
+
+def examples_route(config, tft_output, train_files):
+  """How the training examples relate to Transform: PLAIN (no Transform),
+  RAW (Transform is applied here) or TRANSFORMED (Transform's output)."""
+  if tft_output is None:
+    if config.examples == TRANSFORMED:
+      raise ValueError("custom_config['examples'] is 'transformed' but the "
+                       'Trainer has no transform_graph')
+    return PLAIN
+  if config.examples != AUTO:
+    return config.examples
+  example = _first_example(train_files)
+  transformed = _agrees(example, tft_output.transformed_feature_spec(),
+                        config.feature_keys)
+  raw = _agrees(example, tft_output.raw_feature_spec())
+  if transformed != raw:
+    return TRANSFORMED if transformed else RAW
+  names = sorted(example.features.feature)
+  raise ValueError(
+      f'cannot tell whether the training examples (features {names}) are raw '
+      'or transformed: they match ' + ('both' if raw else 'neither') +
+      " of Transform's raw and transformed feature specs. Set "
+      "custom_config['examples'] to 'transformed' or 'raw'.")
+
+
+def serving_raw_features(tft_output, feature_keys):
+  """The raw features that the model's inputs are computed from.
+
+  Transform's layer computes only the outputs whose raw inputs it is given,
+  so a raw feature is needed iff leaving it out loses a model input. The
+  label, a raw target column and an id therefore never become serving inputs.
+  """
+  raw_spec = tft_output.raw_feature_spec()
+  layer = tft_output.transform_features_layer()
+
+  def computable(names):
+    if not names:
+      return False
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def outputs(serialized):
+      return layer(tf.io.parse_example(
+          serialized, {k: raw_spec[k] for k in names}))
+    keys = outputs.get_concrete_function().structured_outputs.keys()
+    return set(feature_keys) <= set(keys)
+
+  every = sorted(raw_spec)
+  if not computable(every):
+    raise ValueError(f'model inputs {sorted(feature_keys)} are not all outputs '
+                     "of Transform's preprocessing_fn, whose outputs are "
+                     f'{sorted(tft_output.transformed_feature_spec())}')
+  return [name for name in every
+          if not computable([k for k in every if k != name])]
+
+
+def _as_dense_input(value, name):
+  if not isinstance(value, tf.Tensor):
+    raise ValueError(f'model input {name!r} is sparse or ragged after '
+                     'Transform; densify it in the preprocessing_fn')
+  return value[:, tf.newaxis] if value.shape.rank == 1 else value
+
+
 class _Inputs:
-  """Reads augmented Examples into what each NSL wrapper expects."""
+  """Reads (augmented) Examples into what each NSL wrapper expects.
 
-  def __init__(self, config, raw_spec, tft_output):
+  Routes (see `examples_route`): PLAIN parses the model inputs and the label
+  from the schema's raw features; TRANSFORMED parses them from Transform's
+  output spec; RAW parses raw features, runs Transform's layer on the seed
+  and on each neighbor, and takes the label from its outputs when Transform
+  computes it. Neighbors carry the same features as their seed, prefixed.
+  """
+
+  def __init__(self, config, raw_spec, tft_output=None, route=PLAIN):
     self._config = config
-    self._tft_output = tft_output
-    # Without Transform the model reads its raw features; with it, the raw
-    # features that Transform consumes (neighbors must be transformed too).
-    self._raw_features = (
-        sorted(set(tft_output.raw_feature_spec()) - {config.label_key})
-        if tft_output else list(config.feature_keys))
-    self.parse_spec = training_parse_spec(raw_spec, config, self._raw_features)
-    self._tft_layer = tft_output.transform_features_layer() if tft_output else None
+    self._route = route
+    keys = config.feature_keys
+    self._tft_layer = None
+    if route == PLAIN:
+      seed = {k: _fixed(raw_spec[k], k, 'raw') for k in keys}
+      label_spec = raw_spec
+      neighbor = dict(seed)
+    elif route == TRANSFORMED:
+      spec = tft_output.transformed_feature_spec()
+      seed = {k: _fixed(spec[k], k, TRANSFORMED) for k in keys}
+      label_spec = spec
+      neighbor = dict(seed)
+    else:
+      transform_raw = tft_output.raw_feature_spec()
+      self._tft_layer = tft_output.transform_features_layer()
+      seed = dict(transform_raw)
+      needed = serving_raw_features(tft_output, keys)
+      neighbor = {k: transform_raw[k] for k in needed}
+      # The label: Transform's output if it computes one, else a raw feature.
+      label_spec = ({} if config.label_key in
+                    tft_output.transformed_feature_spec() else
+                    {**raw_spec, **transform_raw})
+    self._label_parsed = config.label_key in label_spec
+    if not self._label_parsed and (route != RAW or label_spec):
+      raise ValueError(
+          f'label {config.label_key!r} is not a feature of the {route} '
+          f'examples, which have {sorted(label_spec)}; set '
+          "custom_config['label_key'] to one of them")
+    if self._label_parsed:
+      # Unlabeled examples (e.g. GraphAugmentation's seeds) leave it out.
+      spec = label_spec[config.label_key]
+      seed[config.label_key] = _filled(tf.io.FixedLenFeature(
+          [1], spec.dtype), MISSING_LABEL if spec.dtype.is_integer else
+                                       float('nan'))
+    self._seed_features = [k for k in seed if k != config.label_key]
+    self._neighbor_features = list(neighbor)
+    self.parse_spec = dict(seed)
+    if config.graph:
+      for i in range(config.graph['max_neighbors']):
+        for name, spec in neighbor.items():
+          self.parse_spec[f'{NBR_PREFIX}{i}_{name}'] = _filled(spec, 0)
+        self.parse_spec[f'{NBR_PREFIX}{i}{NBR_WEIGHT_SUFFIX}'] = (
+            tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0]))
 
-  def _model_features(self, raw):
+  def _model_features(self, parsed):
+    """(model inputs, Transform's outputs or None) of one example set."""
     if self._tft_layer is None:
-      return {k: raw[k] for k in self._config.feature_keys}
-    transformed = self._tft_layer(raw)
-    return {k: transformed[k] for k in self._config.feature_keys}
+      return {k: parsed[k] for k in self._config.feature_keys}, None
+    transformed = self._tft_layer(parsed)
+    return {k: _as_dense_input(transformed[k], k)
+            for k in self._config.feature_keys}, transformed
+
+  def _label_and_weight(self, parsed, transformed):
+    key = self._config.label_key
+    if self._label_parsed:
+      label = parsed[key]
+    else:
+      label = _as_dense_input(transformed[key], key)
+    if label.dtype.is_integer:
+      weight = tf.cast(label != MISSING_LABEL, tf.float32)
+      return tf.maximum(label, 0), weight  # any class; its loss has weight 0
+    if label.dtype.is_floating:
+      finite = tf.math.is_finite(label)
+      return (tf.where(finite, label, tf.zeros_like(label)),
+              tf.cast(finite, tf.float32))
+    raise ValueError(f'label {key!r} is a {label.dtype.name} feature; the '
+                     'Trainer needs int class ids or float values: map it to '
+                     'ids in the preprocessing_fn (tft.compute_and_apply_'
+                     'vocabulary) or in the data')
 
   def _to_model_input(self, parsed):
     config = self._config
-    features = self._model_features(
-        {k: parsed[k] for k in self._raw_features})
-    label = parsed[config.label_key]
-    weight = tf.cast(tf.reduce_all(label != MISSING_LABEL, axis=-1,
-                                   keepdims=True), tf.float32)
-    label = tf.maximum(label, 0)  # any class; its loss has weight 0
+    features, transformed = self._model_features(
+        {k: parsed[k] for k in self._seed_features})
+    label, weight = self._label_and_weight(parsed, transformed)
     if config.graph:
-      nsl = import_nsl()
-      prefix = nsl.configs.GraphNeighborConfig().prefix
-      weight_suffix = nsl.configs.GraphNeighborConfig().weight_suffix
       for i in range(config.graph['max_neighbors']):
-        neighbor = self._model_features(
-            {k: parsed[f'{prefix}{i}_{k}'] for k in self._raw_features})
+        neighbor, _ = self._model_features(
+            {k: parsed[f'{NBR_PREFIX}{i}_{k}'] for k in self._neighbor_features})
         for key, value in neighbor.items():
-          features[f'{prefix}{i}_{key}'] = value
-        features[f'{prefix}{i}{weight_suffix}'] = parsed[
-            f'{prefix}{i}{weight_suffix}']
+          features[f'{NBR_PREFIX}{i}_{key}'] = value
+        features[f'{NBR_PREFIX}{i}{NBR_WEIGHT_SUFFIX}'] = parsed[
+            f'{NBR_PREFIX}{i}{NBR_WEIGHT_SUFFIX}']
     if config.adversarial:
       return {**features, config.label_key: label, SAMPLE_WEIGHT: weight}
     return features, label, weight
@@ -177,23 +308,21 @@ class _Inputs:
                           num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
-  def model_input_spec(self, raw_spec):
-    """{model feature: (shape, dtype)} for building the base model."""
-    if self._tft_layer is None:
-      return {k: (tuple(raw_spec[k].shape) or (1,), raw_spec[k].dtype)
-              for k in self._config.feature_keys}
-    spec = self._tft_output.transformed_feature_spec()
-    return {k: (tuple(spec[k].shape) or (1,), spec[k].dtype)
+  def model_input_specs(self, raw_spec, tft_output):
+    """{model input: tf.TensorSpec (batch first)} for building the model."""
+    spec = raw_spec if self._route == PLAIN else (
+        tft_output.transformed_feature_spec())
+    return {k: tf.TensorSpec((None, *(tuple(spec[k].shape) or (1,))),
+                             spec[k].dtype, name=k)
             for k in self._config.feature_keys}
 
 
-def build_base_model(config, input_spec):
-  """The base Keras model: {feature: tensor} -> class probabilities."""
+def build_base_model(config, input_specs):
+  """The base Keras model: {feature: tensor} -> the head's output."""
   if config.model_fn:
-    return _import_function(config.model_fn)(
-        {k: shape for k, (shape, _) in input_spec.items()}, config.num_classes)
-  inputs = {k: tf.keras.Input(shape=shape, name=k, dtype=dtype)
-            for k, (shape, dtype) in input_spec.items()}
+    return _import_function(config.model_fn)(input_specs, config)
+  inputs = {k: tf.keras.Input(type_spec=spec, name=k)
+            for k, spec in input_specs.items()}
   model = config.model
   flat = [tf.keras.layers.Flatten()(tf.cast(x, tf.float32))
           for x in inputs.values()]
@@ -208,8 +337,12 @@ def build_base_model(config, input_spec):
     x = tf.keras.layers.Dense(units, activation='relu')(x)
     if model['dropout']:
       x = tf.keras.layers.Dropout(model['dropout'])(x)
-  outputs = tf.keras.layers.Dense(config.num_classes, activation='softmax',
-                                  name=constants.SERVING_OUTPUT)(x)
+  head = heads.Head('multiclass' if config.head == heads.AUTO else config.head)
+  units = config.num_classes if head.kind == 'multiclass' else 1
+  activation = (None if head.from_logits or not head.classification else
+                'softmax' if head.kind == 'multiclass' else 'sigmoid')
+  outputs = tf.keras.layers.Dense(units, activation=activation,
+                                  name=head.serving_output)(x)
   return tf.keras.Model(inputs, outputs, name='base_model')
 
 
@@ -217,7 +350,8 @@ def wrap_with_nsl(base_model, config):
   """The model to train: the base model inside NSL's Keras wrappers.
 
   Graph and adversarial together nest the graph wrapper inside the
-  adversarial one; neighbor features are then masked out of the attack.
+  adversarial one; neighbor features are then masked out of the attack, as
+  are inputs that are not floats (ids, categories), which have no gradient.
   """
   if not config.graph and not config.adversarial:
     return base_model
@@ -228,15 +362,15 @@ def wrap_with_nsl(base_model, config):
         base_model, nsl.configs.make_graph_reg_config(**config.graph))
   if config.adversarial:
     settings = dict(config.adversarial)
-    perturbed = settings.pop('perturb_features') or config.feature_keys
+    floats = [k for k, t in heads.model_inputs(base_model).items()
+              if t.dtype.is_floating]
+    perturbed = settings.pop('perturb_features') or floats
     mask = {k: 0.0 for k in config.feature_keys if k not in perturbed}
     if config.graph:
-      prefix = nsl.configs.GraphNeighborConfig().prefix
-      weight_suffix = nsl.configs.GraphNeighborConfig().weight_suffix
       for i in range(config.graph['max_neighbors']):
-        mask[f'{prefix}{i}{weight_suffix}'] = 0.0
+        mask[f'{NBR_PREFIX}{i}{NBR_WEIGHT_SUFFIX}'] = 0.0
         for k in config.feature_keys:
-          mask[f'{prefix}{i}_{k}'] = 0.0
+          mask[f'{NBR_PREFIX}{i}_{k}'] = 0.0
     for bound in ('clip_value_min', 'clip_value_max'):
       settings[bound] = per_feature(settings[bound], perturbed)
     model = nsl.keras.AdversarialRegularization(
@@ -253,24 +387,31 @@ def _optimizer(config):
               config.learning_rate)
 
 
-def _metrics(config):
-  accuracy = [tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')]
+def _metrics(config, head):
+  metrics = head.keras_metrics()
   if config.adversarial:
     # AdversarialRegularization applies `sample_weight_key` itself and does
     # not pass weighted_metrics on to the base model.
-    return {'metrics': accuracy}
+    return {'metrics': metrics}
   # Weighted, so unlabeled seeds (weight 0) do not count.
-  return {'weighted_metrics': accuracy}
+  return {'weighted_metrics': metrics}
 
 
 def export_serving_model(base_model, raw_spec, config, path, tft_output=None):
-  """Saves the base model with a tf.Example-parsing `serving_default`."""
+  """Saves the base model with a tf.Example-parsing `serving_default`.
+
+  With Transform, the signature parses the raw features that the model's
+  inputs are computed from (optional ones stay optional), never the label,
+  and applies Transform's layer: the contract of a plain TFX model.
+  """
+  head = heads.infer(base_model, config.head)
   if tft_output is None:
     spec = {k: raw_spec[k] for k in config.feature_keys}
     transform = None
   else:
-    spec = {k: v for k, v in tft_output.raw_feature_spec().items()
-            if k != config.label_key}
+    raw = tft_output.raw_feature_spec()
+    spec = {k: raw[k] for k in serving_raw_features(tft_output,
+                                                     config.feature_keys)}
     transform = tft_output.transform_features_layer()
     base_model.tft_layer = transform  # tracked, so it is saved with the model
 
@@ -280,46 +421,106 @@ def export_serving_model(base_model, raw_spec, config, path, tft_output=None):
     features = tf.io.parse_example(serialized, spec)
     if transform is not None:
       features = transform(features)
-    inputs = {k: features[k] for k in config.feature_keys}
-    return {constants.SERVING_OUTPUT: base_model(inputs, training=False)}
+    inputs = {k: _as_dense_input(features[k], k) for k in config.feature_keys}
+    return {head.serving_output: base_model(inputs, training=False)}
 
   base_model.save(path, save_format='tf',
                   signatures={constants.SERVING_SIGNATURE: serve})
 
 
-def run_fn(fn_args):
-  """TFX Trainer entry point."""
+def _transform_output(fn_args):
+  path = fn_args.transform_graph_path or getattr(
+      fn_args, 'transform_output', None)
+  if not path:
+    return None
+  import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
+  return tft.TFTransformOutput(path)
+
+
+def _raw_spec(fn_args, tft_output):
+  if fn_args.schema_path:
+    return feature_spec_from_schema(fn_args.schema_path)[1]
+  if tft_output is None:
+    raise ValueError('the Trainer needs a schema (SchemaGen) or a '
+                     'transform_graph (Transform)')
+  return tft_output.raw_feature_spec()
+
+
+def _inputs(fn_args, config):
+  tft_output = _transform_output(fn_args)
+  raw_spec = _raw_spec(fn_args, tft_output)
+  route = examples_route(config, tft_output, fn_args.train_files)
+  if route == PLAIN:
+    missing = [k for k in [config.label_key, *config.feature_keys]
+               if k not in raw_spec]
+    if missing:
+      raise ValueError(f'features {missing} are not in the schema, which has '
+                       f'{sorted(raw_spec)}')
+  return _Inputs(config, raw_spec, tft_output, route), raw_spec, tft_output
+
+
+def add_nsl(base_model, fn_args, *, label_key, graph=None, adversarial=None,
+            batch_size=32, examples=AUTO, seed=0):
+  """NSL for your own `run_fn`: (model to fit, train data, eval data).
+
+  `base_model` is your Keras model (dict inputs named as the features it
+  reads); build and call this inside your `strategy.scope()` if you use one.
+  A compiled `base_model` gives its optimizer, loss and metrics to the
+  returned model; else compile that yourself. Fit the returned model as you
+  would `base_model`, then export `base_model` with your own code: the NSL
+  wrappers are training-only.
+
+    model = build_keras_model(...)                     # yours, compiled
+    fit_model, train, evaluation = add_nsl(
+        model, fn_args, label_key='species', graph={'max_neighbors': 3},
+        adversarial={'multiplier': 0.2, 'adv_step_size': 0.05})
+    fit_model.fit(train, steps_per_epoch=fn_args.train_steps,
+                  validation_data=evaluation,
+                  validation_steps=fn_args.eval_steps)
+    model.save(fn_args.serving_model_dir, signatures=...)  # yours
+
+  The data are read from `fn_args` (train/eval files, transform graph,
+  schema) by the rules of `examples_route`; `graph` and `adversarial` take
+  the keys documented in `tfx_nsl.trainer_modules.config`. Elements are
+  (features with neighbors, label, weight), or one dict with the label and
+  weight inside for adversarial regularization; weight is 0 for unlabeled
+  examples.
+  """
+  import_nsl()
+  config = TrainerConfig.from_dict({
+      'feature_keys': list(heads.model_inputs(base_model)),
+      'label_key': label_key, 'graph': graph, 'adversarial': adversarial,
+      'batch_size': batch_size, 'examples': examples, 'seed': seed})
+  inputs, _, _ = _inputs(fn_args, config)
+  model = wrap_with_nsl(base_model, config)
+  if model is not base_model and base_model._is_compiled:  # pylint: disable=protected-access
+    model.compile(**base_model._get_compile_args())  # pylint: disable=protected-access
+  return (model,
+          inputs.dataset(fn_args.train_files, True, batch_size),
+          inputs.dataset(fn_args.eval_files, False, batch_size))
+
+
+def _train(fn_args, model_fn=None):
   import_nsl()  # also checks that tf.keras is Keras 2
   config = TrainerConfig.from_dict(fn_args.custom_config or {})
   tf.keras.utils.set_random_seed(config.seed)
-  _, raw_spec = feature_spec_from_schema(fn_args.schema_path)
-  missing = [k for k in [config.label_key] + (
-      [] if fn_args.transform_graph_path else config.feature_keys)
-             if k not in raw_spec]
-  if missing:
-    raise ValueError(f'features {missing} are not in the schema, which has '
-                     f'{sorted(raw_spec)}')
-  tft_output = None
-  if fn_args.transform_graph_path:
-    import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
-    tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
-
+  inputs, raw_spec, tft_output = _inputs(fn_args, config)
   strategy = make_strategy(config)
-  inputs = _Inputs(config, raw_spec, tft_output)
   train = inputs.dataset(fn_args.train_files, True, config.batch_size)
   evaluation = inputs.dataset(fn_args.eval_files, False, config.batch_size)
+  specs = inputs.model_input_specs(raw_spec, tft_output)
   with strategy.scope():
-    base_model = build_base_model(config, inputs.model_input_spec(raw_spec))
+    base_model = (model_fn(specs, config) if model_fn
+                  else build_base_model(config, specs))
+    head = heads.infer(base_model, config.head)
     model = wrap_with_nsl(base_model, config)
-    model.compile(
-        optimizer=_optimizer(config),
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-        **_metrics(config))
+    model.compile(optimizer=_optimizer(config), loss=head.keras_loss(),
+                  **_metrics(config, head))
   steps_per_epoch = max(1, fn_args.train_steps // config.epochs)
-  logging.info('Training %s on %d replica(s) for %d epochs x %d steps; graph: '
-               '%s; adversarial: %s', base_model.name,
-               strategy.num_replicas_in_sync, config.epochs, steps_per_epoch,
-               config.graph, config.adversarial)
+  logging.info('Training %s (head %s) on %d replica(s) for %d epochs x %d '
+               'steps; graph: %s; adversarial: %s', base_model.name,
+               head.name, strategy.num_replicas_in_sync, config.epochs,
+               steps_per_epoch, config.graph, config.adversarial)
   model.fit(
       train, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
       validation_data=evaluation, validation_steps=fn_args.eval_steps or None,
@@ -329,3 +530,27 @@ def run_fn(fn_args):
   export_serving_model(base_model, raw_spec, config, fn_args.serving_model_dir,
                        tft_output)
   logging.info('Exported the base model to %s', fn_args.serving_model_dir)
+
+
+def run_fn(fn_args):
+  """TFX Trainer entry point (model from `custom_config`)."""
+  _train(fn_args)
+
+
+def make_run_fn(model_fn):
+  """A TFX `run_fn` training `model_fn`'s model, for a Trainer `module_file`:
+
+    # my_trainer.py, passed as Trainer(module_file='my_trainer.py', ...)
+    from tfx_nsl.trainer_modules.nsl_trainer import make_run_fn
+    def model_fn(input_specs, config):  # {name: tf.TensorSpec}, TrainerConfig
+      inputs = {k: tf.keras.Input(type_spec=s, name=k) for k, s in input_specs.items()}
+      ...
+    run_fn = make_run_fn(model_fn)
+
+  TFX packages the module file and ships it to Kubeflow workers, so nothing
+  needs to be in the image. The head is inferred from the model's output
+  layer unless `custom_config['head']` says.
+  """
+  def nsl_run_fn(fn_args):
+    _train(fn_args, model_fn)
+  return nsl_run_fn

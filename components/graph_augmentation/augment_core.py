@@ -34,12 +34,13 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 from tensorflow.core.example import example_pb2
 from tensorflow.core.example import feature_pb2
 
+from tfx_nsl import constants
 from tfx_nsl import graph_io
 
 # Feature names NSL's pack_nbrs writes and nsl.configs.GraphNeighborConfig
-# reads by default (prefix 'NL_nbr_', weight suffix '_weight').
-NBR_PREFIX = 'NL_nbr_'
-NBR_WEIGHT_SUFFIX = '_weight'
+# reads by default.
+NBR_PREFIX = constants.NBR_PREFIX
+NBR_WEIGHT_SUFFIX = constants.NBR_WEIGHT_SUFFIX
 NUM_NBRS_FEATURE = 'NL_num_nbrs'
 # Beyond NSL: with `unlabeled_as_seeds`, every example written to a seed split
 # carries this int64 feature, 1 for examples from a seed split and 0 for

@@ -1,5 +1,8 @@
 """White-box attacks on a Keras classifier with NSL's attack code.
 
+Epsilons are in the units of the model's inputs: with a Transform graph,
+the transformed features (e.g. z-scores), not the raw columns.
+
 Pure TensorFlow + NSL: no TFMA, no Beam. An attack is named by a string,
 which is also its TFMA output name, so an EvalConfig alone says which
 attacks run and which thresholds apply to them:
@@ -15,6 +18,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfx_nsl import heads
 from tfx_nsl.nsl_compat import import_nsl
 from tfx_nsl.nsl_compat import per_feature
 
@@ -84,71 +88,139 @@ class Attack:
 @dataclasses.dataclass(frozen=True)
 class AttackSettings:
   """What every attack shares: the label, perturbed features, clip range,
-  and how many examples one attack call takes."""
+  the model's head and Transform graph, and how many examples one attack
+  call takes."""
   label_key: str
   perturb_features: Optional[Sequence[str]] = None  # None: all float inputs
   clip_min: Optional[float] = None
   clip_max: Optional[float] = None
   batch_size: int = DEFAULT_BATCH_SIZE
+  head: str = heads.AUTO
+  transform_graph: Optional[str] = None  # a TFX TransformGraph's uri
 
 
 def model_input_spec(model):
   """{input name: tf.io.FixedLenFeature} of a Keras functional model."""
-  spec = {}
-  for tensor in model.inputs:
-    name = tensor.name.split(':')[0]
-    spec[name] = tf.io.FixedLenFeature(tensor.shape[1:].as_list(),
-                                       tensor.dtype)
-  return spec
+  return {name: tf.io.FixedLenFeature(tensor.shape[1:].as_list(), tensor.dtype)
+          for name, tensor in heads.model_inputs(model).items()}
 
 
-def _nsl_config(attack, settings, features):
+def perturbed_features(features, settings):
+  """The inputs an attack moves: floats only (ints and strings have no
+  gradient), and of those `settings.perturb_features` when given."""
+  return [k for k, v in features.items() if v.dtype.is_floating and (
+      not settings.perturb_features or k in settings.perturb_features)]
+
+
+def _nsl_config(attack, settings, perturbed):
   nsl = import_nsl()
-  perturbed = settings.perturb_features or [
-      k for k, v in features.items() if v.dtype.is_floating]
-  mask = {k: (1.0 if k in perturbed else 0.0) for k in features}
   if attack.method == 'fgsm':
     step, iterations, epsilon = attack.epsilon, 1, None
   else:
     step, iterations, epsilon = attack.step_size, attack.steps, attack.epsilon
   return nsl.configs.AdvNeighborConfig(
-      feature_mask=mask, adv_step_size=step, adv_grad_norm=NORMS[attack.norm],
+      feature_mask=None, adv_step_size=step, adv_grad_norm=NORMS[attack.norm],
       clip_value_min=per_feature(settings.clip_min, perturbed),
       clip_value_max=per_feature(settings.clip_max, perturbed),
       pgd_iterations=iterations, pgd_epsilon=epsilon,
       random_init=attack.random_start)
 
 
-def _loss(labels, probabilities):
-  return tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
-      labels, probabilities))
-
-
-def attack_features(model, features, labels, attack, settings):
-  """Features perturbed by `attack` against `model` (white-box)."""
+def attack_features(model, features, labels, attack, settings, head=None):
+  """Features perturbed by `attack` against `model` (white-box), in the
+  units of the model's inputs; non-float inputs pass through unchanged."""
   nsl = import_nsl()
+  head = head or heads.infer(model, settings.head)
   features = {k: tf.convert_to_tensor(v) for k, v in features.items()}
+  perturbed = perturbed_features(features, settings)
+  if not perturbed:
+    return features
+  fixed = {k: v for k, v in features.items() if k not in perturbed}
+  moving = {k: features[k] for k in perturbed}
+  loss_fn = head.keras_loss()
+
+  def model_fn(inputs):
+    return model({**inputs, **fixed}, training=False)
+
   with tf.GradientTape() as tape:
-    tape.watch(features)
-    loss = _loss(labels, model(features, training=False))
+    tape.watch(moving)
+    loss = loss_fn(labels, model_fn(moving))
   adversarial, _ = nsl.lib.gen_adv_neighbor(
-      features, loss, _nsl_config(attack, settings, features),
-      gradient_tape=tape, pgd_model_fn=lambda x: model(x, training=False),
-      pgd_loss_fn=_loss, pgd_labels=labels)
-  return adversarial
+      moving, loss, _nsl_config(attack, settings, perturbed),
+      gradient_tape=tape, pgd_model_fn=model_fn, pgd_loss_fn=loss_fn,
+      pgd_labels=labels)
+  return {**adversarial, **fixed}
+
+
+class ModelInputs:
+  """Serialized examples -> (model inputs, label, Transform's dense
+  outputs) for one model: raw examples go through the Transform graph
+  first when the evaluator has one, so attacks move the model's own
+  (transformed) float inputs."""
+
+  def __init__(self, model, settings):
+    self._spec = model_input_spec(model)
+    self._label_key = settings.label_key
+    self._transform = None
+    if settings.transform_graph:
+      import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
+      output = tft.TFTransformOutput(settings.transform_graph)
+      self._transform = output.transform_features_layer()
+      self._raw_spec = output.raw_feature_spec()
+      transformed = output.transformed_feature_spec()
+      missing = sorted(set(self._spec) - set(transformed))
+      if missing:
+        raise ValueError(
+            f'model inputs {missing} are not outputs of the Transform graph '
+            f'{settings.transform_graph} (it has {sorted(transformed)}); give '
+            'the evaluator the transform_graph the model was trained with')
+      self._label_from_transform = self._label_key in transformed
+      if not self._label_from_transform and self._label_key not in (
+          self._raw_spec):
+        raise ValueError(
+            f'label_key {self._label_key!r} is neither a raw feature nor a '
+            f'Transform output; raw features: {sorted(self._raw_spec)}, '
+            f'outputs: {sorted(transformed)}')
+    elif self._label_key in self._spec:
+      raise ValueError(f'label_key {self._label_key!r} is a model input')
+
+  def _raw_label_spec(self):
+    dtype = (self._raw_spec[self._label_key].dtype if self._transform
+             is not None else tf.int64)
+    return {self._label_key: tf.io.FixedLenFeature([1], dtype)}
+
+  def __call__(self, serialized):
+    serialized = tf.constant(serialized)
+    if self._transform is None:
+      parsed = tf.io.parse_example(serialized,
+                                   {**self._spec, **self._raw_label_spec()})
+      label = parsed.pop(self._label_key)
+      return parsed, label, {}
+    raw_spec = dict(self._raw_spec)
+    if not self._label_from_transform:
+      raw_spec.update(self._raw_label_spec())
+    raw = tf.io.parse_example(serialized, raw_spec)
+    label = None if self._label_from_transform else raw.pop(self._label_key)
+    transformed = self._transform(raw)
+    dense = {k: v[:, tf.newaxis] if v.shape.rank == 1 else v
+             for k, v in transformed.items() if isinstance(v, tf.Tensor)}
+    if label is None:
+      label = dense[self._label_key]
+    return {k: dense[k] for k in self._spec}, label, dense
 
 
 def predictions_under_attacks(model, serialized, attack_names, settings,
-                              seed=0) -> Dict[str, np.ndarray]:
-  """{attack name or 'clean': class probabilities} for serialized examples."""
-  spec = model_input_spec(model)
-  label_spec = {settings.label_key: tf.io.FixedLenFeature([1], tf.int64)}
-  parsed = tf.io.parse_example(tf.constant(serialized), {**spec, **label_spec})
-  labels = parsed.pop(settings.label_key)
+                              seed=0, inputs=None, head=None):
+  """({attack name or 'clean': predictions for TFMA}, Transform's dense
+  outputs) for serialized examples; `inputs` (a ModelInputs) and `head`
+  are derived from the model when not given."""
+  inputs = inputs or ModelInputs(model, settings)
+  head = head or heads.infer(model, settings.head)
+  features, labels, transformed = inputs(serialized)
   tf.random.set_seed(seed)  # random starts are repeatable
   results = {}
   for name in attack_names:
-    features = parsed if name == CLEAN else attack_features(
-        model, parsed, labels, Attack.parse(name), settings)
-    results[name] = model(features, training=False).numpy()
-  return results
+    attacked = features if name == CLEAN else attack_features(
+        model, features, labels, Attack.parse(name), settings, head)
+    results[name] = head.predictions(model(attacked, training=False)).numpy()
+  return results, {k: v.numpy() for k, v in transformed.items()}

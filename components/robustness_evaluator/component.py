@@ -14,72 +14,34 @@ from tfx.dsl.components.base import base_beam_component
 from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_artifacts
 from tfx.types import standard_component_specs
+from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils
 
 from tfx_nsl import constants
+from tfx_nsl import heads
 from tfx_nsl.components.robustness_evaluator import attacks as attacks_lib
 from tfx_nsl.components.robustness_evaluator import executor
-from tfx_nsl.components.robustness_evaluator import report
 
 TFMA_MODULE = 'tfx_nsl.components.robustness_evaluator.tfma_module'
 AttackSpec = Union[str, Dict]
 
 
 class RobustnessEvaluatorSpec(standard_component_specs.EvaluatorSpec):
+  INPUTS = {
+      **standard_component_specs.EvaluatorSpec.INPUTS,
+      executor.TRANSFORM_GRAPH_KEY: ChannelParameter(
+          type=standard_artifacts.TransformGraph, optional=True),
+  }
   PARAMETERS = {
       **standard_component_specs.EvaluatorSpec.PARAMETERS,
       executor.ATTACK_SETTINGS_KEY: ExecutionParameter(type=str),
+      executor.GATES_KEY: ExecutionParameter(type=str),
   }
 
 
-def _threshold(lower_bound, max_drop):
-  threshold = tfma.MetricThreshold()
-  if lower_bound is not None:
-    threshold.value_threshold.lower_bound.value = lower_bound
-  if max_drop is not None:
-    threshold.change_threshold.direction = (
-        tfma.MetricDirection.HIGHER_IS_BETTER)
-    threshold.change_threshold.absolute.value = -max_drop
-  return threshold
-
-
-def robustness_eval_config(
-    label_key: str,
-    attack_names: Sequence[str],
-    min_clean_accuracy: Optional[float],
-    min_attacked_accuracy: Dict[str, float],
-    max_accuracy_drop: Optional[float],
-    with_baseline: bool) -> tfma.EvalConfig:
-  """One TFMA output per attack; accuracy thresholds per output."""
-  model_specs = [tfma.ModelSpec(name=report.CANDIDATE, label_key=label_key)]
-  if with_baseline:
-    model_specs.append(tfma.ModelSpec(name=report.BASELINE,
-                                      label_key=label_key, is_baseline=True))
-  else:
-    model_specs[0].name = ''
-  metrics_specs = []
-  for name in [attacks_lib.CLEAN, *attack_names]:
-    lower = (min_clean_accuracy if name == attacks_lib.CLEAN
-             else min_attacked_accuracy.get(name))
-    drop = max_accuracy_drop if with_baseline else None
-    config = tfma.MetricConfig(class_name='SparseCategoricalAccuracy')
-    if lower is not None or drop is not None:
-      config.threshold.CopyFrom(_threshold(lower, drop))
-    metrics_specs.append(tfma.MetricsSpec(
-        metrics=[config] + ([tfma.MetricConfig(class_name='ExampleCount')]
-                            if name == attacks_lib.CLEAN else []),
-        output_names=[name]))
-  config = tfma.EvalConfig(model_specs=model_specs,
-                           metrics_specs=metrics_specs,
-                           slicing_specs=[tfma.SlicingSpec()])
-  # The model's compiled metrics know only its own output, not the attacks.
-  config.options.include_default_metrics.value = False
-  return config
-
-
 class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
-  """Clean and attacked accuracy of a model (and a baseline), with gating."""
+  """Clean and attacked metrics of a model (and a baseline), with gating."""
   SPEC_CLASS = RobustnessEvaluatorSpec
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
@@ -88,7 +50,8 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       examples: types.BaseChannel,
       model: types.BaseChannel,
       baseline_model: Optional[types.BaseChannel] = None,
-      label_key: str = constants.LABEL_FEATURE,
+      transform_graph: Optional[types.BaseChannel] = None,
+      label_key: Optional[str] = None,
       attacks: Sequence[AttackSpec] = ('fgsm_linf_eps0.05', 'fgsm_linf_eps0.1'),  # pylint: disable=redefined-outer-name
       min_clean_accuracy: Optional[float] = None,
       min_attacked_accuracy: Optional[Union[float, Dict[str, float]]] = None,
@@ -97,19 +60,30 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       clip_min: Optional[float] = None,
       clip_max: Optional[float] = None,
       example_splits: Optional[List[str]] = None,
-      batch_size: int = attacks_lib.DEFAULT_BATCH_SIZE):
+      batch_size: int = attacks_lib.DEFAULT_BATCH_SIZE,
+      head: str = heads.AUTO,
+      eval_config: Optional[tfma.EvalConfig] = None):
     """Constructs a RobustnessEvaluator.
 
     Args:
-      examples: Examples to evaluate on (`example_splits`, default eval).
+      examples: Examples to evaluate on (`example_splits`, default eval):
+        raw examples when `transform_graph` is given, else examples holding
+        the model's inputs.
       model: the candidate Model (a Keras SavedModel, as our Trainer exports).
       baseline_model: optional Model to compare against, e.g. the latest
         blessed model (a Resolver) or a plain model trained alongside.
-      label_key: int class label feature.
+      transform_graph: the Transform graph the models were trained with; it
+        is applied to the raw examples before the models (and the attacks)
+        see them.
+      label_key: the label: a raw feature, or a Transform output when
+        `transform_graph` is given (default: the label_key of `eval_config`'s
+        first model spec, else 'label').
       attacks: attack names ('fgsm_linf_eps0.1',
         'pgd_l2_eps0.5_steps10_step0.1_rand') or dicts of
         `attacks.Attack` fields (method, norm, epsilon, steps, step_size,
-        random_start).
+        random_start). Epsilons are in the units of the model's inputs:
+        after Transform, e.g. standard deviations of a z-scored feature.
+        Only float inputs are perturbed.
       min_clean_accuracy: bless only at or above this clean accuracy.
       min_attacked_accuracy: bless only at or above this accuracy under every
         attack (a float), or per attack name (a dict).
@@ -123,7 +97,25 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       batch_size: examples per attack call (each model, each attack); the
         Evaluator's read batches are gathered up to it. Larger is faster
         until memory (batch x input size x attack steps' tensors) runs out.
+      head: what the model outputs (tfx_nsl.heads): 'auto' (inferred from
+        the candidate's output layer), 'multiclass', 'multiclass_logits',
+        'binary', 'binary_logits'. Accuracy is SparseCategoricalAccuracy
+        (multiclass) or BinaryAccuracy (binary, reported with AUC).
+      eval_config: your own tfma.EvalConfig: its metrics (e.g. AUC,
+        calibration) are computed on the clean and on every attacked
+        prediction alike, its slicing specs and options apply; its
+        thresholds gate the clean predictions. Its model specs give only the
+        label_key default (this component names the models).
     """
+    if label_key is None:
+      label_key = next((spec.label_key for spec in
+                        (eval_config.model_specs if eval_config else [])
+                        if spec.label_key), constants.LABEL_FEATURE)
+    if head != heads.AUTO:
+      if heads.Head(head).kind == 'regression':
+        raise ValueError(
+            "RobustnessEvaluator gates classifiers; head='regression' is not "
+            f'supported yet. Use one of {heads.HEADS[:-1]} or auto.')
     names = []
     for spec in attacks:
       attack = (attacks_lib.Attack.parse(spec) if isinstance(spec, str)
@@ -155,19 +147,27 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
     if (clip_min is not None and clip_max is not None and
         clip_min >= clip_max):
       raise ValueError('clip_min must be below clip_max')
-    eval_config = robustness_eval_config(
-        label_key, names, min_clean_accuracy, per_attack, max_accuracy_drop,
-        with_baseline=baseline_model is not None)
+    gates = executor.Gates(
+        attack_names=names, min_clean_accuracy=min_clean_accuracy,
+        min_attacked_accuracy=per_attack, max_accuracy_drop=max_accuracy_drop,
+        with_baseline=baseline_model is not None, label_key=label_key)
+    # The metrics depend on the head, known once the model is: the executor
+    # builds the final EvalConfig. This checks the user's config now.
+    executor.robustness_eval_config(heads.Head('multiclass'), gates,
+                                    eval_config)
     settings = attacks_lib.AttackSettings(
         label_key=label_key, perturb_features=perturb_features,
-        clip_min=clip_min, clip_max=clip_max, batch_size=batch_size)
+        clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
+        head=head)
     spec = RobustnessEvaluatorSpec(
         examples=examples, model=model, baseline_model=baseline_model,
+        transform_graph=transform_graph,
         eval_config=eval_config,
         example_splits=json_utils.dumps(example_splits or
                                         [constants.EVAL_SPLIT]),
         module_path=TFMA_MODULE,
         attack_settings=json.dumps(settings.__dict__),
+        gates=json.dumps(gates.__dict__),
         evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
         blessing=types.Channel(type=standard_artifacts.ModelBlessing))
     super().__init__(spec=spec)

@@ -1,17 +1,27 @@
-"""RobustnessEvaluator executor: TFX's Evaluator with attack settings and a
-robustness report written next to TFMA's results."""
+"""RobustnessEvaluator executor: TFX's Evaluator with attack settings, an
+EvalConfig built for the model's head, and a robustness report written next
+to TFMA's results."""
 import contextlib
+import dataclasses
 import json
 import threading
+from typing import Dict, List, Optional
 
 from absl import logging
+from google.protobuf import json_format
+import tensorflow_model_analysis as tfma
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.types import artifact_utils
+from tfx.types import standard_component_specs
+from tfx.utils import path_utils
 
+from tfx_nsl import heads
 from tfx_nsl.components.robustness_evaluator import attacks
 from tfx_nsl.components.robustness_evaluator import report
 
 ATTACK_SETTINGS_KEY = 'attack_settings'
+GATES_KEY = 'gates'
+TRANSFORM_GRAPH_KEY = 'transform_graph'
 
 # The Evaluator calls `tfma_module.custom_extractors` with a fixed signature,
 # so the attack settings of the running execution wait here for it; the
@@ -32,13 +42,132 @@ def _attack_settings(settings):
     _CURRENT.settings = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Gates:
+  """What blesses a model: accuracy thresholds per TFMA output."""
+  attack_names: List[str]
+  label_key: str
+  min_clean_accuracy: Optional[float] = None
+  min_attacked_accuracy: Dict[str, float] = dataclasses.field(
+      default_factory=dict)
+  max_accuracy_drop: Optional[float] = None
+  with_baseline: bool = False
+
+
+def _threshold(lower_bound, max_drop):
+  threshold = tfma.MetricThreshold()
+  if lower_bound is not None:
+    threshold.value_threshold.lower_bound.value = lower_bound
+  if max_drop is not None:
+    threshold.change_threshold.direction = (
+        tfma.MetricDirection.HIGHER_IS_BETTER)
+    threshold.change_threshold.absolute.value = -max_drop
+  return threshold
+
+
+def _output_copy(spec, output_name, ours, clean):
+  """The user's MetricsSpec for one output; metrics that the gates already
+  compute (`ours`: {class name: MetricConfig}) are left to the gates, which
+  take the user's threshold on the clean output when they set none."""
+  copy = tfma.MetricsSpec()
+  copy.CopyFrom(spec)
+  copy.output_names[:] = [output_name]
+  copy.ClearField('model_names')
+  kept = []
+  for metric in copy.metrics:
+    if metric.class_name in ours:
+      if clean and metric.HasField('threshold') and not ours[
+          metric.class_name].HasField('threshold'):
+        ours[metric.class_name].threshold.CopyFrom(metric.threshold)
+      continue
+    if not clean:
+      for field in ('threshold', 'per_slice_thresholds',
+                    'cross_slice_thresholds'):
+        metric.ClearField(field)
+    kept.append(metric)
+  del copy.metrics[:]
+  copy.metrics.extend(kept)
+  if not clean:
+    for field in ('thresholds', 'per_slice_thresholds',
+                  'cross_slice_thresholds'):
+      copy.ClearField(field)
+  return copy if kept or copy.thresholds else None
+
+
+def robustness_eval_config(head, gates, user_config=None):
+  """The EvalConfig TFMA runs: one output per attack (and 'clean'), the
+  head's metrics and the accuracy gates on each, and the user's metrics on
+  each (their thresholds on the clean output only)."""
+  if user_config is not None and user_config.metrics_specs and any(
+      spec.output_names for spec in user_config.metrics_specs):
+    raise ValueError('eval_config metrics_specs must not set output_names: '
+                     'RobustnessEvaluator names one output per attack')
+  model_specs = [tfma.ModelSpec(name=report.CANDIDATE,
+                                label_key=gates.label_key)]
+  if gates.with_baseline:
+    model_specs.append(tfma.ModelSpec(name=report.BASELINE,
+                                      label_key=gates.label_key,
+                                      is_baseline=True))
+  else:
+    model_specs[0].name = ''
+  metrics_specs = []
+  gated, *others = head.tfma_metrics()
+  for name in [attacks.CLEAN, *gates.attack_names]:
+    lower = (gates.min_clean_accuracy if name == attacks.CLEAN
+             else gates.min_attacked_accuracy.get(name))
+    drop = gates.max_accuracy_drop if gates.with_baseline else None
+    ours = {c: tfma.MetricConfig(class_name=c) for c in [gated, *others] + (
+        ['ExampleCount'] if name == attacks.CLEAN else [])}
+    if lower is not None or drop is not None:
+      ours[gated].threshold.CopyFrom(_threshold(lower, drop))
+    copies = [_output_copy(spec, name, ours, clean=name == attacks.CLEAN)
+              for spec in (user_config.metrics_specs if user_config else [])]
+    metrics_specs.append(tfma.MetricsSpec(metrics=list(ours.values()),
+                                          output_names=[name]))
+    metrics_specs.extend(copy for copy in copies if copy is not None)
+  config = tfma.EvalConfig(
+      model_specs=model_specs, metrics_specs=metrics_specs,
+      slicing_specs=[tfma.SlicingSpec()] + list(
+          user_config.slicing_specs if user_config else []))
+  if user_config is not None:
+    config.options.CopyFrom(user_config.options)
+  # The model's compiled metrics know only its own output, not the attacks.
+  config.options.include_default_metrics.value = False
+  return config
+
+
+def _head_of(model_artifact, head):
+  if head != heads.AUTO:
+    return heads.Head(head)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model = tf.keras.models.load_model(path_utils.serving_model_path(
+      model_artifact.uri, path_utils.is_old_model_artifact(model_artifact)),
+                                     compile=False)
+  return heads.infer(model)
+
+
 class Executor(evaluator_executor.Executor):
   """Runs TFMA with attacked predictions, then writes the report."""
 
   def Do(self, input_dict, output_dict, exec_properties):
-    settings = attacks.AttackSettings(
-        **json.loads(exec_properties[ATTACK_SETTINGS_KEY]))
-    with _attack_settings(settings):
+    settings = json.loads(exec_properties[ATTACK_SETTINGS_KEY])
+    if input_dict.get(TRANSFORM_GRAPH_KEY):
+      settings['transform_graph'] = artifact_utils.get_single_uri(
+          input_dict[TRANSFORM_GRAPH_KEY])
+    settings = attacks.AttackSettings(**settings)
+    gates = Gates(**json.loads(exec_properties[GATES_KEY]))
+    head = _head_of(artifact_utils.get_single_instance(
+        input_dict[standard_component_specs.MODEL_KEY]), settings.head)
+    key = standard_component_specs.EVAL_CONFIG_KEY
+    user_config = None
+    if exec_properties.get(key):
+      user_config = json_format.Parse(exec_properties[key], tfma.EvalConfig())
+    exec_properties = {**exec_properties, key: json_format.MessageToJson(
+        robustness_eval_config(head, gates, user_config))}
+    logging.info('RobustnessEvaluator: head %s, attacks %s, batches of %d%s',
+                 head.name, gates.attack_names, settings.batch_size,
+                 ', Transform applied' if settings.transform_graph else '')
+    with _attack_settings(dataclasses.replace(settings, head=head.name)):
       super().Do(input_dict, output_dict, exec_properties)
     evaluation_uri = artifact_utils.get_single_uri(output_dict['evaluation'])
     blessed, failures = report.load_validation(evaluation_uri)

@@ -9,7 +9,8 @@ from tfx_nsl.components.robustness_evaluator import attacks
 
 REPORT_HTML = 'robustness.html'
 REPORT_PNG = 'robustness.png'
-ACCURACY = 'sparse_categorical_accuracy'
+# TFMA's names of the accuracy the gates apply to (heads.Head.gated_metric).
+ACCURACIES = ('sparse_categorical_accuracy', 'binary_accuracy')
 CANDIDATE = 'candidate'
 BASELINE = 'baseline'
 
@@ -23,7 +24,7 @@ def load_accuracies(evaluation_uri):
       continue
     for item in metrics.metric_keys_and_values:
       key = item.key
-      if key.name == ACCURACY and not key.is_diff:
+      if key.name in ACCURACIES and not key.is_diff:
         model = key.model_name or CANDIDATE
         result[model][key.output_name or attacks.CLEAN] = (
             item.value.double_value.value)

@@ -23,6 +23,7 @@ from tensorflow_model_analysis.utils import config_util
 from tensorflow_model_analysis.utils import model_util
 from tensorflow_model_analysis.utils import util
 
+from tfx_nsl import heads
 from tfx_nsl.components.robustness_evaluator import attacks
 
 _PROGRESS_SECONDS = 30
@@ -53,6 +54,7 @@ class _AttackedPredictionsDoFn(model_util.DoFnWithModels):
                                                   'examples_attacked')
     self._pending, self._rows = [], 0
     self._progress = None
+    self._inputs = {}  # model name -> (attacks.ModelInputs, heads.Head)
 
   def start_bundle(self):
     self._pending, self._rows = [], 0
@@ -77,24 +79,43 @@ class _AttackedPredictionsDoFn(model_util.DoFnWithModels):
         np.asarray(e[tfma_constants.INPUT_KEY], object).ravel()
         for e in pending])
     size = self._settings.batch_size
-    outputs = {}
+    outputs, transformed = {}, {}
     for model_name, model in self._loaded_models.items():
+      if model_name not in self._inputs:
+        self._inputs[model_name] = (
+            attacks.ModelInputs(model, self._settings),
+            heads.infer(model, self._settings.head))
+      inputs, head = self._inputs[model_name]
       chunks = [attacks.predictions_under_attacks(
-          model, serialized[i:i + size].tolist(), self._names, self._settings)
+          model, serialized[i:i + size].tolist(), self._names, self._settings,
+          inputs=inputs, head=head)
                 for i in range(0, len(serialized), size)]
-      outputs[model_name] = {name: np.concatenate([c[name] for c in chunks])
+      outputs[model_name] = {name: np.concatenate([c[0][name] for c in chunks])
                              for name in self._names}
+      transformed[model_name] = {
+          key: np.concatenate([c[1][key] for c in chunks])
+          for key in chunks[0][1]}
     self._examples.inc(len(serialized))
     self._log_progress(len(serialized))
     offsets = np.cumsum([0] + sizes)
+    single = len(outputs) == 1
+    has_features = any(transformed.values())
     for extract, start, end in zip(pending, offsets[:-1], offsets[1:]):
       predictions = {model_name: {name: values[start:end]
                                   for name, values in by_name.items()}
                      for model_name, by_name in outputs.items()}
-      if len(predictions) == 1:
+      features = {model_name: {key: values[start:end]
+                               for key, values in by_key.items()}
+                  for model_name, by_key in transformed.items()}
+      if single:
         predictions = next(iter(predictions.values()))
-      yield util.copy_and_set_by_keys(
+        features = next(iter(features.values()))
+      extract = util.copy_and_set_by_keys(
           extract, [tfma_constants.PREDICTIONS_KEY], predictions)
+      if has_features:
+        # TFMA looks labels and slice features up here first.
+        extract[tfma_constants.TRANSFORMED_FEATURES_KEY] = features
+      yield extract
 
   def _log_progress(self, count):
     now = time.time()
@@ -140,9 +161,11 @@ def custom_extractors(eval_shared_model, eval_config, tensor_adapter_config):
   return [
       features_extractor.FeaturesExtractor(
           eval_config=eval_config, tensor_representations=representations),
+      # Before the labels: a label that Transform computes is looked up in
+      # the transformed features that the attack step adds.
+      AttackedPredictionsExtractor(eval_shared_model, eval_config, settings),
       labels_extractor.LabelsExtractor(eval_config=eval_config),
       example_weights_extractor.ExampleWeightsExtractor(eval_config=eval_config),
-      AttackedPredictionsExtractor(eval_shared_model, eval_config, settings),
       unbatch_extractor.UnbatchExtractor(),
       slice_key_extractor.SliceKeyExtractor(eval_config=eval_config),
   ]
