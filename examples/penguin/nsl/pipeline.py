@@ -55,7 +55,7 @@ def create_pipeline(pipeline_name, pipeline_root, data_root, serving_model_dir,
       examples=example_gen.outputs['examples'],
       model=trainer.outputs['model'],
       transform_graph=transform.outputs['transform_graph'],
-      attacks=['fgsm_linf_eps0.2', 'pgd_linf_eps0.2_steps10_step0.05'],
+      attacks=['fgsm_linf_eps0.5', 'pgd_linf_eps0.5_steps10_step0.1'],
       min_attacked_accuracy=0.5, eval_config=eval_config)
   pusher = tfx.components.Pusher(
       model=trainer.outputs['model'],
