@@ -207,3 +207,84 @@ def test_l2_attacks_stay_in_their_l2_ball(digits_model):
       model, _serialize(x, y), ['clean', 'fgsm_l2_eps1'], settings)[0]
   accuracy = {k: (v.argmax(1) == y).mean() for k, v in result.items()}
   assert accuracy['fgsm_l2_eps1'] < accuracy['clean']
+
+
+def test_raw_examples_with_transform_binary_head_and_the_users_metrics(
+    tmp_path, caplog):
+  """A tabular model as TFX users have it: raw examples, a Transform graph
+  that computes the label, 20 float inputs and an int one, a sigmoid head;
+  the user's AUC, calibration and slices on clean and attacked predictions."""
+  import logging
+  import tensorflow_model_analysis as tfma
+  from graph_testing import write_examples_artifact
+  import tabular_testing as tabular
+  from tfx_nsl.components.robustness_evaluator import report
+  rows = tabular.raw_rows(1200)
+  transform = tabular.write_transform_graph(str(tmp_path / 'tft'), rows[:800])
+  model = tabular.binary_model(str(tmp_path / 'model'), transform.uri,
+                               rows[:800])
+  examples = write_examples_artifact(tmp_path / 'examples',
+                                     {'eval': rows[800:]})
+  attack = 'pgd_linf_eps0.3_steps10_step0.05'
+  user = tfma.EvalConfig(
+      model_specs=[tfma.ModelSpec(label_key=tabular.LABEL)],
+      metrics_specs=[tfma.MetricsSpec(metrics=[
+          tfma.MetricConfig(class_name='AUC'),
+          tfma.MetricConfig(class_name='Calibration'),
+          tfma.MetricConfig(class_name='BinaryAccuracy', threshold=(
+              tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+                  lower_bound={'value': 0.99}))))])],
+      slicing_specs=[tfma.SlicingSpec(feature_keys=[tabular.CATEGORY])])
+  caplog.set_level(logging.WARNING)
+  _, uri = tabular.evaluate(
+      str(tmp_path), examples, model, 'binary', transform_graph=transform,
+      attacks=[attack], min_attacked_accuracy=0.1, eval_config=user)
+  metrics = {}
+  for result in tfma.load_metrics(uri):
+    slice_key = tuple((c.column, c.int64_value)
+                      for c in result.slice_key.single_slice_keys)
+    for item in result.metric_keys_and_values:
+      metrics[(slice_key, item.key.output_name, item.key.name)] = (
+          item.value.double_value.value)
+  overall = {(o, n): v for (s, o, n), v in metrics.items() if not s}
+  for output in ('clean', attack):
+    assert {(output, 'binary_accuracy'), (output, 'auc'),
+            (output, 'calibration')} <= set(overall)
+  assert overall[('clean', 'binary_accuracy')] > 0.85
+  assert overall[(attack, 'binary_accuracy')] < (
+      overall[('clean', 'binary_accuracy')] - 0.05)
+  assert overall[(attack, 'auc')] < overall[('clean', 'auc')]
+  assert ((('segment', 2),), attack, 'auc') in metrics  # the user's slices
+  # The user's 0.99 accuracy threshold gates clean accuracy (on every
+  # slice, as TFMA applies it): not blessed; the attack's 0.1 passes.
+  blessed, failures = report.load_validation(uri)
+  assert not blessed and failures
+  assert all(f.startswith('candidate/clean: binary_accuracy') for f in failures)
+  assert report.load_accuracies(uri)['candidate'][attack] == overall[
+      (attack, 'binary_accuracy')]
+  # The int input is left alone without warnings.
+  text = caplog.text
+  assert 'Cannot perturb' not in text and 'must be floating' not in text
+
+
+def test_head_inference_and_the_evaluators_head_errors():
+  import tensorflow as tf
+  from tfx.types import channel_utils, standard_artifacts
+  from tfx_nsl.components import RobustnessEvaluator
+  inputs = tf.keras.Input(shape=(3,), name='x')
+  assert heads.infer(tf.keras.Model(inputs, tf.keras.layers.Dense(
+      4, activation='softmax')(inputs))).name == 'multiclass'
+  assert heads.infer(tf.keras.Model(inputs, tf.keras.layers.Dense(4)(
+      inputs))).name == 'multiclass_logits'
+  assert heads.infer(tf.keras.Model(inputs, tf.keras.layers.Dense(
+      1, activation='sigmoid')(inputs))).name == 'binary'
+  examples = channel_utils.as_channel([standard_artifacts.Examples()])
+  model = channel_utils.as_channel([standard_artifacts.Model()])
+  with pytest.raises(ValueError, match='regression'):
+    RobustnessEvaluator(examples=examples, model=model, head='regression')
+  with pytest.raises(ValueError, match='head must be one of'):
+    RobustnessEvaluator(examples=examples, model=model, head='sigmoid')
+  import tensorflow_model_analysis as tfma
+  with pytest.raises(ValueError, match='must not set output_names'):
+    RobustnessEvaluator(examples=examples, model=model, eval_config=(
+        tfma.EvalConfig(metrics_specs=[tfma.MetricsSpec(output_names=['y'])])))
