@@ -136,14 +136,15 @@ def robustness_eval_config(head, gates, user_config=None):
   return config
 
 
-def _head_of(model_artifact, head):
-  if head != heads.AUTO:
-    return heads.Head(head)
+def _check_model(model_artifact, settings):
+  """The candidate's head; fails before any data is read when the label, the
+  model's inputs and the Transform graph do not fit together."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   model = tf.keras.models.load_model(path_utils.serving_model_path(
       model_artifact.uri, path_utils.is_old_model_artifact(model_artifact)),
                                      compile=False)
-  return heads.infer(model)
+  attacks.ModelInputs(model, settings)
+  return heads.infer(model, settings.head)
 
 
 class Executor(evaluator_executor.Executor):
@@ -156,8 +157,8 @@ class Executor(evaluator_executor.Executor):
           input_dict[TRANSFORM_GRAPH_KEY])
     settings = attacks.AttackSettings(**settings)
     gates = Gates(**json.loads(exec_properties[GATES_KEY]))
-    head = _head_of(artifact_utils.get_single_instance(
-        input_dict[standard_component_specs.MODEL_KEY]), settings.head)
+    head = _check_model(artifact_utils.get_single_instance(
+        input_dict[standard_component_specs.MODEL_KEY]), settings)
     key = standard_component_specs.EVAL_CONFIG_KEY
     user_config = None
     if exec_properties.get(key):
