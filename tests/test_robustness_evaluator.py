@@ -1,4 +1,6 @@
 """RobustnessEvaluator: attack names, NSL attacks vs a direct FGSM, config."""
+import os
+
 import numpy as np
 import pytest
 
@@ -280,11 +282,55 @@ def test_head_inference_and_the_evaluators_head_errors():
       1, activation='sigmoid')(inputs))).name == 'binary'
   examples = channel_utils.as_channel([standard_artifacts.Examples()])
   model = channel_utils.as_channel([standard_artifacts.Model()])
-  with pytest.raises(ValueError, match='regression'):
-    RobustnessEvaluator(examples=examples, model=model, head='regression')
+  with pytest.raises(ValueError, match='gate classifiers'):
+    RobustnessEvaluator(examples=examples, model=model, head='regression',
+                        min_clean_accuracy=0.9)
+  with pytest.raises(ValueError, match='gate regression models'):
+    RobustnessEvaluator(examples=examples, model=model, head='binary',
+                        max_clean_error=0.5)
   with pytest.raises(ValueError, match='head must be one of'):
     RobustnessEvaluator(examples=examples, model=model, head='sigmoid')
   import tensorflow_model_analysis as tfma
   with pytest.raises(ValueError, match='must not set output_names'):
     RobustnessEvaluator(examples=examples, model=model, eval_config=(
         tfma.EvalConfig(metrics_specs=[tfma.MetricsSpec(output_names=['y'])])))
+
+
+def test_a_regression_model_is_gated_on_attacked_squared_error(tmp_path):
+  import tensorflow as tf
+  from tfx.types import standard_artifacts
+  from graph_testing import write_examples_artifact
+  import tabular_testing as tabular
+  from tfx_nsl.components.robustness_evaluator import report
+  rng = np.random.RandomState(0)
+  x = rng.standard_normal((600, 8)).astype(np.float32)
+  y = (x @ rng.standard_normal(8)).astype(np.float32)
+  tf.keras.utils.set_random_seed(0)
+  inputs = {'x': tf.keras.Input(shape=(8,), name='x')}
+  model = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(
+      tf.keras.layers.Dense(32, activation='relu')(inputs['x'])))
+  model.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss='mse')
+  model.fit({'x': x[:400]}, y[:400], epochs=30, batch_size=32, verbose=0)
+  artifact = standard_artifacts.Model()
+  artifact.uri = str(tmp_path / 'model')
+  model.save(os.path.join(artifact.uri, 'Format-Serving'), save_format='tf')
+  examples = write_examples_artifact(tmp_path / 'examples', {'eval': [
+      {'x': row, 'label': np.float32(value)} for row, value in
+      zip(x[400:], y[400:])]})
+  attack = 'fgsm_linf_eps0.3'
+  # One linear unit: a logit or a value; the evaluator asks, before
+  # reading any data.
+  with pytest.raises(ValueError, match="Pass head='binary_logits' or "):
+    tabular.evaluate(str(tmp_path), examples, artifact, 'ambiguous',
+                     attacks=[attack], max_clean_error=1.0)
+  _, uri = tabular.evaluate(
+      str(tmp_path), examples, artifact, 'regression', head='regression',
+      attacks=[attack], max_clean_error=1.0, max_attacked_error=0.01)
+  errors = report.load_accuracies(uri, 'mean_squared_error')['candidate']
+  assert errors['clean'] < 1.0 < errors[attack]
+  blessed, failures = report.load_validation(uri)
+  assert not blessed and len(failures) == 1
+  assert failures[0].startswith(f'candidate/{attack}: mean_squared_error')
+  assert '<= 0.01' in failures[0]
+  assert 'mean squared error' in open(os.path.join(
+      uri, report.REPORT_HTML)).read()

@@ -161,6 +161,7 @@ class ModelInputs:
   def __init__(self, model, settings):
     self._spec = model_input_spec(model)
     self._label_key = settings.label_key
+    self._regression = settings.head == 'regression'
     self._transform = None
     if settings.transform_graph:
       import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
@@ -185,8 +186,10 @@ class ModelInputs:
       raise ValueError(f'label_key {self._label_key!r} is a model input')
 
   def _raw_label_spec(self):
-    dtype = (self._raw_spec[self._label_key].dtype if self._transform
-             is not None else tf.int64)
+    if self._transform is not None:
+      dtype = self._raw_spec[self._label_key].dtype
+    else:  # class ids, or a regression model's real values
+      dtype = tf.float32 if self._regression else tf.int64
     return {self._label_key: tf.io.FixedLenFeature([1], dtype)}
 
   def __call__(self, serialized):

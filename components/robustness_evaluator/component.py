@@ -40,6 +40,19 @@ class RobustnessEvaluatorSpec(standard_component_specs.EvaluatorSpec):
   }
 
 
+def _per_attack(name, value, attack_names):
+  """{attack name: threshold} of a float (every attack) or a dict."""
+  if isinstance(value, dict):
+    unknown = sorted(set(value) - set(attack_names))
+    if unknown:
+      raise ValueError(f'{name} names attacks {unknown} that are not in '
+                       f'attacks {attack_names}')
+    return {k: float(v) for k, v in value.items()}
+  if value is not None:
+    return {attack: float(value) for attack in attack_names}
+  return {}
+
+
 class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
   """Clean and attacked metrics of a model (and a baseline), with gating."""
   SPEC_CLASS = RobustnessEvaluatorSpec
@@ -62,7 +75,9 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       example_splits: Optional[List[str]] = None,
       batch_size: int = attacks_lib.DEFAULT_BATCH_SIZE,
       head: str = heads.AUTO,
-      eval_config: Optional[tfma.EvalConfig] = None):
+      eval_config: Optional[tfma.EvalConfig] = None,
+      max_clean_error: Optional[float] = None,
+      max_attacked_error: Optional[Union[float, Dict[str, float]]] = None):
     """Constructs a RobustnessEvaluator.
 
     Args:
@@ -99,23 +114,25 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         until memory (batch x input size x attack steps' tensors) runs out.
       head: what the model outputs (tfx_nsl.heads): 'auto' (inferred from
         the candidate's output layer), 'multiclass', 'multiclass_logits',
-        'binary', 'binary_logits'. Accuracy is SparseCategoricalAccuracy
-        (multiclass) or BinaryAccuracy (binary, reported with AUC).
+        'binary', 'binary_logits', 'regression'. The gated metric is
+        SparseCategoricalAccuracy (multiclass), BinaryAccuracy (binary,
+        reported with AUC) or MeanSquaredError (regression, reported with
+        MeanAbsoluteError; the attacks then maximize the squared error).
       eval_config: your own tfma.EvalConfig: its metrics (e.g. AUC,
         calibration) are computed on the clean and on every attacked
         prediction alike, its slicing specs and options apply; its
         thresholds gate the clean predictions. Its model specs give only the
         label_key default (this component names the models).
+      max_clean_error, max_attacked_error: the gates of a regression model:
+        bless only at or below this mean squared error, clean and under every
+        attack (a float) or per attack name (a dict).
     """
     if label_key is None:
       label_key = next((spec.label_key for spec in
                         (eval_config.model_specs if eval_config else [])
                         if spec.label_key), constants.LABEL_FEATURE)
     if head != heads.AUTO:
-      if heads.Head(head).kind == 'regression':
-        raise ValueError(
-            "RobustnessEvaluator gates classifiers; head='regression' is not "
-            f'supported yet. Use one of {heads.HEADS[:-1]} or auto.')
+      heads.Head(head)
     names = []
     for spec in attacks:
       attack = (attacks_lib.Attack.parse(spec) if isinstance(spec, str)
@@ -123,16 +140,14 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       names.append(attack.name)
     if len(set(names)) != len(names):
       raise ValueError(f'attacks {names} repeat an attack')
-    if isinstance(min_attacked_accuracy, dict):
-      unknown = sorted(set(min_attacked_accuracy) - set(names))
-      if unknown:
-        raise ValueError(f'min_attacked_accuracy names attacks {unknown} that '
-                         f'are not in attacks {names}')
-      per_attack = dict(min_attacked_accuracy)
-    elif min_attacked_accuracy is not None:
-      per_attack = {name: float(min_attacked_accuracy) for name in names}
-    else:
-      per_attack = {}
+    per_attack = _per_attack('min_attacked_accuracy', min_attacked_accuracy,
+                             names)
+    per_attack_error = _per_attack('max_attacked_error', max_attacked_error,
+                                   names)
+    for name, value in [('max_clean_error', max_clean_error),
+                        *per_attack_error.items()]:
+      if value is not None and not value >= 0.0:
+        raise ValueError(f'error threshold {name} must be >= 0, got {value}')
     for name, value in [('min_clean_accuracy', min_clean_accuracy),
                         *per_attack.items()]:
       if value is not None and not 0.0 <= value <= 1.0:
@@ -150,11 +165,15 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
     gates = executor.Gates(
         attack_names=names, min_clean_accuracy=min_clean_accuracy,
         min_attacked_accuracy=per_attack, max_accuracy_drop=max_accuracy_drop,
-        with_baseline=baseline_model is not None, label_key=label_key)
+        with_baseline=baseline_model is not None, label_key=label_key,
+        max_clean_error=max_clean_error, max_attacked_error=per_attack_error)
     # The metrics depend on the head, known once the model is: the executor
-    # builds the final EvalConfig. This checks the user's config now.
-    executor.robustness_eval_config(heads.Head('multiclass'), gates,
-                                    eval_config)
+    # builds the final EvalConfig. This checks the gates and the user's
+    # config now, with the head they imply.
+    implied = head if head != heads.AUTO else (
+        'regression' if max_clean_error is not None or per_attack_error
+        else 'multiclass')
+    executor.robustness_eval_config(heads.Head(implied), gates, eval_config)
     settings = attacks_lib.AttackSettings(
         label_key=label_key, perturb_features=perturb_features,
         clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,

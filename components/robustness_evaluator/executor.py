@@ -52,12 +52,33 @@ class Gates:
       default_factory=dict)
   max_accuracy_drop: Optional[float] = None
   with_baseline: bool = False
+  # Regression heads: upper bounds on mean squared error.
+  max_clean_error: Optional[float] = None
+  max_attacked_error: Dict[str, float] = dataclasses.field(
+      default_factory=dict)
+
+  def check(self, head):
+    """Fails when a gate does not fit the model's head."""
+    accuracy = [n for n in ('min_clean_accuracy', 'min_attacked_accuracy',
+                            'max_accuracy_drop') if getattr(self, n)]
+    error = [n for n in ('max_clean_error', 'max_attacked_error')
+             if getattr(self, n)]
+    if head.classification and error:
+      raise ValueError(f'{error} gate regression models; the model\'s head is '
+                       f'{head.name}: use min_clean_accuracy / '
+                       'min_attacked_accuracy')
+    if not head.classification and accuracy:
+      raise ValueError(f'{accuracy} gate classifiers; the model\'s head is '
+                       'regression: use max_clean_error / max_attacked_error '
+                       '(mean squared error)')
 
 
-def _threshold(lower_bound, max_drop):
+def _threshold(lower_bound, max_drop, upper_bound=None):
   threshold = tfma.MetricThreshold()
   if lower_bound is not None:
     threshold.value_threshold.lower_bound.value = lower_bound
+  if upper_bound is not None:
+    threshold.value_threshold.upper_bound.value = upper_bound
   if max_drop is not None:
     threshold.change_threshold.direction = (
         tfma.MetricDirection.HIGHER_IS_BETTER)
@@ -110,16 +131,20 @@ def robustness_eval_config(head, gates, user_config=None):
                                       is_baseline=True))
   else:
     model_specs[0].name = ''
+  gates.check(head)
   metrics_specs = []
   gated, *others = head.tfma_metrics()
   for name in [attacks.CLEAN, *gates.attack_names]:
-    lower = (gates.min_clean_accuracy if name == attacks.CLEAN
+    clean = name == attacks.CLEAN
+    lower = (gates.min_clean_accuracy if clean
              else gates.min_attacked_accuracy.get(name))
+    upper = (gates.max_clean_error if clean
+             else gates.max_attacked_error.get(name))
     drop = gates.max_accuracy_drop if gates.with_baseline else None
     ours = {c: tfma.MetricConfig(class_name=c) for c in [gated, *others] + (
-        ['ExampleCount'] if name == attacks.CLEAN else [])}
-    if lower is not None or drop is not None:
-      ours[gated].threshold.CopyFrom(_threshold(lower, drop))
+        ['ExampleCount'] if clean else [])}
+    if lower is not None or drop is not None or upper is not None:
+      ours[gated].threshold.CopyFrom(_threshold(lower, drop, upper))
     copies = [_output_copy(spec, name, ours, clean=name == attacks.CLEAN)
               for spec in (user_config.metrics_specs if user_config else [])]
     metrics_specs.append(tfma.MetricsSpec(metrics=list(ours.values()),
@@ -172,8 +197,9 @@ class Executor(evaluator_executor.Executor):
       super().Do(input_dict, output_dict, exec_properties)
     evaluation_uri = artifact_utils.get_single_uri(output_dict['evaluation'])
     blessed, failures = report.load_validation(evaluation_uri)
-    accuracies = report.write_report(evaluation_uri, blessed, failures)
+    metric = None if head.classification else head.gated_metric
+    values = report.write_report(evaluation_uri, blessed, failures, metric)
     logging.info('Robustness (blessed: %s):\n%s', blessed,
-                 report.text_table(accuracies))
+                 report.text_table(values, metric=metric or 'accuracy'))
     for failure in failures:
       logging.warning('Robustness threshold not met: %s', failure)

@@ -9,14 +9,16 @@ from tfx_nsl.components.robustness_evaluator import attacks
 
 REPORT_HTML = 'robustness.html'
 REPORT_PNG = 'robustness.png'
-# TFMA's names of the accuracy the gates apply to (heads.Head.gated_metric).
+# TFMA's names of the accuracy the gates apply to (heads.Head.gated_metric);
+# a regression head's is 'mean_squared_error'.
 ACCURACIES = ('sparse_categorical_accuracy', 'binary_accuracy')
 CANDIDATE = 'candidate'
 BASELINE = 'baseline'
 
 
-def load_accuracies(evaluation_uri):
-  """{model name: {attack name: accuracy}} of the overall slice."""
+def load_accuracies(evaluation_uri, metric=None):
+  """{model name: {attack name: accuracy}} of the overall slice (or of
+  `metric`, a TFMA metric name)."""
   import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
   result = collections.defaultdict(dict)
   for metrics in tfma.load_metrics(evaluation_uri):
@@ -24,7 +26,8 @@ def load_accuracies(evaluation_uri):
       continue
     for item in metrics.metric_keys_and_values:
       key = item.key
-      if key.name in ACCURACIES and not key.is_diff:
+      if (key.name == metric if metric else key.name in ACCURACIES) and (
+          not key.is_diff):
         model = key.model_name or CANDIDATE
         result[model][key.output_name or attacks.CLEAN] = (
             item.value.double_value.value)
@@ -49,7 +52,10 @@ def load_validation(evaluation_uri):
 
 def _threshold_text(threshold):
   if threshold.HasField('value_threshold'):
-    return f'>= {threshold.value_threshold.lower_bound.value:g}'
+    bounds = threshold.value_threshold
+    return ' and '.join(
+        [f'>= {bounds.lower_bound.value:g}'] * bounds.HasField('lower_bound') +
+        [f'<= {bounds.upper_bound.value:g}'] * bounds.HasField('upper_bound'))
   if threshold.HasField('change_threshold'):
     return f'change >= {threshold.change_threshold.absolute.value:g}'
   return str(threshold).replace('\n', ' ')
@@ -64,12 +70,12 @@ def _ordered(names):
   return sorted(names, key=key)
 
 
-def text_table(accuracies, blessed=None):
+def text_table(accuracies, blessed=None, metric='accuracy'):
   """A one-screen table: rows are attacks, columns are models."""
   models = sorted(accuracies, key=lambda m: (m != CANDIDATE, m))
   names = _ordered({n for values in accuracies.values() for n in values})
   width = max([len(n) for n in names] + [10])
-  lines = ['  ' + 'accuracy'.ljust(width) + ''.join(f'{m:>12}' for m in models)]
+  lines = ['  ' + metric.ljust(width) + ''.join(f'{m:>12}' for m in models)]
   for name in names:
     cells = ''.join(
         f'{accuracies[m][name]:>12.4f}' if name in accuracies[m] else
@@ -98,8 +104,8 @@ def _curves(accuracies):
   return curves
 
 
-def plot_png(accuracies):
-  """PNG bytes: accuracy vs epsilon per attack, one line per model."""
+def plot_png(accuracies, metric='accuracy'):
+  """PNG bytes: `metric` vs epsilon per attack, one line per model."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -114,8 +120,9 @@ def plot_png(accuracies):
                 label=model)
     axis.set_title(f'{group[0].upper()} {group[1]}')
     axis.set_xlabel('epsilon')
-    axis.set_ylabel('accuracy')
-    axis.set_ylim(0.0, 1.02)
+    axis.set_ylabel(metric)
+    if metric == 'accuracy':
+      axis.set_ylim(0.0, 1.02)
     axis.grid(alpha=0.3)
     if axis.lines:
       axis.legend()
@@ -126,11 +133,13 @@ def plot_png(accuracies):
   return buffer.getvalue()
 
 
-def write_report(evaluation_uri, blessed, failures):
-  """Writes robustness.png and robustness.html next to TFMA's output."""
+def write_report(evaluation_uri, blessed, failures, metric=None):
+  """Writes robustness.png and robustness.html next to TFMA's output;
+  `metric` (a TFMA name) is the gated one, default the accuracy."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  accuracies = load_accuracies(evaluation_uri)
-  png = plot_png(accuracies)
+  accuracies = load_accuracies(evaluation_uri, metric)
+  label = metric.replace('_', ' ') if metric else 'accuracy'
+  png = plot_png(accuracies, label)
   with tf.io.gfile.GFile(os.path.join(evaluation_uri, REPORT_PNG), 'wb') as f:
     f.write(png)
   models = sorted(accuracies, key=lambda m: (m != CANDIDATE, m))
@@ -144,10 +153,10 @@ def write_report(evaluation_uri, blessed, failures):
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px;
 text-align:right}}td:first-child{{text-align:left}}</style></head>
 <body>
-<h1>Clean vs attacked accuracy</h1>
+<h1>Clean vs attacked {html.escape(label)}</h1>
 <p>White-box attacks on each model being judged (NSL's attack code).
 Blessed: <b id="blessed">{blessed}</b></p>
-<img id="curve" alt="accuracy vs epsilon" src="data:image/png;base64,{base64.b64encode(png).decode()}">
+<img id="curve" alt="{html.escape(label)} vs epsilon" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <table id="accuracy"><tr><th>attack</th>{''.join(f'<th>{html.escape(m)}</th>' for m in models)}</tr>
 {rows}</table>
 <h2>Threshold failures</h2>
