@@ -211,22 +211,29 @@ def test_l2_attacks_stay_in_their_l2_ball(digits_model):
   assert accuracy['fgsm_l2_eps1'] < accuracy['clean']
 
 
+@pytest.fixture(scope='module')
+def tabular_setup(tmp_path_factory):
+  """(raw eval rows, TransformGraph, Model, Examples) of tabular_testing."""
+  from graph_testing import write_examples_artifact
+  import tabular_testing as tabular
+  root = tmp_path_factory.mktemp('tabular')
+  rows = tabular.raw_rows(1200)
+  transform = tabular.write_transform_graph(str(root / 'tft'), rows[:800])
+  model = tabular.binary_model(str(root / 'model'), transform.uri, rows[:800])
+  examples = write_examples_artifact(root / 'examples', {'eval': rows[800:]})
+  return rows[800:], transform, model, examples
+
+
 def test_raw_examples_with_transform_binary_head_and_the_users_metrics(
-    tmp_path, caplog):
+    tmp_path, caplog, tabular_setup):
   """A tabular model as TFX users have it: raw examples, a Transform graph
   that computes the label, 20 float inputs and an int one, a sigmoid head;
   the user's AUC, calibration and slices on clean and attacked predictions."""
   import logging
   import tensorflow_model_analysis as tfma
-  from graph_testing import write_examples_artifact
   import tabular_testing as tabular
   from tfx_nsl.components.robustness_evaluator import report
-  rows = tabular.raw_rows(1200)
-  transform = tabular.write_transform_graph(str(tmp_path / 'tft'), rows[:800])
-  model = tabular.binary_model(str(tmp_path / 'model'), transform.uri,
-                               rows[:800])
-  examples = write_examples_artifact(tmp_path / 'examples',
-                                     {'eval': rows[800:]})
+  _, transform, model, examples = tabular_setup
   attack = 'pgd_linf_eps0.3_steps10_step0.05'
   user = tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(label_key=tabular.LABEL)],
@@ -267,6 +274,56 @@ def test_raw_examples_with_transform_binary_head_and_the_users_metrics(
   # The int input is left alone without warnings.
   text = caplog.text
   assert 'Cannot perturb' not in text and 'must be floating' not in text
+
+
+def test_raw_attack_space_moves_raw_columns_through_the_transform(
+    tabular_setup):
+  """attack_space='raw': FGSM on the raw floats through Transform's layer
+  equals a direct GradientTape FGSM on the raw floats."""
+  import tensorflow as tf
+  import tensorflow_transform as tft
+  import tabular_testing as tabular
+  from tfx_nsl.pipelines.datasets import _example
+  rows, transform, model_artifact, _ = tabular_setup
+  model = tf.keras.models.load_model(
+      os.path.join(model_artifact.uri, 'Format-Serving'))
+  serialized = [_example(r).SerializeToString() for r in rows]
+  eps = 1.5  # raw units: the columns have a standard deviation of about 3
+  settings = attacks.AttackSettings(
+      label_key=tabular.LABEL, transform_graph=transform.uri,
+      attack_space=attacks.RAW)
+  ours, _ = attacks.predictions_under_attacks(
+      model, serialized, ['clean', f'fgsm_linf_eps{eps}'], settings)
+  layer = tft.TFTransformOutput(transform.uri).transform_features_layer()
+  raw = tf.io.parse_example(tf.constant(serialized),
+                            tabular.raw_feature_spec())
+  floats = {k: raw[k] for k in tabular.FLOATS}
+  rest = {k: v for k, v in raw.items() if k not in floats}
+
+  def predict(x):
+    out = layer({**x, **rest})
+    return model({k: tf.reshape(out[k], [-1, 1])
+                  for k in model.input_names})
+
+  labels = tf.cast(tf.reshape(layer(raw)[tabular.LABEL], [-1, 1]), tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(floats)
+    loss = tf.keras.losses.binary_crossentropy(labels, predict(floats))
+  gradients = tape.gradient(loss, floats)
+  direct = predict({k: v + eps * tf.sign(gradients[k])
+                    for k, v in floats.items()}).numpy()
+  np.testing.assert_allclose(ours[f'fgsm_linf_eps{eps}'], direct, atol=1e-4)
+  clean = ((ours['clean'][:, 0] > 0.5) == labels.numpy()[:, 0]).mean()
+  attacked = ((direct[:, 0] > 0.5) == labels.numpy()[:, 0]).mean()
+  assert attacked < clean - 0.05
+  # Without the Transform graph there is no raw space to attack.
+  from tfx.types import channel_utils, standard_artifacts
+  from tfx_nsl.components import RobustnessEvaluator
+  with pytest.raises(ValueError, match='pass transform_graph'):
+    RobustnessEvaluator(
+        examples=channel_utils.as_channel([standard_artifacts.Examples()]),
+        model=channel_utils.as_channel([standard_artifacts.Model()]),
+        attack_space='raw')
 
 
 def test_head_inference_and_the_evaluators_head_errors():

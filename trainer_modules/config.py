@@ -58,12 +58,12 @@ Keys (all optional except `feature_keys`):
   optimizer          'adam' (default), 'sgd' or 'rmsprop'.
   learning_rate      Adam learning rate (default 1e-3).
   batch_size         global batch size, split across replicas (default 32).
-
-Examples without a label (e.g. unlabeled seeds from GraphAugmentation) take
-part in graph regularization only: their supervised loss has weight 0.
   epochs             the Trainer's train steps are spread over this many
                      epochs (default 1).
   seed               TensorFlow and shuffle seed (default 0).
+
+Examples without a label (e.g. unlabeled seeds from GraphAugmentation) take
+part in graph regularization only: their supervised loss has weight 0.
 """
 import dataclasses
 from typing import Any, Dict, List, Optional

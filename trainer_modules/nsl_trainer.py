@@ -1,17 +1,22 @@
-"""TFX Trainer `run_fn` with NSL graph and/or adversarial regularization.
+"""TFX Trainer modules with NSL graph and/or adversarial regularization.
 
-Use it from the installed package (so it also runs on Kubeflow workers):
+Three ways in, one data path (`_Inputs`) and one set of NSL wrappers:
 
   Trainer(run_fn='tfx_nsl.trainer_modules.nsl_trainer.run_fn',
           custom_config={...},  # documented in tfx_nsl.trainer_modules.config
-          ...)
+          ...)                  # the built-in model, or `model_fn`
+  Trainer(module_file='my_trainer.py', ...)   # run_fn = make_run_fn(model_fn)
+  add_nsl(model, fn_args, ...)                 # inside your own run_fn
 
-The model trains inside NSL's Keras wrappers; only the base model is
-exported, with a `serving_default` signature that parses serialized
-tf.Examples holding the raw features (Transform applied inside when used),
-exactly as a plain Trainer would. The export is a Keras SavedModel, so
-`tf.keras.models.load_model` on it gives the base Keras model back (for
-gradient-based attacks in evaluation) without changing what is served.
+Examples are Transform's `transformed_examples`, raw examples with the
+`transform_graph` applied here, or raw examples without Transform
+(`examples_route`); neighbors written by GraphAugmentation take the same
+route as their seed. The model trains inside NSL's Keras wrappers; only the
+base model is exported, with a `serving_default` signature that parses
+serialized tf.Examples holding the raw features the model's inputs come
+from (Transform applied inside when used), as a plain Trainer would. The
+export is a Keras SavedModel, so `tf.keras.models.load_model` on it gives the
+base Keras model back (for gradient-based attacks in evaluation).
 """
 import importlib
 import os

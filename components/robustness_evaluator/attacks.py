@@ -13,9 +13,8 @@ attacks run and which thresholds apply to them:
 """
 import dataclasses
 import re
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 from tfx_nsl import heads
@@ -29,6 +28,10 @@ CLEAN = 'clean'
 # batches of hundreds took 31 s (5,000 examples).
 DEFAULT_BATCH_SIZE = 512
 METHODS = ('fgsm', 'pgd')
+# What the attacks move (ModelInputs): the model's inputs, after Transform,
+# or the raw features, through the Transform graph.
+MODEL_INPUTS, RAW = 'model_inputs', 'raw'
+ATTACK_SPACES = (MODEL_INPUTS, RAW)
 NORMS = {'linf': 'infinity', 'l2': 'l2'}
 _NAME = re.compile(
     r'^(?P<method>fgsm|pgd)_(?P<norm>linf|l2)_eps(?P<eps>[0-9.]+)'
@@ -97,6 +100,7 @@ class AttackSettings:
   batch_size: int = DEFAULT_BATCH_SIZE
   head: str = heads.AUTO
   transform_graph: Optional[str] = None  # a TFX TransformGraph's uri
+  attack_space: str = MODEL_INPUTS
 
 
 def model_input_spec(model):
@@ -106,10 +110,12 @@ def model_input_spec(model):
 
 
 def perturbed_features(features, settings):
-  """The inputs an attack moves: floats only (ints and strings have no
-  gradient), and of those `settings.perturb_features` when given."""
-  return [k for k, v in features.items() if v.dtype.is_floating and (
-      not settings.perturb_features or k in settings.perturb_features)]
+  """The inputs an attack moves: dense floats only (ints and strings have no
+  gradient; a missing optional value has no place to move), and of those
+  `settings.perturb_features` when given."""
+  return [k for k, v in features.items()
+          if isinstance(v, tf.Tensor) and v.dtype.is_floating and (
+              not settings.perturb_features or k in settings.perturb_features)]
 
 
 def _nsl_config(attack, settings, perturbed):
@@ -127,11 +133,13 @@ def _nsl_config(attack, settings, perturbed):
 
 
 def attack_features(model, features, labels, attack, settings, head=None):
-  """Features perturbed by `attack` against `model` (white-box), in the
-  units of the model's inputs; non-float inputs pass through unchanged."""
+  """Features perturbed by `attack` against `model` (a Keras model, or a
+  callable when `head` is given) white-box, in the units of `features`;
+  the others pass through unchanged."""
   nsl = import_nsl()
   head = head or heads.infer(model, settings.head)
-  features = {k: tf.convert_to_tensor(v) for k, v in features.items()}
+  features = {k: v if isinstance(v, (tf.SparseTensor, tf.RaggedTensor))
+              else tf.convert_to_tensor(v) for k, v in features.items()}
   perturbed = perturbed_features(features, settings)
   if not perturbed:
     return features
@@ -153,15 +161,20 @@ def attack_features(model, features, labels, attack, settings, head=None):
 
 
 class ModelInputs:
-  """Serialized examples -> (model inputs, label, Transform's dense
-  outputs) for one model: raw examples go through the Transform graph
-  first when the evaluator has one, so attacks move the model's own
-  (transformed) float inputs."""
+  """Serialized examples -> what the attacks need, for one model.
+
+  Raw examples go through the Transform graph first when the evaluator has
+  one. In the MODEL_INPUTS space attacks move the model's own (transformed)
+  float inputs; in the RAW space they move the raw dense float features,
+  with gradients through the Transform graph (a z-score is differentiable; a
+  vocabulary lookup is not, and string columns are not moved anyway).
+  """
 
   def __init__(self, model, settings):
     self._spec = model_input_spec(model)
     self._label_key = settings.label_key
     self._regression = settings.head == 'regression'
+    self._space = settings.attack_space
     self._transform = None
     if settings.transform_graph:
       import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
@@ -182,6 +195,9 @@ class ModelInputs:
             f'label_key {self._label_key!r} is neither a raw feature nor a '
             f'Transform output; raw features: {sorted(self._raw_spec)}, '
             f'outputs: {sorted(transformed)}')
+    elif self._space == RAW:
+      raise ValueError("attack_space 'raw' needs the transform_graph; without "
+                       "one the model's inputs are the raw features")
     elif self._label_key in self._spec:
       raise ValueError(f'label_key {self._label_key!r} is a model input')
 
@@ -192,7 +208,20 @@ class ModelInputs:
       dtype = tf.float32 if self._regression else tf.int64
     return {self._label_key: tf.io.FixedLenFeature([1], dtype)}
 
+  def _dense_outputs(self, raw):
+    transformed = self._transform(raw)
+    return {k: v[:, tf.newaxis] if v.shape.rank == 1 else v
+            for k, v in transformed.items() if isinstance(v, tf.Tensor)}
+
+  def to_model(self, features):
+    """Model inputs from the attack space's features."""
+    if self._space != RAW:
+      return features
+    dense = self._dense_outputs(features)
+    return {k: dense[k] for k in self._spec}
+
   def __call__(self, serialized):
+    """(features in the attack space, labels, Transform's dense outputs)."""
     serialized = tf.constant(serialized)
     if self._transform is None:
       parsed = tf.io.parse_example(serialized,
@@ -204,12 +233,11 @@ class ModelInputs:
       raw_spec.update(self._raw_label_spec())
     raw = tf.io.parse_example(serialized, raw_spec)
     label = None if self._label_from_transform else raw.pop(self._label_key)
-    transformed = self._transform(raw)
-    dense = {k: v[:, tf.newaxis] if v.shape.rank == 1 else v
-             for k, v in transformed.items() if isinstance(v, tf.Tensor)}
+    dense = self._dense_outputs(raw)
     if label is None:
       label = dense[self._label_key]
-    return {k: dense[k] for k in self._spec}, label, dense
+    features = raw if self._space == RAW else {k: dense[k] for k in self._spec}
+    return features, label, dense
 
 
 def predictions_under_attacks(model, serialized, attack_names, settings,
@@ -220,10 +248,14 @@ def predictions_under_attacks(model, serialized, attack_names, settings,
   inputs = inputs or ModelInputs(model, settings)
   head = head or heads.infer(model, settings.head)
   features, labels, transformed = inputs(serialized)
+
+  def predict(x, training=False):
+    return model(inputs.to_model(x), training=training)
+
   tf.random.set_seed(seed)  # random starts are repeatable
   results = {}
   for name in attack_names:
     attacked = features if name == CLEAN else attack_features(
-        model, features, labels, Attack.parse(name), settings, head)
-    results[name] = head.predictions(model(attacked, training=False)).numpy()
+        predict, features, labels, Attack.parse(name), settings, head)
+    results[name] = head.predictions(predict(attacked)).numpy()
   return results, {k: v.numpy() for k, v in transformed.items()}

@@ -77,7 +77,8 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       head: str = heads.AUTO,
       eval_config: Optional[tfma.EvalConfig] = None,
       max_clean_error: Optional[float] = None,
-      max_attacked_error: Optional[Union[float, Dict[str, float]]] = None):
+      max_attacked_error: Optional[Union[float, Dict[str, float]]] = None,
+      attack_space: str = attacks_lib.MODEL_INPUTS):
     """Constructs a RobustnessEvaluator.
 
     Args:
@@ -126,6 +127,13 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       max_clean_error, max_attacked_error: the gates of a regression model:
         bless only at or below this mean squared error, clean and under every
         attack (a float) or per attack name (a dict).
+      attack_space: what the attacks move, and so the units of epsilon:
+        'model_inputs' (default), the model's float inputs, after Transform
+        (e.g. z-scores); or 'raw' (needs `transform_graph`), the raw dense
+        float features, with gradients through the Transform graph, so that
+        epsilon is in the raw columns' own units (optional raw features,
+        parsed as sparse, are then left alone). `perturb_features`,
+        `clip_min` and `clip_max` refer to features of that space.
     """
     if label_key is None:
       label_key = next((spec.label_key for spec in
@@ -133,6 +141,12 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
                         if spec.label_key), constants.LABEL_FEATURE)
     if head != heads.AUTO:
       heads.Head(head)
+    if attack_space not in attacks_lib.ATTACK_SPACES:
+      raise ValueError(f'attack_space must be one of '
+                       f'{attacks_lib.ATTACK_SPACES}, got {attack_space!r}')
+    if attack_space == attacks_lib.RAW and transform_graph is None:
+      raise ValueError("attack_space 'raw' attacks the raw features through "
+                       'the Transform graph: pass transform_graph')
     names = []
     for spec in attacks:
       attack = (attacks_lib.Attack.parse(spec) if isinstance(spec, str)
@@ -177,7 +191,7 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
     settings = attacks_lib.AttackSettings(
         label_key=label_key, perturb_features=perturb_features,
         clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
-        head=head)
+        head=head, attack_space=attack_space)
     spec = RobustnessEvaluatorSpec(
         examples=examples, model=model, baseline_model=baseline_model,
         transform_graph=transform_graph,
