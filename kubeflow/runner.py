@@ -15,7 +15,7 @@ docs/kubeflow.md.
 """
 import os
 
-# Before anything imports TensorFlow (design.md, "Keras 2 only"): compiling
+# Before anything imports TensorFlow (docs/design.md, "Keras 2 only"): compiling
 # imports the components, and they import TFX, which imports TF.
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

@@ -87,11 +87,10 @@ def write_digits(data_root, eval_fraction=0.2, seed=0):
   return write_splits(directory, digits_splits(eval_fraction, seed))
 
 
-# Cora citation graph (LINQS), Planetoid split; see shared/data/cora/README.md.
-# TFX_NSL_CORA_DIR overrides the default, the repository's sibling shared/.
+# Cora citation graph (LINQS), Planetoid split, bundled with the package
+# (data/cora/README.md); TFX_NSL_CORA_DIR points elsewhere.
 CORA_DIR = os.environ.get('TFX_NSL_CORA_DIR') or os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data',
-    'cora')
+    os.path.dirname(os.path.abspath(__file__)), 'data', 'cora')
 CORA_FEATURE = 'words'
 CORA_NUM_WORDS = 1433
 CORA_NUM_CLASSES = 7
@@ -111,7 +110,7 @@ def _cora_folder(cora_dir=None):
   if not os.path.isfile(os.path.join(directory, 'nodes.tsv')):
     raise FileNotFoundError(
         f'Cora is not in {directory}: expected nodes.tsv, edges.tsv and '
-        'planetoid_split.tsv there (see shared/data/cora/README.md)')
+        'planetoid_split.tsv there (the format: pipelines/data/cora/README.md)')
   return directory
 
 

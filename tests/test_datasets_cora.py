@@ -10,8 +10,9 @@ from tfx_nsl.pipelines import datasets
 
 
 
-def test_cora_data_is_beside_the_checkout():
-  # ../shared/data/cora ships beside every checkout (CI included).
+def test_cora_data_ships_inside_the_package():
+  package = os.path.dirname(os.path.abspath(datasets.__file__))
+  assert os.path.commonpath([datasets.CORA_DIR, package]) == package
   assert os.path.isfile(os.path.join(datasets.CORA_DIR, 'nodes.tsv'))
 
 

@@ -22,9 +22,8 @@ from tfx_nsl.components.graph_augmentation import augment_core
 from tfx_nsl.components.graph_augmentation import executor
 from tfx_nsl.components.graph_augmentation import GraphAugmentation
 from tfx_nsl.nsl_compat import import_nsl
+from tfx_nsl.pipelines import datasets
 
-CORA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data',
-                    'cora')
 
 
 # ---------------------------------------------------------------- helpers
@@ -499,7 +498,7 @@ def test_bad_inputs_are_counted_not_lost(tmp_path):
 
 def test_joins_graph_builder_graph_on_id_less_examples(tmp_path):
   """Examples without an id feature: both components name them by the same
-  digest, so GraphBuilder's graph joins (design.md's content-derived ids)."""
+  digest, so GraphBuilder's graph joins (docs/design.md's content-derived ids)."""
   from tfx_nsl.components.graph_builder import executor as builder
   from tfx_nsl.components.graph_builder.params import GraphBuilderParams
   rng = random.Random(3)
@@ -687,7 +686,7 @@ def test_local_dag_runner_with_imported_graph(tmp_path):
 def _cora():
   """(papers {id: (label, words)}, citing->cited lines, {id: split})."""
   def rows(name):
-    with open(os.path.join(CORA, name)) as f:
+    with open(os.path.join(datasets.CORA_DIR, name)) as f:
       return [line.rstrip('\n').split('\t') for line in f][1:]
   papers = {r[0]: (r[1], [int(w) for w in r[2].split()])
             for r in rows('nodes.tsv')}

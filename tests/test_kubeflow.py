@@ -169,7 +169,7 @@ def test_executors_artifact_types_and_user_code_import_from_the_package(
     for key, parameter in task.inputs.parameters.items():
       if key in ('run_fn', 'module_path', 'preprocessing_fn', 'tuner_fn'):
         functions.add(parameter.runtime_value.constant.string_value)
-      # Module files are not shipped to KFP workers (design.md).
+      # Module files are not shipped to KFP workers (docs/design.md, "Kubeflow").
       if key == 'module_file':
         assert not parameter.runtime_value.constant.string_value, task
   custom = [t for t in titles if t.startswith('tfx_nsl.')]

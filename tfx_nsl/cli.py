@@ -1,7 +1,7 @@
 """`tfx-nsl` command line: `tfx-nsl run` runs the pipeline locally."""
 import os
 
-# Before anything imports TensorFlow (see design.md, "Keras 2 only").
+# Before anything imports TensorFlow (docs/design.md, "Keras 2 only").
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 

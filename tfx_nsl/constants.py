@@ -1,6 +1,6 @@
 """Names and defaults shared by components, trainer modules and pipelines."""
 
-# Feature that names an example in graph edges (design.md, "Example ids").
+# Feature that names an example in graph edges (docs/design.md, "Example ids").
 ID_FEATURE = 'id'
 LABEL_FEATURE = 'label'
 

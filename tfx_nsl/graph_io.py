@@ -65,7 +65,7 @@ def node_id(values, serialized):
 
   One bytes value is decoded (UTF-8, as pack_nbrs does), one int64 value is
   written in decimal; no value at all means the id is derived from the
-  example's bytes (design.md), the same way in GraphBuilder and
+  example's bytes (docs/design.md), the same way in GraphBuilder and
   GraphAugmentation so their graphs join (when both read the same records).
   Anything else (several values, floats, undecodable bytes, a tab or line
   break, which the TSV format cannot hold) is no usable id: None.
@@ -115,7 +115,7 @@ def describe_example_id(example, id_feature):
 def derive_example_id(serialized):
   """Id of an example without an id feature: a digest of its bytes.
 
-  Deterministic (design.md: never a random uuid), so reruns give the same
+  Deterministic (docs/design.md: never a random id), so reruns give the same
   graph and GraphAugmentation finds the same node.
   """
   import hashlib  # pylint: disable=g-import-not-at-top
