@@ -27,7 +27,8 @@ find_python310 = $(firstword $(foreach p,$(PYTHON) python3.10 \
         >/dev/null 2>&1 && echo $(p))))
 
 .PHONY: help install run test test-fast clean constraints chromium bench-graph bench-augment \
-  bench-quality bench-eval bench-engines kfp-compile engines-fetch flink-up spark-up engines-down
+  bench-quality bench-eval bench-engines kfp-compile engines-fetch flink-up spark-up engines-down \
+  docs
 
 help:
 	@echo "make run    run the NSL pipeline on the bundled digits data (outputs in $(OUTPUT_ROOT)/)"
@@ -37,6 +38,7 @@ help:
 	@echo "make flink-up | spark-up | engines-down   local clusters (docs/engines.md)"
 	@echo "make bench-graph | bench-augment | bench-quality | bench-eval   benchmarks (docs/benchmarks.md)"
 	@echo "make kfp-compile  compile the Kubeflow/Vertex pipeline spec (KFP_IMAGE=..., KFP_PIPELINE_ROOT=gs://...)"
+	@echo "make docs   regenerate the component reference pages (docs/components/) from the docstrings"
 	@echo "make clean  remove $(OUTPUT_ROOT)/, build outputs and .venv"
 
 install: $(STAMP)
@@ -58,6 +60,9 @@ $(STAMP): constraints.txt setup.py pyproject.toml
 
 run: $(STAMP)
 	$(VENV)/bin/tfx-nsl run --output-root $(OUTPUT_ROOT) --engine $(ENGINE)
+
+docs: $(STAMP)
+	$(PY) -m tfx_nsl.reference docs/components
 
 # The engine tests start the clusters they need and stop them afterwards.
 test: $(STAMP) chromium engines-fetch

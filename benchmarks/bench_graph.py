@@ -196,7 +196,7 @@ def _executor_run(spec, beam_args):
   context = executor.Executor.Context(beam_pipeline_args=beam_args,
                                       tmp_dir=spec['graph_out'] + '-tmp')
   values = GraphBuilderParams(embedding_features=['emb'],
-                              **spec['params']).to_dict()
+                              **spec['params']).to_exec_properties()
   start = time.time()
   executor.Executor(context).Do({'examples': [examples]}, {'graph': [graph]},
                                 values)
@@ -426,14 +426,16 @@ def bench_lsh(args, work):
   data = write_dataset(root, args.lsh_n, args.lsh_d, 3, 8)
   print(f'lsh: data {data}', flush=True)
   params = dict(similarity_threshold=args.lsh_threshold, max_neighbors=args.k,
-                undirected=False, mode=args.approx_mode,
-                recall_sample_size=1000)
+                undirected=False)
+  # The mode section as JSON-able data (specs travel to subprocesses).
   if args.approx_mode == 'lsh':
-    params.update(lsh_splits=args.lsh_splits, lsh_rounds=args.lsh_rounds,
-                  lsh_max_bucket_size=args.lsh_max_bucket_size)
+    params['mode'] = {'lsh': dict(
+        splits=args.lsh_splits, rounds=args.lsh_rounds,
+        max_bucket_size=args.lsh_max_bucket_size, recall_sample_size=1000)}
   else:
-    params.update(partition_size=args.partition_size,
-                  partition_probes=args.partition_probes)
+    params['mode'] = {'partition': dict(
+        size=args.partition_size, probes=args.partition_probes,
+        recall_sample_size=1000)}
 
   def spec_for(name, r):
     return {'examples': os.path.join(root, 'examples'),

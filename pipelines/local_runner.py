@@ -1,14 +1,13 @@
 """Runs the pipeline locally: LocalDagRunner, Beam DirectRunner, SQLite MLMD."""
-import logging
+import contextlib
 import os
-import sys
-import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, TextIO
 
 from tfx import v1 as tfx
 
 from tfx_nsl import constants
 from tfx_nsl import graph_io
+from tfx_nsl import progress
 from tfx_nsl.components.robustness_evaluator import attacks
 from tfx_nsl.components.robustness_evaluator import report
 from tfx_nsl.pipelines import datasets
@@ -48,45 +47,6 @@ DIGITS_ROBUSTNESS_CONFIG = {
     'clip_min': 0.0,
     'clip_max': 1.0,
 }
-
-
-class _ProgressHandler(logging.Handler):
-  """Prints TFX's per-component start/finish lines with elapsed time."""
-  _START = 'Component %s is running.'
-  _END = 'Component %s is finished.'
-  _CACHED = 'A cached execution %d is used.'
-
-  def __init__(self, stream):
-    super().__init__(logging.INFO)
-    self._stream = stream
-    self._started = {}
-    self._cached = set()
-    self._current = None
-
-  def emit(self, record):
-    if record.msg == self._START:
-      self._current = record.args[0]
-      self._started[self._current] = time.time()
-    elif record.msg == self._END:
-      node = record.args[0]
-      if node in self._cached:
-        status = 'cached: reused the outputs of an identical earlier run'
-      else:
-        status = f'done in {time.time() - self._started[node]:.1f} s'
-      self._stream.write(f'  {node:<18} {status}\n')
-      self._stream.flush()
-    elif record.msg == self._CACHED and self._current:
-      self._cached.add(self._current)
-
-
-def _show_progress(verbose):
-  """Quiet logs except per-component progress, unless `verbose`."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  absl_logging.set_verbosity(absl_logging.INFO)
-  if not verbose:
-    for handler in logging.getLogger().handlers:
-      handler.setLevel(logging.WARNING)
-  logging.getLogger('absl').addHandler(_ProgressHandler(sys.stdout))
 
 
 def latest_outputs(metadata_path, pipeline_name):
@@ -166,6 +126,8 @@ def format_summary(summary):
     lines.append(f"  pushed model: {summary['pushed_model']}")
   else:
     lines.append('  pushed model: none (the model was not blessed)')
+  if summary.get('log'):
+    lines.append(f"  log: {summary['log']}")
   return '\n'.join(lines)
 
 
@@ -184,8 +146,16 @@ def run_local(
     component_beam_args: Optional[Dict[str, Sequence[str]]] = None,
     enable_cache: bool = True,
     verbose: bool = False,
+    terminal: Optional[TextIO] = None,
+    log_path: Optional[str] = None,
 ) -> Dict[str, Any]:
-  """Runs the digits pipeline under `output_root`; returns the summary."""
+  """Runs the digits pipeline under `output_root`; returns the summary.
+
+  Progress goes to `terminal`; every other output goes to `log_path` (by
+  default under `output_root`/logs) unless `verbose`. When `terminal` is
+  given, the caller has already sent the rest to the log
+  (`tfx_nsl.progress.quiet`). Raises `progress.PipelineFailed`.
+  """
   output_root = os.path.abspath(output_root)
   data_root = datasets.write_digits(os.path.join(output_root, 'data'))
   metadata_path = os.path.join(output_root, 'metadata', f'{pipeline_name}.db')
@@ -208,7 +178,13 @@ def run_local(
       beam_pipeline_args=beam_pipeline_args,
       component_beam_args=component_beam_args,
       enable_cache=enable_cache)
-  _show_progress(verbose)
-  print(f'Running pipeline {pipeline_name!r} under {output_root}', flush=True)
-  tfx.orchestration.LocalDagRunner().run(pipeline)
-  return summarize(metadata_path, pipeline_name)
+  log_path = log_path or progress.log_path(output_root, pipeline_name)
+  with contextlib.ExitStack() as stack:
+    if terminal is None:
+      terminal = stack.enter_context(progress.quiet(log_path, verbose))
+    progress.run_with_progress(
+        lambda: tfx.orchestration.LocalDagRunner().run(pipeline), terminal,
+        log_path)
+  summary = summarize(metadata_path, pipeline_name)
+  summary['log'] = log_path
+  return summary

@@ -5,6 +5,7 @@ from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from tfx_nsl import constants
+from tfx_nsl import parameters
 from tfx_nsl import types as tfx_nsl_types
 from tfx_nsl.components import GraphAugmentation
 from tfx_nsl.components import GraphBuilder
@@ -106,6 +107,8 @@ def create_pipeline(
                                      graph=graph, **graph_augmentation_config)
     training_examples = augmentation.outputs['augmented_examples']
   def make_trainer(custom_config):
+    custom_config[parameters.FINGERPRINT_KEY] = parameters.fingerprint(
+        custom_config.get('model_fn'))
     return tfx.components.Trainer(
         run_fn=TRAINER_RUN_FN,
         examples=training_examples,

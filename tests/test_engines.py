@@ -15,6 +15,7 @@ from tfx_nsl import constants
 from tfx_nsl import engines
 from tfx_nsl.components.graph_augmentation import executor as augment_executor
 from tfx_nsl.components.graph_builder import executor as graph_executor
+from tfx_nsl.components.graph_builder.params import Exact, Lsh, Partition
 
 import test_graph_augmentation as augmentation_tests
 import test_graph_builder as graph_tests
@@ -27,17 +28,18 @@ NUM = 3000  # Several bundles per stage on 2 workers.
 # top-k; exact with a top-k runs on model embeddings (test_graph_builder_model_embeddings_same_graph): one job
 # fewer per engine, and the read paths differ only before the corpus.
 EXACT = dict(similarity_threshold=0.0, max_neighbors=5, undirected=True,
-             block_size=256, num_shards=2)
+             mode=Exact(block_size=256), num_shards=2)
 GRAPH_CASES = {
     'lsh': dict(similarity_threshold=0.0, max_neighbors=5, undirected=False,
-                mode='lsh', lsh_splits=5, lsh_rounds=6, recall_sample_size=300),
+                mode=Lsh(splits=5, rounds=6, recall_sample_size=300)),
     # Exact without a top-k: every pair over the threshold (pair_edges),
     # symmetric as scored, so no reverse edges are added.
     'pairs': dict(similarity_threshold=0.97, max_neighbors=None,
-                  undirected=True, block_size=512),
+                  undirected=True, mode=Exact(block_size=512)),
     'partition': dict(similarity_threshold=0.0, max_neighbors=5,
-                      undirected=False, mode='partition', partition_size=150,
-                      partition_probes=4, recall_sample_size=300),
+                      undirected=False,
+                      mode=Partition(size=150, probes=4,
+                                     recall_sample_size=300)),
 }
 
 

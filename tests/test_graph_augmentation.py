@@ -513,7 +513,7 @@ def test_joins_graph_builder_graph_on_id_less_examples(tmp_path):
   builder.Executor(context).Do(
       {'examples': [examples]}, {'graph': [graph]}, GraphBuilderParams(
           embedding_features=['x'], similarity_threshold=-1.0,
-          max_neighbors=2, undirected=False).to_dict())
+          max_neighbors=2, undirected=False).to_exec_properties())
   output = standard_artifacts.Examples()
   output.uri = str(tmp_path / 'output')
   executor.Executor(context).Do(
@@ -596,13 +596,13 @@ def test_component_validates_parameters():
   assert component.exec_properties['seed_splits'] == ['train']
   assert 'augmented_examples' in component.outputs
   bad = [
-      (dict(max_neighbors=0), 'max_neighbors must be >= 1'),
-      (dict(max_neighbors=True), 'max_neighbors must be an int'),
+      (dict(max_neighbors=0), 'max_neighbors=0 is not allowed: must be >= 1'),
+      (dict(max_neighbors=True), 'max_neighbors=True must be of type int'),
       (dict(seed_splits='train'), r"e.g. \['train'\]"),
       (dict(seed_splits=[]), 'at least one'),
-      (dict(neighbor_splits=['train', 'train']), 'more than once'),
+      (dict(neighbor_splits=['train', 'train']), 'distinct non-empty names'),
       (dict(neighbor_features=['NL_nbr_0_x']), 'features this component'),
-      (dict(add_undirected_edges='yes'), 'True or False'),
+      (dict(add_undirected_edges='yes'), r"add_undirected_edges='yes' must be of type bool"),
       (dict(id_feature=''), 'id_feature'),
       (dict(unlabeled_as_seeds=True, seed_splits=['train', 'unlabeled']),
        'do not also list it'),

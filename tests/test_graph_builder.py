@@ -8,6 +8,7 @@ from graph_testing import (clustered_embeddings, linear_embedding_model,
                            read_graph, write_examples_artifact)
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_builder import graph_core
+from tfx_nsl.components.graph_builder.params import Exact, Lsh, Partition
 from tfx_nsl.pipelines.datasets import _example
 
 
@@ -166,7 +167,7 @@ def _run_executor(tmp_path, splits, name='graph', beam_args=None, model=None,
   examples = write_examples_artifact(tmp_path / f'{name}-examples', splits)
   graph = Graph()
   graph.uri = str(tmp_path / name)
-  values = GraphBuilderParams(**params).to_dict()
+  values = GraphBuilderParams(**params).to_exec_properties()
   inputs = {'examples': [examples]}
   if model is not None:
     inputs['model'] = [model]
@@ -224,7 +225,7 @@ def test_executor_top_k_is_byte_identical_across_running_modes(tmp_path):
     graph, found, stats = _run_executor(
         tmp_path, splits, name=mode, embedding_features=['emb'],
         similarity_threshold=0.0, max_neighbors=4, undirected=False,
-        num_shards=2, block_size=128,
+        num_shards=2, mode=Exact(block_size=128),
         beam_args=[f'--direct_running_mode={mode}', '--direct_num_workers=2'])
     contents.append([open(p, 'rb').read()
                      for p in graph_io.edge_files(graph.uri)])
@@ -242,8 +243,8 @@ def test_executor_lsh_reports_recall(tmp_path):
   vectors = clustered_embeddings(3000, 16, 30, 0.3, seed=6)
   _, found, stats = _run_executor(
       tmp_path, {'train': _rows(vectors)}, embedding_features=['emb'],
-      similarity_threshold=0.0, max_neighbors=5, undirected=False, mode='lsh',
-      lsh_splits=5, lsh_rounds=6, recall_sample_size=300)
+      similarity_threshold=0.0, max_neighbors=5, undirected=False,
+      mode=Lsh(splits=5, rounds=6, recall_sample_size=300))
   assert stats['estimated_recall_at_k'] >= 0.9
   assert stats['num_edges'] == len(found) == 3000 * 5
   assert stats['counters']['lsh_buckets'] > 6
@@ -254,8 +255,7 @@ def test_executor_partition_mode_reports_recall(tmp_path):
   _, found, stats = _run_executor(
       tmp_path, {'train': _rows(vectors)}, embedding_features=['emb'],
       similarity_threshold=0.0, max_neighbors=5, undirected=False,
-      mode='partition', partition_size=150, partition_probes=4,
-      recall_sample_size=300)
+      mode=Partition(size=150, probes=4, recall_sample_size=300))
   assert stats['estimated_recall_at_k'] >= 0.9
   assert stats['num_edges'] == len(found) == 3000 * 5
   assert stats['counters']['partitions'] == 20
@@ -378,13 +378,13 @@ def test_component_validates_parameters_at_construction():
   examples = channel_utils.as_channel([standard_artifacts.Examples()])
   with pytest.raises(ValueError, match='embedding_features'):
     GraphBuilder(examples=examples)
-  with pytest.raises(ValueError, match='similarity must be one of'):
+  with pytest.raises(ValueError, match=r"similarity='l1' is not allowed: one of"):
     GraphBuilder(examples=examples, embedding_features=['x'], similarity='l1')
-  with pytest.raises(ValueError, match='max_neighbors must be >= 1'):
+  with pytest.raises(ValueError, match='max_neighbors=0 is not allowed: must be >= 1'):
     GraphBuilder(examples=examples, embedding_features=['x'], max_neighbors=0)
-  with pytest.raises(ValueError, match='mode must be one of'):
+  with pytest.raises(ValueError, match=r"mode='fast' is not allowed: give Exact\(\)"):
     GraphBuilder(examples=examples, embedding_features=['x'], mode='fast')
-  with pytest.raises(ValueError, match='finite number, got -inf'):
+  with pytest.raises(ValueError, match='similarity_threshold=-inf is not allowed: a finite'):
     GraphBuilder(examples=examples, embedding_features=['x'],
                  similarity='dot', similarity_threshold=float('-inf'))
   builder = GraphBuilder(examples=examples, embedding_features=['x'],

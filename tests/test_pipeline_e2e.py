@@ -79,6 +79,43 @@ def test_run_pushes_a_robust_model_and_reports(first_run):
 
 
 @pytest.mark.slow
+def test_run_output_is_progress_and_summary_only(first_run):
+  root, stdout = first_run
+  lines = stdout.splitlines()
+  assert lines[0].startswith(f"Running pipeline '{PIPELINE}'")
+  log = lines[1].split('logs: ', 1)[1].split(' (--verbose')[0]
+  assert log.startswith(str(root / 'logs'))
+  progress = [line for line in lines if line.startswith('  ') and
+              line.split()[0] in NODES]
+  # One line each, in the runner's (topological) order.
+  assert sorted(line.split()[0] for line in progress) == sorted(NODES)
+  assert all(' done in ' in line for line in progress), progress
+  # Keras epoch lines, TensorFlow, absl and Beam logs went to the log file.
+  for noise in ('Epoch ', 'WARNING', 'tensorflow/', 'INFO:', 'absl',
+                'apache_beam'):
+    assert noise not in stdout, noise
+  with open(log) as f:
+    logged = f.read()
+  assert 'Component Trainer is running.' in logged
+
+
+def test_failed_run_names_the_component_and_the_log(tmp_path):
+  cli = os.path.join(os.path.dirname(sys.executable), 'tfx-nsl')
+  result = subprocess.run(
+      [cli, 'run', '--output-root', str(tmp_path), '--no-cache',
+       '--beam-arg=--direct_running_mode=bogus'],
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert 'ImportExampleGen     FAILED after' in result.stdout
+  assert 'error: ImportExampleGen failed' in result.stderr
+  # The cause, from the log, and where the log is.
+  assert "invalid choice: 'bogus'" in result.stderr
+  (log,) = glob.glob(str(tmp_path / 'logs' / '*.log'))
+  assert f'full log: {log}' in result.stderr
+  assert 'Traceback' in open(log).read()
+
+
+@pytest.mark.slow
 def test_pushed_model_is_the_plain_base_model(first_run):
   import tensorflow as tf
   root, _ = first_run

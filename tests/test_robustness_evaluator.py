@@ -6,7 +6,7 @@ import pytest
 
 from tfx_nsl import heads
 from tfx_nsl.components.robustness_evaluator import attacks
-from tfx_nsl.components.robustness_evaluator.executor import Gates
+from tfx_nsl.components.robustness_evaluator.params import Gates
 from tfx_nsl.components.robustness_evaluator.executor import robustness_eval_config
 
 
@@ -145,7 +145,7 @@ def test_component_validates_at_construction():
     RobustnessEvaluator(examples=examples, model=model,
                         attacks=['fgsm_linf_eps0.1'],
                         min_attacked_accuracy={'fgsm_linf_eps0.2': 0.5})
-  with pytest.raises(ValueError, match='must be in \\[0, 1\\]'):
+  with pytest.raises(ValueError, match=r'min_clean_accuracy=2 is not allowed: an accuracy in \[0, 1\]'):
     RobustnessEvaluator(examples=examples, model=model, min_clean_accuracy=2)
   evaluator = RobustnessEvaluator(
       examples=examples, model=model,
@@ -153,7 +153,9 @@ def test_component_validates_at_construction():
                 'step_size': 0.2}], min_attacked_accuracy=0.3)
   assert evaluator.exec_properties['module_path'].endswith('tfma_module')
   for bad in (0, 2.5, True):
-    with pytest.raises(ValueError, match='batch_size must be an int >= 1'):
+    with pytest.raises(ValueError, match=r'parameter batch_size=(0 is not '
+                       r'allowed: must be >= 1|2.5 must be of type int|True '
+                       r'must be of type int)'):
       RobustnessEvaluator(examples=examples, model=model, batch_size=bad)
 
 
@@ -345,7 +347,7 @@ def test_head_inference_and_the_evaluators_head_errors():
   with pytest.raises(ValueError, match='gate regression models'):
     RobustnessEvaluator(examples=examples, model=model, head='binary',
                         max_clean_error=0.5)
-  with pytest.raises(ValueError, match='head must be one of'):
+  with pytest.raises(ValueError, match="head='sigmoid' is not allowed: one of"):
     RobustnessEvaluator(examples=examples, model=model, head='sigmoid')
   import tensorflow_model_analysis as tfma
   with pytest.raises(ValueError, match='must not set output_names'):

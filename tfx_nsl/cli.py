@@ -47,39 +47,56 @@ def _parser():
 
 def main(argv=None):
   args = _parser().parse_args(argv)
-  from tfx_nsl import constants  # pylint: disable=g-import-not-at-top
-  from tfx_nsl.pipelines import local_runner  # pylint: disable=g-import-not-at-top
-  config = dict(local_runner.DIGITS_TRAINER_CONFIG)
-  if args.no_adversarial:
-    config['adversarial'] = None
-  if args.no_graph:
-    config['graph'] = None
+  from tfx_nsl import progress  # pylint: disable=g-import-not-at-top
+  log = progress.log_path(args.output_root, args.pipeline_name)
+  print(f'Running pipeline {args.pipeline_name!r} under '
+        f'{os.path.abspath(args.output_root)}\n  logs: ' +
+        ('shown here (--verbose)' if args.verbose else
+         f'{log} (--verbose shows them here)'), flush=True)
   start = time.time()
+  failure = None
   with contextlib.ExitStack() as stack:
+    # Before TensorFlow is imported: it logs on import.
+    terminal = stack.enter_context(progress.quiet(log, args.verbose))
+    from tfx_nsl import constants  # pylint: disable=g-import-not-at-top
+    from tfx_nsl.pipelines import local_runner  # pylint: disable=g-import-not-at-top
+    config = dict(local_runner.DIGITS_TRAINER_CONFIG)
+    if args.no_adversarial:
+      config['adversarial'] = None
+    if args.no_graph:
+      config['graph'] = None
     beam_args, per_component = list(constants.DEFAULT_BEAM_ARGS), {}
     if args.engine != 'direct':
       from tfx_nsl import engines  # pylint: disable=g-import-not-at-top
       try:
         beam_args = stack.enter_context(engines.cluster(args.engine))
       except engines.EngineError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+        failure = str(e)
       for component_id, reason in engines.DIRECT_FALLBACK.get(
           args.engine, {}).items():
         print(f'  note: {component_id} runs on the DirectRunner, not '
-              f'{args.engine}: {reason}')
+              f'{args.engine}: {reason}', file=terminal)
         per_component[component_id] = list(engines.FALLBACK_ARGS)
-    summary = local_runner.run_local(
-        output_root=args.output_root,
-        pipeline_name=args.pipeline_name,
-        trainer_config=config,
-        train_steps=args.train_steps,
-        min_accuracy=args.min_accuracy,
-        train_baseline=not args.no_baseline,
-        beam_pipeline_args=beam_args + (args.beam_arg or []),
-        component_beam_args=per_component,
-        enable_cache=not args.no_cache,
-        verbose=args.verbose)
+    summary = None
+    if failure is None:
+      try:
+        summary = local_runner.run_local(
+            output_root=args.output_root,
+            pipeline_name=args.pipeline_name,
+            trainer_config=config,
+            train_steps=args.train_steps,
+            min_accuracy=args.min_accuracy,
+            train_baseline=not args.no_baseline,
+            beam_pipeline_args=beam_args + (args.beam_arg or []),
+            component_beam_args=per_component,
+            enable_cache=not args.no_cache,
+            verbose=args.verbose, terminal=terminal, log_path=log)
+      except progress.PipelineFailed as e:
+        failure = '\n'.join(str(e).splitlines()[:20])
+  if failure is not None:
+    print(f'error: {failure}\n  last lines of the log:', *progress.tail(log),
+          f'  full log: {log}', sep='\n', file=sys.stderr)
+    return 1
   print(local_runner.format_summary(summary))
   print(f'  wall time: {time.time() - start:.0f} s')
   return 0

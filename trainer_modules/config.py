@@ -70,6 +70,7 @@ from typing import Any, Dict, List, Optional
 
 from tfx_nsl import constants
 from tfx_nsl import heads
+from tfx_nsl import parameters
 
 _ADVERSARIAL_DEFAULTS = {
     'multiplier': 0.2,
@@ -130,6 +131,10 @@ class TrainerConfig:
   def from_dict(cls, config):
     if not isinstance(config, dict):
       raise TypeError(f'custom_config must be a dict, got {type(config)}')
+    # The pipeline's fingerprint of the code (tfx_nsl.parameters) is for
+    # TFX's cache key only.
+    config = {k: v for k, v in config.items()
+              if k != parameters.FINGERPRINT_KEY}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(config) - known)
     if unknown:

@@ -10,28 +10,29 @@ from tfx.types.component_spec import ComponentSpec
 from tfx.types.component_spec import ExecutionParameter
 
 from tfx_nsl import constants
+from tfx_nsl import parameters
 from tfx_nsl.components.graph_augmentation import augment_core
+from tfx_nsl.components.graph_augmentation import config
+from tfx_nsl.components.graph_augmentation.config import AugmentParams
 from tfx_nsl.components.graph_augmentation import executor
 from tfx_nsl.types import Graph
 
 # Re-exported for users of the component.
 LABELED_FEATURE = augment_core.LABELED_FEATURE
 STATS_PROPERTY = executor.STATS_PROPERTY
-DEFAULT_MAX_NEIGHBORS = 3
 
 
 class GraphAugmentationSpec(ComponentSpec):
   """GraphAugmentation component spec."""
   PARAMETERS = {
-      executor.MAX_NEIGHBORS_KEY: ExecutionParameter(type=int),
-      executor.ADD_UNDIRECTED_EDGES_KEY: ExecutionParameter(type=bool),
-      executor.ID_FEATURE_KEY: ExecutionParameter(type=str),
-      executor.SEED_SPLITS_KEY: ExecutionParameter(type=List[str]),
-      executor.NEIGHBOR_SPLITS_KEY: ExecutionParameter(
-          type=List[str], optional=True),
-      executor.NEIGHBOR_FEATURES_KEY: ExecutionParameter(
-          type=List[str], optional=True),
-      executor.UNLABELED_AS_SEEDS_KEY: ExecutionParameter(type=bool),
+      'max_neighbors': ExecutionParameter(type=int),
+      'add_undirected_edges': ExecutionParameter(type=bool),
+      'id_feature': ExecutionParameter(type=str),
+      'seed_splits': ExecutionParameter(type=List[str]),
+      'neighbor_splits': ExecutionParameter(type=List[str], optional=True),
+      'neighbor_features': ExecutionParameter(type=List[str], optional=True),
+      'unlabeled_as_seeds': ExecutionParameter(type=bool),
+      parameters.FINGERPRINT_KEY: ExecutionParameter(type=str),
   }
   INPUTS = {
       executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
@@ -41,28 +42,6 @@ class GraphAugmentationSpec(ComponentSpec):
       executor.AUGMENTED_EXAMPLES_KEY: ChannelParameter(
           type=standard_artifacts.Examples),
   }
-
-
-def _check_names(name: str, value, allow_none: bool) -> Optional[List[str]]:
-  """A list of distinct non-empty strings, or a ValueError that says so."""
-  if value is None:
-    if allow_none:
-      return None
-    raise ValueError(f'{name} must be a list of names, not None.')
-  if isinstance(value, (str, bytes)):
-    raise ValueError(f'{name} must be a list of names, e.g. [{value!r}], '
-                     f'not the string {value!r}.')
-  value = list(value)
-  if not value:
-    hint = ' (or None for the default)' if allow_none else ''
-    raise ValueError(f'{name} must name at least one entry{hint}.')
-  bad = [v for v in value if not isinstance(v, str) or not v]
-  if bad:
-    raise ValueError(f'{name} must hold non-empty strings; got {bad}.')
-  repeated = sorted({v for v in value if value.count(v) > 1})
-  if repeated:
-    raise ValueError(f'{name} names {repeated} more than once.')
-  return value
 
 
 class GraphAugmentation(base_beam_component.BaseBeamComponent):
@@ -82,17 +61,6 @@ class GraphAugmentation(base_beam_component.BaseBeamComponent):
   The join runs on Beam and keeps nothing per example on the driver; each
   node keeps only its best `max_neighbors` candidates while edges stream by.
 
-  Bad input (malformed edge lines, self-loops, duplicate edges, edges naming
-  unknown ids, duplicate example ids, examples whose id is unusable, neighbors
-  that lack a requested feature) is counted with Beam counters in namespace
-  'tfx_nsl.GraphAugmentation', logged, and stored as JSON in the output's
-  custom property `augmentation_stats`. Self-loops are dropped, and seeds
-  with an unusable id (several values, floats) are kept with no neighbors
-  (pack_nbrs has no such rule). An example without the id feature is named
-  by a digest of its bytes, as GraphBuilder names it, so the two join. The
-  run fails when no edge line is usable, or when edges exist but no seed got
-  a neighbor (almost always an id mismatch).
-
   Unlabeled examples as seeds (`unlabeled_as_seeds=True`, beyond NSL): the
   examples of the 'unlabeled' split get neighbors too and are written into the
   first seed split, after the labeled ones. Every example written to a seed
@@ -102,6 +70,14 @@ class GraphAugmentation(base_beam_component.BaseBeamComponent):
   label feature stays as it was (usually absent). The 'unlabeled' split
   itself is also copied through unchanged.
 
+  `max_neighbors` and `id_feature` may be RuntimeParameters; their values
+  are checked when the component runs, before any data is read.
+
+  Outputs:
+    augmented_examples: the input's splits; the seed splits' examples with
+      the neighbor features added, the others copied unchanged. Custom
+      property `augmentation_stats`: the counters below as JSON.
+
   Example:
     graph = tfx.dsl.Importer(source_uri='/data/graph_dir',
                              artifact_type=tfx_nsl.Graph).with_id('graph')
@@ -109,6 +85,21 @@ class GraphAugmentation(base_beam_component.BaseBeamComponent):
                                 graph=graph.outputs['result'],
                                 max_neighbors=2, add_undirected_edges=True)
     ... Trainer(examples=augment.outputs['augmented_examples'], ...)
+
+  Bad input:
+    Malformed edge lines, self-loops, duplicate edges, edges naming
+    unknown ids, duplicate example ids, examples whose id is unusable, neighbors
+    that lack a requested feature: counted with Beam counters in namespace
+    'tfx_nsl.GraphAugmentation', logged, and stored as JSON in the output's
+    custom property `augmentation_stats`. Self-loops are dropped, and seeds
+    with an unusable id (several values, floats) are kept with no neighbors
+    (pack_nbrs has no such rule). An example without the id feature is named
+    by a digest of its bytes, as GraphBuilder names it, so the two join. The
+    run fails when no edge line is usable, or when edges exist but no seed got
+    a neighbor (almost always an id mismatch).
+    A parameter out of range or of the wrong type: ValueError naming it,
+    at construction (or, for a RuntimeParameter, when the component
+    starts).
   """
 
   SPEC_CLASS = GraphAugmentationSpec
@@ -117,7 +108,7 @@ class GraphAugmentation(base_beam_component.BaseBeamComponent):
   def __init__(self,
                examples: types.BaseChannel,
                graph: types.BaseChannel,
-               max_neighbors: int = DEFAULT_MAX_NEIGHBORS,
+               max_neighbors: int = config.DEFAULT_MAX_NEIGHBORS,
                add_undirected_edges: bool = False,
                id_feature: str = constants.ID_FEATURE,
                seed_splits: Sequence[str] = (constants.TRAIN_SPLIT,),
@@ -152,48 +143,15 @@ class GraphAugmentation(base_beam_component.BaseBeamComponent):
     Raises:
       ValueError: if a parameter is out of range, with what to pass instead.
     """
-    if isinstance(max_neighbors, bool) or not isinstance(max_neighbors, int):
-      raise ValueError(
-          f'max_neighbors must be an int >= 1, got {max_neighbors!r}.')
-    if max_neighbors < 1:
-      raise ValueError(
-          f'max_neighbors must be >= 1, got {max_neighbors}; to train '
-          'without neighbors, leave GraphAugmentation out of the pipeline.')
-    for name, value in (('add_undirected_edges', add_undirected_edges),
-                        ('unlabeled_as_seeds', unlabeled_as_seeds)):
-      if not isinstance(value, bool):
-        raise ValueError(f'{name} must be True or False, got {value!r}.')
-    if not isinstance(id_feature, str) or not id_feature:
-      raise ValueError(f'id_feature must be a feature name, got '
-                       f'{id_feature!r}.')
-    seed_splits = _check_names('seed_splits', seed_splits, allow_none=False)
-    neighbor_splits = _check_names('neighbor_splits', neighbor_splits,
-                                   allow_none=True)
-    neighbor_features = _check_names('neighbor_features', neighbor_features,
-                                     allow_none=True)
-    if unlabeled_as_seeds and constants.UNLABELED_SPLIT in seed_splits:
-      raise ValueError(
-          f'unlabeled_as_seeds moves the {constants.UNLABELED_SPLIT!r} split '
-          f'into {seed_splits[0]!r}; do not also list it in seed_splits '
-          f'{seed_splits}.')
-    if neighbor_features:
-      reserved = [f for f in neighbor_features
-                  if f.startswith(augment_core.NBR_PREFIX)
-                  or f in (augment_core.NUM_NBRS_FEATURE, LABELED_FEATURE)]
-      if reserved:
-        raise ValueError(
-            f'neighbor_features {reserved} are features this component '
-            'writes; list the neighbors\' own features instead.')
-
-    spec = GraphAugmentationSpec(
-        examples=examples,
-        graph=graph,
+    params = AugmentParams(
         max_neighbors=max_neighbors,
-        add_undirected_edges=add_undirected_edges,
-        id_feature=id_feature,
-        seed_splits=seed_splits,
-        neighbor_splits=neighbor_splits,
+        add_undirected_edges=add_undirected_edges, id_feature=id_feature,
+        seed_splits=seed_splits, neighbor_splits=neighbor_splits,
         neighbor_features=neighbor_features,
-        unlabeled_as_seeds=unlabeled_as_seeds,
-        augmented_examples=types.Channel(type=standard_artifacts.Examples))
+        unlabeled_as_seeds=unlabeled_as_seeds)
+    spec = GraphAugmentationSpec(
+        examples=examples, graph=graph,
+        augmented_examples=types.Channel(type=standard_artifacts.Examples),
+        **params.to_exec_properties(),
+        **{parameters.FINGERPRINT_KEY: parameters.fingerprint()})
     super().__init__(spec=spec)

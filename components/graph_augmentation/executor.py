@@ -57,18 +57,12 @@ from tfx_nsl import beam_executor
 from tfx_nsl import constants
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_augmentation import augment_core
+from tfx_nsl.components.graph_augmentation.config import AugmentParams
 
 # Keys of the component spec (component.py re-exports them).
 EXAMPLES_KEY = 'examples'
 GRAPH_KEY = 'graph'
 AUGMENTED_EXAMPLES_KEY = 'augmented_examples'
-MAX_NEIGHBORS_KEY = 'max_neighbors'
-ADD_UNDIRECTED_EDGES_KEY = 'add_undirected_edges'
-ID_FEATURE_KEY = 'id_feature'
-SEED_SPLITS_KEY = 'seed_splits'
-NEIGHBOR_SPLITS_KEY = 'neighbor_splits'
-NEIGHBOR_FEATURES_KEY = 'neighbor_features'
-UNLABELED_AS_SEEDS_KEY = 'unlabeled_as_seeds'
 
 # Examples properties as TFX's examples_utils names them; that module imports
 # every standard TFX component (about 150 MB and 2 s per worker), so this
@@ -128,54 +122,6 @@ COUNTERS = {
 
 def _counter(name):
   return Metrics.counter(METRICS_NAMESPACE, name)
-
-
-def _as_list(value) -> Optional[List[str]]:
-  """A list parameter as the executor gets it: a list or its JSON."""
-  if value is None or value == '':
-    return None
-  if isinstance(value, str):
-    value = json.loads(value)
-  return list(value)
-
-
-class _Config:
-  """Execution properties, resolved against the input's split names."""
-
-  def __init__(self, exec_properties: Dict[str, Any], splits: List[str]):
-    self.max_neighbors = int(exec_properties[MAX_NEIGHBORS_KEY])
-    self.add_undirected_edges = bool(
-        exec_properties.get(ADD_UNDIRECTED_EDGES_KEY, False))
-    self.id_feature = exec_properties.get(ID_FEATURE_KEY) or (
-        constants.ID_FEATURE)
-    self.neighbor_features = _as_list(
-        exec_properties.get(NEIGHBOR_FEATURES_KEY))
-    self.unlabeled_as_seeds = bool(
-        exec_properties.get(UNLABELED_AS_SEEDS_KEY, False))
-    self.seed_splits = (_as_list(exec_properties.get(SEED_SPLITS_KEY))
-                        or [constants.TRAIN_SPLIT])
-    missing = [s for s in self.seed_splits if s not in splits]
-    if missing:
-      raise ValueError(f'seed_splits {missing} are not splits of the input '
-                       f'examples, which has {splits}.')
-    explicit = _as_list(exec_properties.get(NEIGHBOR_SPLITS_KEY))
-    if explicit is None:
-      # Seeds are neighbors too (pack_nbrs' labeled examples), plus unlabeled.
-      wanted = self.seed_splits + [constants.UNLABELED_SPLIT]
-      self.neighbor_splits = [s for s in dict.fromkeys(wanted) if s in splits]
-    else:
-      missing = [s for s in explicit if s not in splits]
-      if missing:
-        raise ValueError(f'neighbor_splits {missing} are not splits of the '
-                         f'input examples, which has {splits}.')
-      self.neighbor_splits = explicit
-    self.unlabeled_seed_split = None
-    if self.unlabeled_as_seeds:
-      if constants.UNLABELED_SPLIT not in splits:
-        raise ValueError(
-            f'unlabeled_as_seeds is set but the input examples have no '
-            f'{constants.UNLABELED_SPLIT!r} split (splits: {splits}).')
-      self.unlabeled_seed_split = constants.UNLABELED_SPLIT
 
 
 # ---------------------------------------------------------------- batching
@@ -812,7 +758,8 @@ class Executor(beam_executor.BeamExecutor):
           'GraphAugmentation reads tf.Example records, but the input examples '
           f'have payload format {payload_format}.')
     splits = artifact_utils.decode_split_names(examples.split_names)
-    config = _Config(exec_properties, splits)
+    config = AugmentParams.from_exec_properties(exec_properties).resolve(
+        splits)
     edge_files = graph_io.edge_files(graph.uri)  # Raises if there are none.
     self._check_ids(examples, config, edge_files)
     output.split_names = artifact_utils.encode_split_names(splits)

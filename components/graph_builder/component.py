@@ -1,5 +1,5 @@
 """GraphBuilder: a similarity graph from example embeddings, built with Beam."""
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from tfx import types
 from tfx.dsl.components.base import base_beam_component
@@ -10,10 +10,12 @@ from tfx.types.component_spec import ComponentSpec
 from tfx.types.component_spec import ExecutionParameter
 
 from tfx_nsl import constants
+from tfx_nsl import parameters
 from tfx_nsl.components.graph_builder import executor
 from tfx_nsl.components.graph_builder import graph_core
-from tfx_nsl.components.graph_builder.params import EXACT
+from tfx_nsl.components.graph_builder.params import Exact
 from tfx_nsl.components.graph_builder.params import GraphBuilderParams
+from tfx_nsl.components.graph_builder.params import Mode
 from tfx_nsl.types import Graph
 
 
@@ -27,19 +29,12 @@ class GraphBuilderSpec(ComponentSpec):
       'similarity_threshold': ExecutionParameter(type=float),
       'max_neighbors': ExecutionParameter(type=int, optional=True),
       'undirected': ExecutionParameter(type=bool),
-      'mode': ExecutionParameter(type=str),
-      'lsh_splits': ExecutionParameter(type=int),
-      'lsh_rounds': ExecutionParameter(type=int),
-      'lsh_max_bucket_size': ExecutionParameter(type=int),
-      'partition_size': ExecutionParameter(type=int),
-      'partition_probes': ExecutionParameter(type=int),
-      'recall_sample_size': ExecutionParameter(type=int),
-      'seed': ExecutionParameter(type=int),
+      'mode': ExecutionParameter(type=str),  # One section's JSON (params.py).
       'num_shards': ExecutionParameter(type=int),
-      'block_size': ExecutionParameter(type=int),
       'read_batch_size': ExecutionParameter(type=int),
       'embedding_signature': ExecutionParameter(type=str),
       'embedding_output': ExecutionParameter(type=str, optional=True),
+      parameters.FINGERPRINT_KEY: ExecutionParameter(type=str),
   }
   INPUTS = {
       'examples': ChannelParameter(type=standard_artifacts.Examples),
@@ -62,17 +57,36 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
   tfx-bsl's RunInference. To embed Transform outputs, pass
   `Transform.outputs['transformed_examples']` as `examples`.
 
-  Modes: 'exact' scores every pair as blocked matrix products (memory: the
-  corpus plus one block); 'lsh' scores only pairs that share a
-  random-hyperplane bucket in one of `lsh_rounds` rounds; 'partition'
-  (faster and more accurate on clustered embeddings) scores each node
-  against the members of its `partition_probes` nearest k-means regions.
-  Both approximate modes report the recall they reached on a sample of
-  nodes in stats.json.
+  `mode` is one section: `Exact()` scores every pair as blocked matrix
+  products (memory: the corpus plus one block); `Lsh(...)` scores only pairs
+  that share a random-hyperplane bucket in one of its rounds; `Partition(...)`
+  (faster and more accurate on clustered embeddings) scores each node against
+  the members of its nearest k-means regions. Each section holds its own
+  knobs (see their docstrings). Both approximate modes report the recall they
+  reached on a sample of nodes in stats.json.
 
-  Output `graph`: `edges-*.tsv` shards (`source<TAB>target<TAB>weight`,
-  readable by `nsl.tools`) and `stats.json` (nodes, edges, degree histogram,
-  isolated nodes, connected components, the examples left out and why).
+  Any int, float or str parameter may be a RuntimeParameter (`mode`: a str
+  one holding a mode name or a section's JSON); its value is checked when
+  the component runs, before any data is read.
+
+  Outputs:
+    graph: `edges-*.tsv` shards (`source<TAB>target<TAB>weight`, readable
+      by `nsl.tools`) and `stats.json` (nodes, edges, degree histogram,
+      isolated nodes, connected components, the examples left out and why,
+      the counters, the parameters used); custom properties `num_nodes` and
+      `num_edges`.
+
+  Bad input:
+    A parameter out of range or of the wrong type: ValueError naming the
+    parameter, the value and what is allowed, at construction (or, for a
+    RuntimeParameter, when the component starts). Examples without an
+    embedding feature, with an embedding of another length, with NaN or
+    infinite values, or all zeros, and examples whose id is unusable
+    (several values, floats, tabs or line breaks) are left out, counted
+    (`missing_embedding`, `wrong_dimension`, `non_finite_embedding`,
+    `zero_embedding`, `unusable_id`) and named in the log (first 5).
+    Duplicate ids, splits that do not exist, no examples at all, or no
+    usable example: the run fails with a message naming the ids or splits.
   """
   SPEC_CLASS = GraphBuilderSpec
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
@@ -87,16 +101,8 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
                similarity_threshold: float = 0.8,
                max_neighbors: Optional[int] = None,
                undirected: bool = True,
-               mode: str = EXACT,
-               lsh_splits: int = 8,
-               lsh_rounds: int = 8,
-               lsh_max_bucket_size: int = 4096,
-               partition_size: int = 500,
-               partition_probes: int = 8,
-               recall_sample_size: int = 1000,
-               seed: int = 0,
+               mode: Union[Mode, str] = Exact(),
                num_shards: int = 0,
-               block_size: int = 2048,
                read_batch_size: int = 4096,
                embedding_signature: str = constants.SERVING_SIGNATURE,
                embedding_output: Optional[str] = None):
@@ -118,21 +124,10 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
       max_neighbors: at most this many neighbors a node (top-k); None keeps
         every neighbor above the threshold, as `nsl.tools.build_graph` does.
       undirected: also add each edge's reverse (NSL's graphs are undirected).
-      mode: 'exact', 'lsh' or 'partition' (approximate: k-means regions of
-        about `partition_size` nodes; each node is scored against the
-        members of its `partition_probes` nearest regions).
-      lsh_splits: hyperplanes per LSH round (up to 2^lsh_splits buckets).
-      lsh_rounds: LSH rounds; more rounds, higher recall.
-      lsh_max_bucket_size: larger buckets are cut, bounding each product.
-      partition_size: mean nodes a region in 'partition' mode.
-      partition_probes: regions each node is compared with in 'partition'
-        mode; more probes, higher recall, proportionally more work.
-      recall_sample_size: nodes on which the approximate modes measure
-        their recall against exact.
-      seed: seed of the LSH hyperplanes, the partitions and the recall
-        sample.
+      mode: `Exact()`, `Lsh(...)` or `Partition(...)` (from
+        `tfx_nsl.components.graph_builder`), a mode name for its defaults,
+        or the JSON of one section, e.g. '{"partition": {"probes": 12}}'.
       num_shards: edge files; 0 picks one per 50,000 nodes.
-      block_size: query rows per unit of Beam work in 'exact' mode.
       read_batch_size: examples per decoded batch.
       embedding_signature: the embedding model's signature.
       embedding_output: the signature output holding the embedding; may be
@@ -149,16 +144,13 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
     params = GraphBuilderParams(
         embedding_features=list(embedding_features or []), splits=splits,
         id_feature=id_feature, similarity=similarity,
-        similarity_threshold=float(similarity_threshold),
+        similarity_threshold=similarity_threshold,
         max_neighbors=max_neighbors, undirected=undirected, mode=mode,
-        lsh_splits=lsh_splits, lsh_rounds=lsh_rounds,
-        lsh_max_bucket_size=lsh_max_bucket_size,
-        partition_size=partition_size, partition_probes=partition_probes,
-        recall_sample_size=recall_sample_size, seed=seed,
-        num_shards=num_shards, block_size=block_size,
-        read_batch_size=read_batch_size,
+        num_shards=num_shards, read_batch_size=read_batch_size,
         embedding_signature=embedding_signature,
         embedding_output=embedding_output)
-    spec = GraphBuilderSpec(examples=examples, model=model,
-                            graph=types.Channel(type=Graph), **params.to_dict())
+    spec = GraphBuilderSpec(
+        examples=examples, model=model, graph=types.Channel(type=Graph),
+        **params.to_exec_properties(),
+        **{parameters.FINGERPRINT_KEY: parameters.fingerprint()})
     super().__init__(spec=spec)

@@ -49,7 +49,9 @@ from tfx.utils import path_utils
 from tfx_nsl import beam_executor
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_builder import graph_core
+from tfx_nsl.components.graph_builder.params import EXACT
 from tfx_nsl.components.graph_builder.params import GraphBuilderParams
+from tfx_nsl.components.graph_builder.params import LSH
 
 NAMESPACE = 'tfx_nsl.GraphBuilder'
 _RAW_RECORD = '__raw_record__'
@@ -70,7 +72,28 @@ CorpusInfo = collections.namedtuple('CorpusInfo', ['path', 'num_nodes'])
 _STORE_ROWS = 1 << 18
 
 
+# Beam counters (namespace NAMESPACE), also written to stats.json.
+COUNTERS = {
+    'examples_read_<split>': 'examples read from that split',
+    'ids_derived_from_content': 'examples without the id feature, named by a '
+                                'digest of their bytes',
+    'unusable_id': 'examples whose id feature is unusable: several values, '
+                   'floats, tabs or line breaks (left out, logged)',
+    'missing_embedding': 'examples lacking an embedding feature (left out)',
+    'wrong_dimension': 'embeddings of another length than the most common '
+                       'one (left out)',
+    'non_finite_embedding': 'embeddings with NaN or infinity (left out)',
+    'zero_embedding': 'all-zero embeddings, which have no cosine (left out)',
+    'nodes': 'graph nodes',
+    'scored_pairs': 'similarities computed',
+    'lsh_buckets': 'LSH buckets scored (lsh mode)',
+    'partitions': 'k-means regions (partition mode)',
+    'edges_written': 'edges written to the edge files',
+}
+
+
 def _counter(name):
+  assert name in COUNTERS or name.startswith('examples_read_'), name
   return beam.metrics.Metrics.counter(NAMESPACE, name)
 
 
@@ -408,7 +431,7 @@ class _ScoreBucket(beam.DoFn):
 
 class _ScoreBlock(beam.DoFn):
   """Partition: the nodes of one partition, each against the members of
-  its `partition_probes` nearest partitions, as matrix products."""
+  its `probes` nearest partitions, as matrix products."""
 
   def __init__(self, params, threads):
     self._params = params
@@ -480,26 +503,26 @@ def _scoring_threads(pipeline):
 
 def _partitioning(info, params):
   corpus = load_corpus(info.path)
-  num_partitions = max(1, info.num_nodes // params.partition_size)
+  num_partitions = max(1, info.num_nodes // params.mode.size)
   centroids = graph_core.partition_centroids(corpus.vectors, num_partitions,
-                                             params.seed)
+                                             params.mode.seed)
   probes = graph_core.nearest_partitions(corpus.vectors, centroids,
-                                         params.partition_probes)
+                                         params.mode.probes)
   _counter('partitions').inc(len(centroids))
-  return graph_core.partitioning(probes, centroids, params.seed)
+  return graph_core.partitioning(probes, centroids, params.mode.seed)
 
 
 def _query_ranges(info, params):
-  for start in range(0, info.num_nodes, params.block_size):
-    yield start, min(info.num_nodes, start + params.block_size)
+  for start in range(0, info.num_nodes, params.mode.block_size):
+    yield start, min(info.num_nodes, start + params.mode.block_size)
 
 
 def _lsh_buckets(info, params):
   vectors = load_corpus(info.path).vectors
-  for round_index in range(params.lsh_rounds):
+  for round_index in range(params.mode.rounds):
     buckets = graph_core.lsh_buckets(
-        vectors, params.lsh_splits, params.seed + round_index,
-        params.lsh_max_bucket_size)
+        vectors, params.mode.splits, params.mode.seed + round_index,
+        params.mode.max_bucket_size)
     _counter('lsh_buckets').inc(len(buckets))
     yield from buckets
 
@@ -603,8 +626,8 @@ def _finish(written, info, sampled_recall, output_dir, params):
 
 def _recall_sample(num_nodes, params):
   """The fixed node sample of the recall estimate, sorted."""
-  return _sample_of(num_nodes, params.seed,
-                    min(params.recall_sample_size, num_nodes))
+  return _sample_of(num_nodes, params.mode.seed,
+                    min(params.mode.recall_sample_size, num_nodes))
 
 
 @functools.lru_cache(maxsize=4)
@@ -676,10 +699,10 @@ class Executor(beam_executor.BeamExecutor):
                                                              corpus_dir)))
         info = beam.pvalue.AsSingleton(corpus, default_value=None)
         extra_side = []
-        if params.mode == 'exact':
+        if params.mode.NAME == EXACT:
           work = corpus | 'QueryRanges' >> beam.FlatMap(_query_ranges, params)
           scorer = _ScoreRange(params)
-        elif params.mode == 'lsh':
+        elif params.mode.NAME == LSH:
           work = corpus | 'LshBuckets' >> beam.FlatMap(_lsh_buckets, params)
           scorer = _ScoreBucket(params)
         else:
@@ -698,9 +721,9 @@ class Executor(beam_executor.BeamExecutor):
                       # Only LSH rounds meet a pair twice; exact and
                       # partition modes score each (query, node) pair once.
                       | 'TopK' >> beam.Map(_merge_shard, params.max_neighbors,
-                                           params.mode == 'lsh'))
+                                           params.mode.NAME == LSH))
         recall = None
-        if params.mode != 'exact':
+        if params.mode.NAME != EXACT:
           recall = beam.pvalue.AsSingleton(
               candidates
               | 'SampleForRecall' >> beam.FlatMap(_sample_edges, info, params)
@@ -708,7 +731,7 @@ class Executor(beam_executor.BeamExecutor):
               | 'Recall' >> beam.Map(_sampled_recall, info, params))
         final = candidates
         # Without a top-k, exact edges come out symmetric (pair_edges).
-        symmetric = params.mode == 'exact' and params.max_neighbors is None
+        symmetric = params.mode.NAME == EXACT and params.max_neighbors is None
         if params.undirected and not symmetric:
           final = (candidates
                    | 'AddReverse' >> beam.FlatMap(_reverse_by_shard, info,

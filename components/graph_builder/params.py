@@ -1,21 +1,108 @@
-"""GraphBuilder parameters: validated once, shared by component and executor."""
+"""GraphBuilder parameters: validated once, shared by component and executor.
+
+The search mode is one section: `Exact()`, `Lsh(...)` or `Partition(...)`,
+each holding only its own knobs; it travels as one exec property, the JSON
+`{"<mode>": {<knob>: value, ...}}` with sorted keys and every default
+written out, so equal settings give equal cache keys.
+"""
 import dataclasses
 import json
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Union
 
 from tfx_nsl import constants
+from tfx_nsl import parameters
 from tfx_nsl.components.graph_builder import graph_core
 
-EXACT = 'exact'
-LSH = 'lsh'
-PARTITION = 'partition'
-MODES = (EXACT, LSH, PARTITION)
+COMPONENT = 'GraphBuilder'
+
+
+@dataclasses.dataclass(frozen=True)
+class Exact:
+  """Scores every pair, as blocked matrix products (memory: the corpus plus
+  one block).
+
+  block_size: query rows per unit of Beam work.
+  """
+  NAME: ClassVar[str] = 'exact'
+  block_size: int = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class Lsh:
+  """Scores only pairs that share a random-hyperplane bucket in a round.
+
+  splits: hyperplanes per round (up to 2^splits buckets), 1 to 30.
+  rounds: LSH rounds; more rounds, higher recall.
+  max_bucket_size: larger buckets are cut, bounding each product.
+  recall_sample_size: nodes on which recall against exact is measured.
+  seed: seed of the hyperplanes and of the recall sample.
+  """
+  NAME: ClassVar[str] = 'lsh'
+  splits: int = 8
+  rounds: int = 8
+  max_bucket_size: int = 4096
+  recall_sample_size: int = 1000
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+  """Scores each node against the members of its nearest k-means regions
+  (faster and more accurate than LSH on clustered embeddings).
+
+  size: mean nodes a region.
+  probes: regions each node is compared with; more probes, higher recall,
+    proportionally more work.
+  recall_sample_size: nodes on which recall against exact is measured.
+  seed: seed of the k-means and of the recall sample.
+  """
+  NAME: ClassVar[str] = 'partition'
+  size: int = 500
+  probes: int = 8
+  recall_sample_size: int = 1000
+  seed: int = 0
+
+
+MODE_CLASSES = {cls.NAME: cls for cls in (Exact, Lsh, Partition)}
+EXACT, LSH, PARTITION = MODE_CLASSES
+MODES = tuple(MODE_CLASSES)
+Mode = Union[Exact, Lsh, Partition]
+
+
+def mode_to_json(mode: Mode) -> str:
+  return json.dumps({mode.NAME: dataclasses.asdict(mode)}, sort_keys=True)
+
+
+def parse_mode(value) -> Mode:
+  """A mode section from a section, a mode name, or its JSON."""
+  if isinstance(value, tuple(MODE_CLASSES.values())):
+    mode = value
+  elif isinstance(value, str) and value in MODE_CLASSES:
+    mode = MODE_CLASSES[value]()
+  else:
+    try:
+      section = json.loads(value) if isinstance(value, str) else value
+      (name, knobs), = section.items()
+      mode = MODE_CLASSES[name](**knobs)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+      raise ValueError(
+          f'{COMPONENT}: parameter mode={value!r} is not allowed: give '
+          f'Exact(), Lsh(...) or Partition(...), a mode name {MODES}, or '
+          f'the JSON of one section, e.g. \'{{"lsh": {{"rounds": 12}}}}\' '
+          f'({e})') from None
+  checker = parameters.check(mode, f'{COMPONENT} mode {mode.NAME!r}')
+  for name in [f.name for f in dataclasses.fields(mode) if f.name != 'seed']:
+    checker.require(name, lambda v: v >= 1, 'must be >= 1')
+  if isinstance(mode, Lsh):
+    checker.require('splits', lambda v: v <= 30, 'must be in [1, 30]')
+  return mode
 
 
 @dataclasses.dataclass(frozen=True)
 class GraphBuilderParams:
-  """See `GraphBuilder` for the meaning of each field."""
+  """See `GraphBuilder` for the meaning of each field. `mode` is a section
+  (or, before execution, a RuntimeParameter holding its JSON)."""
   embedding_features: List[str] = dataclasses.field(default_factory=list)
   splits: Optional[List[str]] = None
   id_feature: str = constants.ID_FEATURE
@@ -23,63 +110,45 @@ class GraphBuilderParams:
   similarity_threshold: float = 0.8
   max_neighbors: Optional[int] = None
   undirected: bool = True
-  mode: str = EXACT
-  lsh_splits: int = 8
-  lsh_rounds: int = 8
-  lsh_max_bucket_size: int = 4096
-  partition_size: int = 500
-  partition_probes: int = 8
-  recall_sample_size: int = 1000
-  seed: int = 0
+  mode: Any = dataclasses.field(default_factory=Exact)
   num_shards: int = 0
-  block_size: int = 2048
   read_batch_size: int = 4096
   embedding_signature: str = constants.SERVING_SIGNATURE
   embedding_output: Optional[str] = None
 
   def __post_init__(self):
-    def fail(message):
-      raise ValueError(f'GraphBuilder: {message}')
-    if self.similarity not in graph_core.SIMILARITIES:
-      fail(f'similarity must be one of {graph_core.SIMILARITIES}, got '
-           f'{self.similarity!r}')
-    if self.mode not in MODES:
-      fail(f'mode must be one of {MODES}, got {self.mode!r}')
-    if self.max_neighbors is not None and self.max_neighbors < 1:
-      fail(f'max_neighbors must be >= 1 (or None for all above the '
-           f'threshold), got {self.max_neighbors}')
-    if not math.isfinite(self.similarity_threshold):
-      # The scorers mark excluded pairs (self, lower triangle) with -inf.
-      fail('similarity_threshold must be a finite number, got '
-           f'{self.similarity_threshold}')
-    if self.similarity == graph_core.COSINE and not (
-        -1.0 <= self.similarity_threshold <= 1.0):
-      fail('similarity_threshold must be in [-1, 1] for cosine similarity, '
-           f'got {self.similarity_threshold}')
-    if self.mode == LSH and not 1 <= self.lsh_splits <= 30:
-      fail(f'lsh_splits must be in [1, 30], got {self.lsh_splits}')
-    for name in ('lsh_rounds', 'lsh_max_bucket_size', 'partition_size',
-                 'partition_probes', 'recall_sample_size',
-                 'block_size', 'read_batch_size'):
-      if getattr(self, name) < 1:
-        fail(f'{name} must be >= 1, got {getattr(self, name)}')
-    if self.num_shards < 0:
-      fail(f'num_shards must be >= 0 (0: automatic), got {self.num_shards}')
-    if self.splits is not None and not self.splits:
-      fail('splits must name at least one split (or be None for the default)')
+    if not parameters.is_runtime(self.mode):
+      object.__setattr__(self, 'mode', parse_mode(self.mode))
+    elif self.mode.ptype is not str:
+      raise ValueError(f'{COMPONENT}: a RuntimeParameter for mode must have '
+                       'ptype=str (a mode name or the JSON of one section)')
+    check = parameters.check(self, COMPONENT)
+    check.require('similarity', lambda v: v in graph_core.SIMILARITIES,
+                  f'one of {graph_core.SIMILARITIES}')
+    check.require('max_neighbors', lambda v: v >= 1,
+                  'must be >= 1 (or None for every neighbor above the '
+                  'threshold)')
+    # The scorers mark excluded pairs (self, lower triangle) with -inf.
+    check.require('similarity_threshold', math.isfinite, 'a finite number')
+    if check.known('similarity') and self.similarity == graph_core.COSINE:
+      check.require('similarity_threshold', lambda v: -1.0 <= v <= 1.0,
+                    'must be in [-1, 1] for cosine similarity')
+    check.require('read_batch_size', lambda v: v >= 1, 'must be >= 1')
+    check.require('num_shards', lambda v: v >= 0, 'must be >= 0 (0: one '
+                  'shard per 50,000 nodes)')
+    check.require('splits', bool, 'name at least one split (or None for '
+                  'the default)')
+    check.require('id_feature', bool, 'a feature name')
 
   @classmethod
   def from_exec_properties(cls, exec_properties: Dict[str, Any]):
-    values = {}
-    for field in dataclasses.fields(cls):
-      value = exec_properties.get(field.name)
-      if value is None:
-        continue
-      if field.name in ('embedding_features', 'splits') and isinstance(
-          value, str):
-        value = json.loads(value)  # list parameters arrive JSON-encoded
-      values[field.name] = value
-    return cls(**values)
+    return parameters.from_exec_properties(cls, exec_properties)
+
+  def to_exec_properties(self) -> Dict[str, Any]:
+    out = parameters.to_exec_properties(self)
+    if not parameters.is_runtime(self.mode):
+      out['mode'] = mode_to_json(self.mode)
+    return out
 
   def resolve_splits(self, available):
     """Default splits: train, plus unlabeled when present; checks names."""
@@ -88,9 +157,12 @@ class GraphBuilderParams:
                              if s in available]
     unknown = [s for s in splits if s not in available]
     if unknown or not splits:
-      raise ValueError(f'GraphBuilder: splits {unknown or splits} are not in '
+      raise ValueError(f'{COMPONENT}: splits {unknown or splits} are not in '
                        f'the examples, which have {list(available)}')
     return dataclasses.replace(self, splits=list(splits))
 
   def to_dict(self):
-    return dataclasses.asdict(self)
+    """For stats.json: plain values, the mode as its section."""
+    out = dataclasses.asdict(self)
+    out['mode'] = json.loads(mode_to_json(self.mode))
+    return out

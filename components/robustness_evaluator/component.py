@@ -5,7 +5,8 @@ It is TFX's standard Evaluator with our TFMA module: results load with
 comparisons produce the standard ModelBlessing, and the standard Pusher
 gates on it.
 """
-import json
+import dataclasses
+import typing
 from typing import Dict, List, Optional, Sequence, Union
 
 import tensorflow_model_analysis as tfma
@@ -20,11 +21,27 @@ from tfx.utils import json_utils
 
 from tfx_nsl import constants
 from tfx_nsl import heads
+from tfx_nsl import parameters
 from tfx_nsl.components.robustness_evaluator import attacks as attacks_lib
 from tfx_nsl.components.robustness_evaluator import executor
+from tfx_nsl.components.robustness_evaluator.params import RobustnessParams
 
 TFMA_MODULE = 'tfx_nsl.components.robustness_evaluator.tfma_module'
 AttackSpec = Union[str, Dict]
+
+
+def _spec_parameters():
+  """One ExecutionParameter per RobustnessParams field, so that each scalar
+  may be a RuntimeParameter."""
+  hints = typing.get_type_hints(RobustnessParams)
+  out = {}
+  for field in dataclasses.fields(RobustnessParams):
+    kind = hints[field.name]
+    optional = type(None) in typing.get_args(kind)
+    if optional:
+      (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
+    out[field.name] = ExecutionParameter(type=kind, optional=optional)
+  return out
 
 
 class RobustnessEvaluatorSpec(standard_component_specs.EvaluatorSpec):
@@ -35,26 +52,55 @@ class RobustnessEvaluatorSpec(standard_component_specs.EvaluatorSpec):
   }
   PARAMETERS = {
       **standard_component_specs.EvaluatorSpec.PARAMETERS,
-      executor.ATTACK_SETTINGS_KEY: ExecutionParameter(type=str),
-      executor.GATES_KEY: ExecutionParameter(type=str),
+      **_spec_parameters(),
+      parameters.FINGERPRINT_KEY: ExecutionParameter(type=str),
   }
 
 
-def _per_attack(name, value, attack_names):
-  """{attack name: threshold} of a float (every attack) or a dict."""
+def _split_threshold(value):
+  """(every attack, by attack name) of a float, a dict or a
+  RuntimeParameter."""
   if isinstance(value, dict):
-    unknown = sorted(set(value) - set(attack_names))
-    if unknown:
-      raise ValueError(f'{name} names attacks {unknown} that are not in '
-                       f'attacks {attack_names}')
-    return {k: float(v) for k, v in value.items()}
-  if value is not None:
-    return {attack: float(value) for attack in attack_names}
-  return {}
+    return None, {k: float(v) for k, v in value.items()}
+  return value, None
 
 
 class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
-  """Clean and attacked metrics of a model (and a baseline), with gating."""
+  """Clean and attacked metrics of a model (and a baseline), with gating.
+
+  Runs TFX's Evaluator (TFMA) with one more extractor: each batch of
+  examples is predicted clean and under every attack in `attacks`
+  (white-box FGSM or PGD, L-inf or L2, through NSL's `gen_adv_neighbor`, on
+  the model being judged), and TFMA computes the metrics of each as an
+  output of its own: `clean`, then one per attack name. The head's metric
+  (accuracy, or mean squared error for regression) is gated on each with
+  the thresholds given here, the user's `eval_config` metrics are computed
+  on all of them, and the blessing is TFMA's, so TFX's Pusher gates on it.
+
+  Any int, float or str parameter may be a RuntimeParameter; its value is
+  checked when the component runs, before any data is read. The Beam
+  counter `examples_attacked` (namespace 'tfx_nsl.Robustness') counts the
+  examples each model was attacked on; the log reports progress per batch.
+
+  Outputs:
+    evaluation: TFMA's results (`tfma.load_metrics` reads them) and the
+      report `robustness.html` / `robustness.png`: clean against attacked
+      metrics, candidate against baseline, each threshold met or not.
+    blessing: a ModelBlessing, blessed when every threshold is met.
+
+  Bad input:
+    An attack name that does not parse, a repeated attack, a threshold out
+    of range, thresholds naming attacks that are not run, a head name that
+    does not exist, gates of the wrong head (accuracy on a regression model,
+    or error on a classifier), output_names in `eval_config`, or
+    `attack_space='raw'` without `transform_graph`: ValueError at
+    construction (at start, for a RuntimeParameter). When the evaluation
+    starts, before any data is read: a label that is neither a raw feature
+    nor a Transform output, model inputs that are not among the examples'
+    (or Transform's) features, variable-length inputs without Transform, or
+    a head that cannot be inferred (it asks for `head=`): ValueError naming
+    the feature. Integer and string inputs are never perturbed.
+  """
   SPEC_CLASS = RobustnessEvaluatorSpec
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
@@ -139,68 +185,47 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       label_key = next((spec.label_key for spec in
                         (eval_config.model_specs if eval_config else [])
                         if spec.label_key), constants.LABEL_FEATURE)
-    if head != heads.AUTO:
-      heads.Head(head)
-    if attack_space not in attacks_lib.ATTACK_SPACES:
-      raise ValueError(f'attack_space must be one of '
-                       f'{attacks_lib.ATTACK_SPACES}, got {attack_space!r}')
     if attack_space == attacks_lib.RAW and transform_graph is None:
-      raise ValueError("attack_space 'raw' attacks the raw features through "
-                       'the Transform graph: pass transform_graph')
-    names = []
-    for spec in attacks:
-      attack = (attacks_lib.Attack.parse(spec) if isinstance(spec, str)
-                else attacks_lib.Attack.from_dict(spec))
-      names.append(attack.name)
-    if len(set(names)) != len(names):
-      raise ValueError(f'attacks {names} repeat an attack')
-    per_attack = _per_attack('min_attacked_accuracy', min_attacked_accuracy,
-                             names)
-    per_attack_error = _per_attack('max_attacked_error', max_attacked_error,
-                                   names)
-    for name, value in [('max_clean_error', max_clean_error),
-                        *per_attack_error.items()]:
-      if value is not None and not value >= 0.0:
-        raise ValueError(f'error threshold {name} must be >= 0, got {value}')
-    for name, value in [('min_clean_accuracy', min_clean_accuracy),
-                        *per_attack.items()]:
-      if value is not None and not 0.0 <= value <= 1.0:
-        raise ValueError(f'accuracy threshold {name} must be in [0, 1], got '
-                         f'{value}')
-    if (isinstance(batch_size, bool) or not isinstance(batch_size, int) or
-        batch_size < 1):
-      raise ValueError(f'batch_size must be an int >= 1 (examples per attack '
-                       f'call), got {batch_size!r}')
-    if max_accuracy_drop is not None and max_accuracy_drop < 0:
-      raise ValueError('max_accuracy_drop must be >= 0')
-    if (clip_min is not None and clip_max is not None and
-        clip_min >= clip_max):
-      raise ValueError('clip_min must be below clip_max')
-    gates = executor.Gates(
-        attack_names=names, min_clean_accuracy=min_clean_accuracy,
-        min_attacked_accuracy=per_attack, max_accuracy_drop=max_accuracy_drop,
-        with_baseline=baseline_model is not None, label_key=label_key,
-        max_clean_error=max_clean_error, max_attacked_error=per_attack_error)
+      raise ValueError("RobustnessEvaluator: attack_space 'raw' attacks the "
+                       'raw features through the Transform graph: pass '
+                       'transform_graph')
+    min_attacked, min_attacked_by = _split_threshold(min_attacked_accuracy)
+    max_attacked, max_attacked_by = _split_threshold(max_attacked_error)
+    params = RobustnessParams(
+        attacks=[attacks_lib.Attack.parse(spec).name if isinstance(spec, str)
+                 else attacks_lib.Attack.from_dict(spec).name
+                 for spec in attacks],
+        label_key=label_key, min_clean_accuracy=min_clean_accuracy,
+        min_attacked_accuracy=min_attacked,
+        min_attacked_accuracy_by_attack=min_attacked_by,
+        max_accuracy_drop=max_accuracy_drop, max_clean_error=max_clean_error,
+        max_attacked_error=max_attacked,
+        max_attacked_error_by_attack=max_attacked_by,
+        perturb_features=perturb_features, clip_min=clip_min,
+        clip_max=clip_max, batch_size=batch_size, head=head,
+        attack_space=attack_space)
     # The metrics depend on the head, known once the model is: the executor
     # builds the final EvalConfig. This checks the gates and the user's
     # config now, with the head they imply.
-    implied = head if head != heads.AUTO else (
-        'regression' if max_clean_error is not None or per_attack_error
-        else 'multiclass')
-    executor.robustness_eval_config(heads.Head(implied), gates, eval_config)
-    settings = attacks_lib.AttackSettings(
-        label_key=label_key, perturb_features=perturb_features,
-        clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
-        head=head, attack_space=attack_space)
+    if parameters.is_runtime(head) or head == heads.AUTO:
+      regression = max_clean_error is not None or max_attacked_error is not None
+      implied = 'regression' if regression else 'multiclass'
+    else:
+      implied = head
+    if not any(parameters.is_runtime(v) for v in params.__dict__.values()):
+      executor.robustness_eval_config(
+          heads.Head(implied), params.gates(baseline_model is not None),
+          eval_config)
     spec = RobustnessEvaluatorSpec(
         examples=examples, model=model, baseline_model=baseline_model,
         transform_graph=transform_graph,
         eval_config=eval_config,
-        example_splits=json_utils.dumps(example_splits or
-                                        [constants.EVAL_SPLIT]),
+        example_splits=(example_splits if parameters.is_runtime(
+            example_splits) else json_utils.dumps(example_splits or
+                                                  [constants.EVAL_SPLIT])),
         module_path=TFMA_MODULE,
-        attack_settings=json.dumps(settings.__dict__),
-        gates=json.dumps(gates.__dict__),
         evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
-        blessing=types.Channel(type=standard_artifacts.ModelBlessing))
+        blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+        **params.to_exec_properties(),
+        **{parameters.FINGERPRINT_KEY: parameters.fingerprint()})
     super().__init__(spec=spec)

@@ -3,9 +3,7 @@ EvalConfig built for the model's head, and a robustness report written next
 to TFMA's results."""
 import contextlib
 import dataclasses
-import json
 import threading
-from typing import Dict, List, Optional
 
 from absl import logging
 from google.protobuf import json_format
@@ -18,9 +16,8 @@ from tfx.utils import path_utils
 from tfx_nsl import heads
 from tfx_nsl.components.robustness_evaluator import attacks
 from tfx_nsl.components.robustness_evaluator import report
+from tfx_nsl.components.robustness_evaluator.params import RobustnessParams
 
-ATTACK_SETTINGS_KEY = 'attack_settings'
-GATES_KEY = 'gates'
 TRANSFORM_GRAPH_KEY = 'transform_graph'
 
 # The Evaluator calls `tfma_module.custom_extractors` with a fixed signature,
@@ -40,37 +37,6 @@ def _attack_settings(settings):
     yield
   finally:
     _CURRENT.settings = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Gates:
-  """What blesses a model: accuracy thresholds per TFMA output."""
-  attack_names: List[str]
-  label_key: str
-  min_clean_accuracy: Optional[float] = None
-  min_attacked_accuracy: Dict[str, float] = dataclasses.field(
-      default_factory=dict)
-  max_accuracy_drop: Optional[float] = None
-  with_baseline: bool = False
-  # Regression heads: upper bounds on mean squared error.
-  max_clean_error: Optional[float] = None
-  max_attacked_error: Dict[str, float] = dataclasses.field(
-      default_factory=dict)
-
-  def check(self, head):
-    """Fails when a gate does not fit the model's head."""
-    accuracy = [n for n in ('min_clean_accuracy', 'min_attacked_accuracy',
-                            'max_accuracy_drop') if getattr(self, n)]
-    error = [n for n in ('max_clean_error', 'max_attacked_error')
-             if getattr(self, n)]
-    if head.classification and error:
-      raise ValueError(f'{error} gate regression models; the model\'s head is '
-                       f'{head.name}: use min_clean_accuracy / '
-                       'min_attacked_accuracy')
-    if not head.classification and accuracy:
-      raise ValueError(f'{accuracy} gate classifiers; the model\'s head is '
-                       'regression: use max_clean_error / max_attacked_error '
-                       '(mean squared error)')
 
 
 def _threshold(lower_bound, max_drop, upper_bound=None):
@@ -176,12 +142,13 @@ class Executor(evaluator_executor.Executor):
   """Runs TFMA with attacked predictions, then writes the report."""
 
   def Do(self, input_dict, output_dict, exec_properties):
-    settings = json.loads(exec_properties[ATTACK_SETTINGS_KEY])
-    if input_dict.get(TRANSFORM_GRAPH_KEY):
-      settings['transform_graph'] = artifact_utils.get_single_uri(
-          input_dict[TRANSFORM_GRAPH_KEY])
-    settings = attacks.AttackSettings(**settings)
-    gates = Gates(**json.loads(exec_properties[GATES_KEY]))
+    # Checked before any data is read (RuntimeParameters have values now).
+    params = RobustnessParams.from_exec_properties(exec_properties)
+    settings = params.attack_settings(
+        artifact_utils.get_single_uri(input_dict[TRANSFORM_GRAPH_KEY])
+        if input_dict.get(TRANSFORM_GRAPH_KEY) else None)
+    gates = params.gates(with_baseline=bool(input_dict.get(
+        standard_component_specs.BASELINE_MODEL_KEY)))
     head = _check_model(artifact_utils.get_single_instance(
         input_dict[standard_component_specs.MODEL_KEY]), settings)
     key = standard_component_specs.EVAL_CONFIG_KEY

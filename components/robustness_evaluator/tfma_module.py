@@ -28,6 +28,12 @@ from tfx_nsl.components.robustness_evaluator import attacks
 
 _PROGRESS_SECONDS = 30
 
+# Beam counters (namespace NAMESPACE).
+NAMESPACE = 'tfx_nsl.Robustness'
+COUNTERS = {
+    'examples_attacked': 'examples predicted under the attacks, per model',
+}
+
 def attack_names(eval_config):
   names = []
   for spec in eval_config.metrics_specs:
@@ -50,7 +56,7 @@ class _AttackedPredictionsDoFn(model_util.DoFnWithModels):
     super().__init__({m.model_name: m.model_loader for m in eval_shared_models})
     self._names = names
     self._settings = settings
-    self._examples = beam.metrics.Metrics.counter('tfx_nsl.Robustness',
+    self._examples = beam.metrics.Metrics.counter(NAMESPACE,
                                                   'examples_attacked')
     self._pending, self._rows = [], 0
     self._progress = None
