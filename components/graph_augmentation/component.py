@@ -9,10 +9,8 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ComponentSpec
 from tfx.types.component_spec import ExecutionParameter
 
-from tfx_nsl import constants
 from tfx_nsl import parameters
 from tfx_nsl.components.graph_augmentation import augment_core
-from tfx_nsl.components.graph_augmentation import config
 from tfx_nsl.components.graph_augmentation.config import AugmentParams
 from tfx_nsl.components.graph_augmentation import executor
 from tfx_nsl.types import Graph
@@ -20,6 +18,10 @@ from tfx_nsl.types import Graph
 # Re-exported for users of the component.
 LABELED_FEATURE = augment_core.LABELED_FEATURE
 STATS_PROPERTY = executor.STATS_PROPERTY
+
+
+# The defaults live in AugmentParams; the signature shows them.
+_DEFAULTS = AugmentParams()
 
 
 class GraphAugmentationSpec(ComponentSpec):
@@ -108,13 +110,13 @@ class GraphAugmentation(base_beam_component.BaseBeamComponent):
   def __init__(self,
                examples: types.BaseChannel,
                graph: types.BaseChannel,
-               max_neighbors: int = config.DEFAULT_MAX_NEIGHBORS,
-               add_undirected_edges: bool = False,
-               id_feature: str = constants.ID_FEATURE,
-               seed_splits: Sequence[str] = (constants.TRAIN_SPLIT,),
+               max_neighbors: int = _DEFAULTS.max_neighbors,
+               add_undirected_edges: bool = _DEFAULTS.add_undirected_edges,
+               id_feature: str = _DEFAULTS.id_feature,
+               seed_splits: Sequence[str] = tuple(_DEFAULTS.seed_splits),
                neighbor_splits: Optional[Sequence[str]] = None,
                neighbor_features: Optional[Sequence[str]] = None,
-               unlabeled_as_seeds: bool = False):
+               unlabeled_as_seeds: bool = _DEFAULTS.unlabeled_as_seeds):
     """Constructs a GraphAugmentation component.
 
     Args:

@@ -38,7 +38,7 @@ import struct
 import tempfile
 import uuid
 import zlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from absl import logging
 import apache_beam as beam
@@ -54,7 +54,6 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from tfx_nsl import beam_executor
-from tfx_nsl import constants
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_augmentation import augment_core
 from tfx_nsl.components.graph_augmentation.config import AugmentParams

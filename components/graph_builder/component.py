@@ -9,14 +9,15 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ComponentSpec
 from tfx.types.component_spec import ExecutionParameter
 
-from tfx_nsl import constants
 from tfx_nsl import parameters
 from tfx_nsl.components.graph_builder import executor
-from tfx_nsl.components.graph_builder import graph_core
-from tfx_nsl.components.graph_builder.params import Exact
 from tfx_nsl.components.graph_builder.params import GraphBuilderParams
 from tfx_nsl.components.graph_builder.params import Mode
 from tfx_nsl.types import Graph
+
+
+# The defaults live in GraphBuilderParams; the signature shows them.
+_DEFAULTS = GraphBuilderParams()
 
 
 class GraphBuilderSpec(ComponentSpec):
@@ -96,15 +97,15 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
                embedding_features: Optional[List[str]] = None,
                model: Optional[types.BaseChannel] = None,
                splits: Optional[List[str]] = None,
-               id_feature: str = constants.ID_FEATURE,
-               similarity: str = graph_core.COSINE,
-               similarity_threshold: float = 0.8,
+               id_feature: str = _DEFAULTS.id_feature,
+               similarity: str = _DEFAULTS.similarity,
+               similarity_threshold: float = _DEFAULTS.similarity_threshold,
                max_neighbors: Optional[int] = None,
-               undirected: bool = True,
-               mode: Union[Mode, str] = Exact(),
-               num_shards: int = 0,
-               read_batch_size: int = 4096,
-               embedding_signature: str = constants.SERVING_SIGNATURE,
+               undirected: bool = _DEFAULTS.undirected,
+               mode: Union[Mode, str] = _DEFAULTS.mode,
+               num_shards: int = _DEFAULTS.num_shards,
+               read_batch_size: int = _DEFAULTS.read_batch_size,
+               embedding_signature: str = _DEFAULTS.embedding_signature,
                embedding_output: Optional[str] = None):
     """Constructs a GraphBuilder.
 

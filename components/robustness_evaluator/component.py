@@ -30,6 +30,10 @@ TFMA_MODULE = 'tfx_nsl.components.robustness_evaluator.tfma_module'
 AttackSpec = Union[str, Dict]
 
 
+# The defaults live in RobustnessParams; the signature shows them.
+_DEFAULTS = RobustnessParams()
+
+
 def _spec_parameters():
   """One ExecutionParameter per RobustnessParams field, so that each scalar
   may be a RuntimeParameter."""
@@ -111,7 +115,7 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       baseline_model: Optional[types.BaseChannel] = None,
       transform_graph: Optional[types.BaseChannel] = None,
       label_key: Optional[str] = None,
-      attacks: Sequence[AttackSpec] = ('fgsm_linf_eps0.05', 'fgsm_linf_eps0.1'),  # pylint: disable=redefined-outer-name
+      attacks: Sequence[AttackSpec] = tuple(_DEFAULTS.attacks),  # pylint: disable=redefined-outer-name
       min_clean_accuracy: Optional[float] = None,
       min_attacked_accuracy: Optional[Union[float, Dict[str, float]]] = None,
       max_accuracy_drop: Optional[float] = None,
@@ -119,12 +123,12 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       clip_min: Optional[float] = None,
       clip_max: Optional[float] = None,
       example_splits: Optional[List[str]] = None,
-      batch_size: int = attacks_lib.DEFAULT_BATCH_SIZE,
-      head: str = heads.AUTO,
+      batch_size: int = _DEFAULTS.batch_size,
+      head: str = _DEFAULTS.head,
       eval_config: Optional[tfma.EvalConfig] = None,
       max_clean_error: Optional[float] = None,
       max_attacked_error: Optional[Union[float, Dict[str, float]]] = None,
-      attack_space: str = attacks_lib.MODEL_INPUTS):
+      attack_space: str = _DEFAULTS.attack_space):
     """Constructs a RobustnessEvaluator.
 
     Args:
