@@ -197,6 +197,10 @@ def test_example_id_kinds():
   two = _example('a')
   two.features.feature['id'].bytes_list.value.append(b'b')
   assert _node(two) is None
+  # The empty string cannot name a node in the TSV format: unusable, in
+  # GraphBuilder and GraphAugmentation alike (both call graph_io.node_id).
+  assert _node(_example('')) is None
+  assert graph_io.node_id([b''], b'rec') is None
   bad = tf.train.Example()
   bad.features.feature['id'].bytes_list.value.append(b'\xff')
   assert _node(bad) is None
@@ -324,8 +328,12 @@ def test_gzip_writer_writes_tfrecords(tmp_path):
 
 
 def test_buckets_are_stable():
+  # Fixed values (CRC-32 of the UTF-8 id): a salted hash would differ
+  # between processes and runs.
   assert [executor.bucket_of(n, 7) for n in ('a', 'n0000001', '42')] == [
-      executor.bucket_of(n, 7) for n in ('a', 'n0000001', '42')]
+      4, 2, 3]
+  assert [executor.bucket_of(n, 1000) for n in ('a', 'n0000001', '42')] == [
+      907, 369, 288]
   assert executor.bucket_of('anything', 1) == 0
   assert beam_executor.runs_locally(['--direct_running_mode=in_memory'])
   assert beam_executor.runs_locally(['--runner=DirectRunner'])

@@ -44,6 +44,44 @@ def test_exact_edges_match_numpy_brute_force(k, threshold):
     assert found[key] == pytest.approx(weight, abs=1e-5)
 
 
+def test_normalization_neither_overflows_nor_underflows():
+  rng = np.random.RandomState(3)
+  base = rng.rand(3, 24).astype(np.float32) + 0.1
+  # 1e20 fits float32, its square does not; 1e-30's square underflows.
+  rows = np.concatenate([base, base[:1] * 1e20, base[1:2] * 1e-30,
+                         np.zeros((1, 24), np.float32)])
+  corpus, usable = graph_core.prepare_vectors(rows, graph_core.COSINE)
+  assert usable.tolist() == [True] * 5 + [False]
+  np.testing.assert_allclose(np.linalg.norm(corpus[:5], axis=1), 1.0,
+                             rtol=1e-6)
+  np.testing.assert_allclose(corpus[3], corpus[0], rtol=1e-6)
+  np.testing.assert_allclose(corpus[4], corpus[1], rtol=1e-6)
+  # Dot similarity: products of 1e20 vectors overflow float32.
+  _, usable = graph_core.prepare_vectors(rows, graph_core.DOT)
+  assert usable.tolist() == [True, True, True, False, True, True]
+
+
+def test_huge_and_tiny_embeddings_get_their_edges(tmp_path, caplog):
+  rng = np.random.RandomState(4)
+  vectors = rng.rand(20, 24).astype(np.float32)
+  rows = _rows(vectors) + [
+      {'id': 'huge', 'emb': vectors[0] * np.float32(1e20)},
+      {'id': 'tiny', 'emb': vectors[1] * np.float32(1e-30)}]
+  _, found, stats = _run_executor(
+      tmp_path, {'train': rows}, embedding_features=['emb'],
+      similarity_threshold=0.999, max_neighbors=1, undirected=False)
+  assert found[('huge', 'n0000')] == pytest.approx(1.0, abs=1e-5)
+  assert found[('tiny', 'n0001')] == pytest.approx(1.0, abs=1e-5)
+  assert stats['counters'].get('zero_embedding', 0) == 0
+  # With dot similarity the huge one is left out, counted and named.
+  _, found, stats = _run_executor(
+      tmp_path, {'train': rows}, name='dot', embedding_features=['emb'],
+      similarity='dot', similarity_threshold=0.0, max_neighbors=1)
+  assert stats['counters']['embedding_too_large'] == 1
+  assert not any('huge' in pair for pair in found)
+  assert 'huge' in caplog.text and 'overflow float32' in caplog.text
+
+
 @pytest.mark.parametrize('threshold', [-1.0, 0.6])
 def test_pair_edges_scores_each_pair_once_and_matches_brute_force(threshold):
   vectors = clustered_embeddings(300, 16, 10, 0.8, seed=2)
@@ -283,6 +321,7 @@ def test_bad_inputs_are_counted_and_named(tmp_path, caplog):
       {'emb': np.array([1, 2, 3, 4], np.float32)},  # no id: derived
       {'id': ['two', 'ids'], 'emb': np.array([4, 3, 2, 1], np.float32)},
       {'id': 'tab\there', 'emb': np.array([4, 3, 2, 2], np.float32)},
+      {'id': '', 'emb': np.array([4, 3, 1, 2], np.float32)},
   ]
   _, found, stats = _run_executor(
       tmp_path, {'train': good + bad, 'unlabeled': []},
@@ -293,14 +332,16 @@ def test_bad_inputs_are_counted_and_named(tmp_path, caplog):
   assert counters['non_finite_embedding'] == 2
   assert counters['zero_embedding'] == 1
   assert counters['ids_derived_from_content'] == 1
-  assert counters['unusable_id'] == 2
+  assert counters['unusable_id'] == 3
   assert stats['num_nodes'] == 51
   assert stats['empty_splits'] == ['unlabeled']
   nodes = {s for s, _ in found} | {t for _, t in found}
   assert not nodes & {'no-emb', 'short', 'nan', 'inf', 'zero'}
   assert any(n.startswith('sha256-') for n in nodes)
-  for name in ('no-emb', 'short', 'nan', 'zero', "[b'two', b'ids']"):
+  for name in ('no-emb', 'short', 'nan', 'zero', "[b'two', b'ids']",
+               "[b'']"):
     assert name in caplog.text
+  assert '' not in nodes
 
 
 @pytest.mark.parametrize('mode', ['exact', 'lsh'])
@@ -316,7 +357,7 @@ def test_no_usable_example_stops_the_run(tmp_path):
   rows = [{'id': 'a', 'emb': np.zeros(3, np.float32)},
           {'id': ['b', 'c'], 'emb': np.ones(3, np.float32)}]
   with pytest.raises(Exception, match=r'none of the 2 examples.*1 have an '
-                     r"unusable id feature 'id'.*1 are not finite or all zero"):
+                     r"unusable id feature 'id'.*1 are not finite, all zero or too large"):
     _run_executor(tmp_path, {'train': rows}, embedding_features=['emb'])
 
 

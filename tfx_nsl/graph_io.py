@@ -67,8 +67,9 @@ def node_id(values, serialized):
   written in decimal; no value at all means the id is derived from the
   example's bytes (docs/design.md), the same way in GraphBuilder and
   GraphAugmentation so their graphs join (when both read the same records).
-  Anything else (several values, floats, undecodable bytes, a tab or line
-  break, which the TSV format cannot hold) is no usable id: None.
+  Anything else (several values, floats, undecodable bytes, the empty
+  string, a tab or line break, which the TSV format cannot hold) is no
+  usable id: None.
   """
   if not values:
     return derive_example_id(serialized)
@@ -80,7 +81,7 @@ def node_id(values, serialized):
       text = value.decode('utf-8')
     except UnicodeDecodeError:
       return None
-    if '\t' in text or '\n' in text or '\r' in text:
+    if not text or '\t' in text or '\n' in text or '\r' in text:
       return None
     return text
   if isinstance(value, int):

@@ -94,7 +94,7 @@ class GraphAugmentation(base_beam_component.BaseBeamComponent):
     that lack a requested feature: counted with Beam counters in namespace
     'tfx_nsl.GraphAugmentation', logged, and stored as JSON in the output's
     custom property `augmentation_stats`. Self-loops are dropped, and seeds
-    with an unusable id (several values, floats) are kept with no neighbors
+    with an unusable id (several values, floats, the empty string) are kept with no neighbors
     (pack_nbrs has no such rule). An example without the id feature is named
     by a digest of its bytes, as GraphBuilder names it, so the two join. The
     run fails when no edge line is usable, or when edges exist but no seed got

@@ -52,10 +52,12 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
   Nodes are examples, named by `id_feature` (an id is derived from the
   example's bytes where it is missing). Each node gets edges to the examples
   whose embedding similarity is at least `similarity_threshold`, at most
-  `max_neighbors` of them (highest first, ties by id). Embeddings come from
-  numeric `embedding_features` (concatenated), or from an embedding `model`
-  (a SavedModel whose signature takes serialized tf.Examples), applied with
-  tfx-bsl's RunInference. To embed Transform outputs, pass
+  `max_neighbors` of them (highest first; equal float32 scores break by
+  ascending id, but exact-duplicate embeddings may score one rounding apart
+  in blocked matrix products, so their order among themselves is not
+  guaranteed). Embeddings come from numeric `embedding_features`
+  (concatenated), or from an embedding `model` (a SavedModel whose signature
+  takes serialized tf.Examples), applied with tfx-bsl's RunInference. To embed Transform outputs, pass
   `Transform.outputs['transformed_examples']` as `examples`.
 
   `mode` is one section: `Exact()` scores every pair as blocked matrix

@@ -78,12 +78,15 @@ COUNTERS = {
     'ids_derived_from_content': 'examples without the id feature, named by a '
                                 'digest of their bytes',
     'unusable_id': 'examples whose id feature is unusable: several values, '
-                   'floats, tabs or line breaks (left out, logged)',
+                   'floats, the empty string, tabs or line breaks (left out, '
+                   'logged)',
     'missing_embedding': 'examples lacking an embedding feature (left out)',
     'wrong_dimension': 'embeddings of another length than the most common '
                        'one (left out)',
     'non_finite_embedding': 'embeddings with NaN or infinity (left out)',
     'zero_embedding': 'all-zero embeddings, which have no cosine (left out)',
+    'embedding_too_large': "embeddings whose dot products overflow float32 "
+                           "(similarity 'dot' only; left out)",
     'nodes': 'graph nodes',
     'scored_pairs': 'similarities computed',
     'lsh_buckets': 'LSH buckets scored (lsh mode)',
@@ -105,7 +108,8 @@ def _column(record_batch, name):
 def _warn_unusable_id(serialized, id_feature, values):
   logging.warning(
       'GraphBuilder left out example %s (named by its digest): its id '
-      'feature %r holds %s, not one bytes or int64 value',
+      'feature %r holds %s, not one int64 or one non-empty UTF-8 value '
+      'without tabs or line breaks',
       graph_io.derive_example_id(serialized), id_feature, values)
 
 
@@ -337,8 +341,14 @@ class _BuildCorpus(beam.DoFn):
     nonfinite = ~np.isfinite(vectors).all(axis=1)
     self._report('non_finite_embedding', ids[nonfinite],
                  'have NaN or infinite embedding values')
-    self._report('zero_embedding', ids[~usable & ~nonfinite],
-                 'have an all-zero embedding (no direction for cosine)')
+    if params.similarity == graph_core.COSINE:
+      self._report('zero_embedding', ids[~usable & ~nonfinite],
+                   'have an all-zero embedding (no direction for cosine)')
+    else:
+      self._report('embedding_too_large', ids[~usable & ~nonfinite],
+                   f'have an embedding norm above '
+                   f'{graph_core.MAX_DOT_NORM:.3g}, whose dot products '
+                   'overflow float32 (scale the embeddings down)')
     ids, vectors = ids[usable], vectors[usable]
     if not len(ids):
       raise ValueError(
@@ -347,7 +357,7 @@ class _BuildCorpus(beam.DoFn):
           f'unusable id feature {params.id_feature!r}, '
           f'{int((missing & ~unusable_id).sum())} lack an embedding feature, '
           f'{int(wrong_dim.sum())} have the wrong dimension and '
-          f'{int((~usable).sum())} are not finite or all zero (see the log '
+          f'{int((~usable).sum())} are not finite, all zero or too large (see the log '
           'for examples of each)')
     order = np.argsort(ids, kind='stable')
     ids, vectors = ids[order], vectors[order]

@@ -1,7 +1,9 @@
 """Pure numpy functions of the graph builder; no TFX, no Beam.
 
 Nodes are indices into a corpus sorted by example id, so "ascending index"
-means "ascending id" and every tie is broken the same way on every runner.
+means "ascending id" and every tie of equal scores is broken the same way on
+every runner. Equal vectors need not give equal scores: a blocked float32
+product may round them one ulp apart, and then that, not the id, orders them.
 Edges travel as three parallel arrays (source index, target index, weight)
 rather than one Python object per edge.
 """
@@ -37,19 +39,38 @@ def concat_edges(parts):
   return Edges(*(np.concatenate(a) for a in zip(*parts)))
 
 
+# Dot products of vectors longer than this overflow float32.
+MAX_DOT_NORM = float(np.sqrt(np.finfo(np.float32).max))
+
+
+def too_large_for_dot(vectors):
+  """Rows whose dot products with themselves overflow float32."""
+  return np.linalg.norm(np.asarray(vectors, np.float64), axis=1) > MAX_DOT_NORM
+
+
 def prepare_vectors(vectors, similarity):
   """Float32 copy of `vectors`, L2-normalized for cosine similarity.
 
   Returns (vectors, usable) where `usable` is False for rows that cannot take
-  part: non-finite values, or (cosine) a zero vector, which has no direction.
+  part: non-finite values; for cosine an all-zero vector, which has no
+  direction; for dot a vector whose dot products overflow float32. Each row
+  is divided by its largest magnitude before its norm is taken, so the norm
+  neither overflows (values near the float32 limit) nor underflows to zero
+  (tiny but nonzero values).
   """
   vectors = np.asarray(vectors, np.float32)
   usable = np.isfinite(vectors).all(axis=1)
   if similarity == COSINE:
+    finite = np.where(usable[:, None], vectors, 0.0)
+    scale = (np.abs(finite).max(axis=1) if finite.shape[1]
+             else np.zeros(len(finite), np.float32))
+    usable &= scale > 0
+    vectors = vectors / np.where(usable, scale, 1.0)[:, None]
     norms = np.linalg.norm(np.where(usable[:, None], vectors, 0.0), axis=1)
-    usable &= norms > 0
     vectors = vectors / np.where(usable, norms, 1.0)[:, None]
-  return vectors, usable
+  else:
+    usable &= ~too_large_for_dot(np.where(usable[:, None], vectors, 0.0))
+  return vectors.astype(np.float32, copy=False), usable
 
 
 def _self_mask(scores, row_ids, col_ids):
