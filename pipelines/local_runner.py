@@ -1,6 +1,6 @@
 """Runs the pipeline locally: LocalDagRunner, Beam DirectRunner, SQLite MLMD."""
-import contextlib
 import os
+import sys
 from typing import Any, Dict, Optional, Sequence, TextIO
 
 from tfx import v1 as tfx
@@ -151,10 +151,10 @@ def run_local(
 ) -> Dict[str, Any]:
   """Runs the digits pipeline under `output_root`; returns the summary.
 
-  Progress goes to `terminal`; every other output goes to `log_path` (by
-  default under `output_root`/logs) unless `verbose`. When `terminal` is
-  given, the caller has already sent the rest to the log
-  (`tfx_nsl.progress.quiet`). Raises `progress.PipelineFailed`.
+  Prints a line as each component starts and ends (to `terminal`, else
+  stdout), beside whatever else the process prints. `tfx-nsl run` passes
+  the `terminal` of `tfx_nsl.progress.quiet`, which has sent everything else
+  to `log_path`. Raises `progress.PipelineFailed`.
   """
   output_root = os.path.abspath(output_root)
   data_root = datasets.write_digits(os.path.join(output_root, 'data'))
@@ -178,13 +178,12 @@ def run_local(
       beam_pipeline_args=beam_pipeline_args,
       component_beam_args=component_beam_args,
       enable_cache=enable_cache)
-  log_path = log_path or progress.log_path(output_root, pipeline_name)
-  with contextlib.ExitStack() as stack:
-    if terminal is None:
-      terminal = stack.enter_context(progress.quiet(log_path, verbose))
-    progress.run_with_progress(
-        lambda: tfx.orchestration.LocalDagRunner().run(pipeline), terminal,
-        log_path)
+  quiet = terminal is not None and not verbose
+  progress.run_with_progress(
+      lambda: tfx.orchestration.LocalDagRunner().run(pipeline),
+      terminal or sys.stdout, log_path if quiet else None,
+      live=None if quiet else False)
   summary = summarize(metadata_path, pipeline_name)
-  summary['log'] = log_path
+  if quiet:
+    summary['log'] = log_path
   return summary

@@ -67,7 +67,9 @@ def test_every_scalar_parameter_accepts_a_runtime_parameter(component_class,
                               graph=_channel(tfx_nsl.Graph, 'g')),
       RobustnessEvaluator: dict(examples=_channel(standard_artifacts.Examples,
                                                   'e'),
-                                model=_channel(standard_artifacts.Model, 'm')),
+                                model=_channel(standard_artifacts.Model, 'm'),
+                                baseline_model=_channel(
+                                    standard_artifacts.Model, 'b')),
   }[component_class]
   kwargs = _runtime_kwargs(component_class)
   assert len(kwargs) >= {GraphBuilder: 9, GraphAugmentation: 2,
@@ -238,9 +240,35 @@ def test_fingerprint_sees_the_model_fn_module(tmp_path, monkeypatch):
   assert first.startswith(parameters.fingerprint() + ' my_models+')
   module.write_text('def model_fn(specs, config):\n  return 1\n')
   assert parameters.fingerprint('my_models.model_fn') != first
-  with pytest.raises(ValueError, match="module 'no_such_module' is not "
-                     'importable'):
-    parameters.fingerprint('no_such_module.model_fn')
+  # Not importable where the pipeline is built (e.g. only in the image):
+  # the name alone, with a warning.
+  assert parameters.fingerprint('no_such_module.model_fn') == (
+      parameters.fingerprint() + ' no_such_module')
+  assert parameters.fingerprint('no_pkg.sub.model_fn').endswith(' no_pkg.sub')
+
+
+def test_fingerprint_is_the_same_for_a_checkout_and_an_installed_copy(
+    tmp_path):
+  """An installed wheel nests the subpackages inside tfx_nsl/; the
+  editable checkout keeps them beside it: same code, same fingerprint."""
+  import shutil
+  import subprocess
+  import sys
+  checkout = os.path.dirname(os.path.dirname(os.path.abspath(
+      parameters.__file__)))
+  site = tmp_path / 'site'
+  ignore = shutil.ignore_patterns('__pycache__', '*.pyc')
+  shutil.copytree(os.path.join(checkout, 'tfx_nsl'), site / 'tfx_nsl',
+                  ignore=ignore)
+  for sub in ('components', 'pipelines', 'trainer_modules', 'kubeflow'):
+    shutil.copytree(os.path.join(checkout, sub), site / 'tfx_nsl' / sub,
+                    ignore=ignore)
+  code = 'from tfx_nsl import parameters; print(parameters.fingerprint())'
+  installed = subprocess.run(
+      [sys.executable, '-c', code], cwd=str(tmp_path), check=True,
+      capture_output=True, text=True,
+      env={**os.environ, 'PYTHONPATH': str(site)}).stdout.strip()
+  assert installed == parameters.fingerprint()
 
 
 def test_trainer_custom_config_carries_the_fingerprint(tmp_path):
@@ -254,3 +282,47 @@ def test_trainer_custom_config_carries_the_fingerprint(tmp_path):
   custom = json.loads(trainer.exec_properties['custom_config'])
   assert custom[parameters.FINGERPRINT_KEY] == parameters.fingerprint()
   TrainerConfig.from_dict(custom)  # The Trainer ignores it.
+
+
+def test_values_are_normalized_and_bad_ones_named():
+  examples = _channel(standard_artifacts.Examples, 'e')
+  model = _channel(standard_artifacts.Model, 'm')
+  # Ints for floats, tuples for lists, numpy scalars: taken as meant.
+  evaluator = RobustnessEvaluator(examples=examples, model=model, clip_min=0,
+                                  clip_max=1, perturb_features=('pixels',),
+                                  batch_size=np.int64(64))
+  assert evaluator.exec_properties['clip_max'] == 1.0
+  assert isinstance(evaluator.exec_properties['clip_max'], float)
+  assert evaluator.exec_properties['perturb_features'] == ['pixels']
+  builder = GraphBuilder(examples=examples, embedding_features=['emb'],
+                         similarity_threshold=1, max_neighbors=np.int64(3),
+                         splits=('train',))
+  assert builder.exec_properties['similarity_threshold'] == 1.0
+  assert builder.exec_properties['max_neighbors'] == 3
+  bad = [
+      (GraphBuilder, dict(embedding_features='emb'),
+       r"embedding_features must be a list of names, e.g. \['emb'\]"),
+      (GraphBuilder, dict(embedding_features=['emb'], mode=Lsh(
+          rounds=data_types.RuntimeParameter('r', ptype=int, default=2))),
+       r"knobs \['rounds'\] cannot be RuntimeParameters themselves; make "
+       '`mode` a str RuntimeParameter'),
+      (GraphBuilder, dict(embedding_features=['emb'], mode=Lsh(seed=-1)),
+       r'seed=-1 is not allowed: must be in \[0, 2\*\*32\)'),
+      (GraphBuilder, dict(embedding_features=['emb'], splits=[1]),
+       r'splits=\[1\] must be of type List\[str\]'),
+      (RobustnessEvaluator, dict(model=model, min_attacked_accuracy={
+          'fgsm_linf_eps0.05': 'high'}),
+       'min_attacked_accuracy_by_attack=.*must be of type Dict'),
+      (RobustnessEvaluator, dict(model=model, attacks='fgsm_linf_eps0.1'),
+       r"attacks must be a list, e.g. \['fgsm_linf_eps0.1'\]"),
+      (RobustnessEvaluator, dict(model=model, example_splits='eval'),
+       'example_splits must be a list'),
+      (RobustnessEvaluator, dict(model=model, max_accuracy_drop=0.05),
+       'max_accuracy_drop compares with a baseline: pass baseline_model'),
+      (RobustnessEvaluator, dict(model=model, attacks=[],
+                                 min_attacked_accuracy=0.5),
+       'attacks is empty'),
+  ]
+  for component_class, kwargs, message in bad:
+    with pytest.raises(ValueError, match=message):
+      component_class(examples=examples, **kwargs)

@@ -145,7 +145,8 @@ def test_component_validates_at_construction():
     RobustnessEvaluator(examples=examples, model=model,
                         attacks=['fgsm_linf_eps0.1'],
                         min_attacked_accuracy={'fgsm_linf_eps0.2': 0.5})
-  with pytest.raises(ValueError, match=r'min_clean_accuracy=2 is not allowed: an accuracy in \[0, 1\]'):
+  with pytest.raises(ValueError, match=r'min_clean_accuracy=2.0 is not '
+                     r'allowed: an accuracy in \[0, 1\]'):
     RobustnessEvaluator(examples=examples, model=model, min_clean_accuracy=2)
   evaluator = RobustnessEvaluator(
       examples=examples, model=model,

@@ -19,14 +19,21 @@ def _parser():
   run.add_argument('--output-root', default='runs',
                    help='where data, pipeline outputs, ML Metadata and the '
                         'pushed model go (default: %(default)s)')
-  run.add_argument('--pipeline-name', default='tfx-nsl-digits')
-  run.add_argument('--train-steps', type=int, default=2000)
+  run.add_argument('--pipeline-name', default='tfx-nsl-digits',
+                   help='name in ML Metadata and of the output folders '
+                        '(default: %(default)s)')
+  run.add_argument('--train-steps', type=int, default=2000,
+                   help='Trainer steps (default: %(default)s)')
   run.add_argument('--min-accuracy', type=float, default=0.9,
-                   help='clean eval accuracy needed to bless and push')
+                   help='clean eval accuracy needed to bless and push '
+                        '(default: %(default)s)')
   run.add_argument('--no-adversarial', action='store_true',
                    help='train without NSL adversarial regularization')
   run.add_argument('--no-graph', action='store_true',
-                   help='train without NSL graph regularization')
+                   help='train without NSL graph regularization (the graph '
+                        'is still built and joined, so a rerun reuses them '
+                        'from the cache and the Trainers see the same '
+                        'examples)')
   run.add_argument('--no-baseline', action='store_true',
                    help='do not train and judge the plain model beside it')
   run.add_argument('--engine', choices=('direct', 'flink', 'spark'),
@@ -54,7 +61,7 @@ def main(argv=None):
         ('shown here (--verbose)' if args.verbose else
          f'{log} (--verbose shows them here)'), flush=True)
   start = time.time()
-  failure = None
+  failure, ran = None, False
   with contextlib.ExitStack() as stack:
     # Before TensorFlow is imported: it logs on import.
     terminal = stack.enter_context(progress.quiet(log, args.verbose))
@@ -93,9 +100,14 @@ def main(argv=None):
             verbose=args.verbose, terminal=terminal, log_path=log)
       except progress.PipelineFailed as e:
         failure = '\n'.join(str(e).splitlines()[:20])
+        ran = True
+      except ValueError as e:  # A bad setting, found before any component ran.
+        failure = str(e)
   if failure is not None:
-    print(f'error: {failure}\n  last lines of the log:', *progress.tail(log),
-          f'  full log: {log}', sep='\n', file=sys.stderr)
+    print(f'error: {failure}', file=sys.stderr)
+    if not args.verbose and ran:
+      print('  last lines of the log:', *progress.tail(log),
+            f'  full log: {log}', sep='\n', file=sys.stderr)
     return 1
   print(local_runner.format_summary(summary))
   print(f'  wall time: {time.time() - start:.0f} s')

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import typing
 from typing import Any, Callable, Dict, Mapping, Optional
@@ -36,11 +37,8 @@ def is_runtime(value) -> bool:
 
 def _base_type(annotation):
   """(type, optional) of an annotation such as Optional[int] or List[str]."""
-  args = typing.get_args(annotation)
-  if typing.get_origin(annotation) is typing.Union and type(None) in args:
-    (inner,) = [a for a in args if a is not type(None)]
-    return _base_type(inner)[0], True
-  return typing.get_origin(annotation) or annotation, False
+  inner = _strip_optional(annotation)
+  return typing.get_origin(inner) or inner, inner is not annotation
 
 
 def _type_ok(value, kind) -> bool:
@@ -104,18 +102,66 @@ class Checker:
                   f'{type(value).__name__}')
 
 
+def _normalized(value, annotation):
+  """`value` in the plain type its annotation names: numpy scalars as Python
+  numbers, ints as floats for float fields, tuples as lists, bools stored
+  as ints (ML Metadata, so Kubeflow) as bools; anything else unchanged for
+  the type check to name."""
+  kind, _ = _base_type(annotation)
+  if hasattr(value, 'item') and not hasattr(value, '__len__'):
+    value = value.item()  # numpy scalar
+  if kind is float and _type_ok(value, int):
+    return float(value)
+  if kind is bool and _type_ok(value, int) and value in (0, 1):
+    return bool(value)
+  if kind is list and isinstance(value, tuple):
+    return list(value)
+  return value
+
+
+def _elements_ok(value, annotation) -> bool:
+  """Whether a list's elements / a dict's keys and values have the types
+  its annotation names (List[str], Dict[str, float])."""
+  inner = typing.get_args(_strip_optional(annotation))
+  if isinstance(value, list) and inner:
+    return all(_type_ok(v, inner[0]) for v in value)
+  if isinstance(value, dict) and len(inner) == 2:
+    return all(_type_ok(k, inner[0]) and _type_ok(v, inner[1])
+               for k, v in value.items())
+  return True
+
+
+def _strip_optional(annotation):
+  args = typing.get_args(annotation)
+  if typing.get_origin(annotation) is typing.Union and type(None) in args:
+    (inner,) = [a for a in args if a is not type(None)]
+    return inner
+  return annotation
+
+
 def check(params, component: str) -> Checker:
-  """Type-checks a parameters dataclass; returns a Checker for its rules."""
-  checker = Checker(component, {f.name: getattr(params, f.name)
-                                for f in dataclasses.fields(params)})
+  """Type-checks a parameters dataclass (after normalizing its values in
+  place); returns a Checker for its rules."""
   hints = typing.get_type_hints(type(params))
-  checker.types({f.name: hints[f.name] for f in dataclasses.fields(params)})
+  fields = {f.name: hints[f.name] for f in dataclasses.fields(params)}
+  for name, annotation in fields.items():
+    if annotation is not Any and not is_runtime(getattr(params, name)):
+      object.__setattr__(params, name,
+                         _normalized(getattr(params, name), annotation))
+  checker = Checker(component, {n: getattr(params, n) for n in fields})
+  checker.types(fields)
+  for name, annotation in fields.items():
+    value = getattr(params, name)
+    if annotation is not Any and not is_runtime(value) and not _elements_ok(
+        value, annotation):
+      checker.fail(f'parameter {name}={value!r} must be of type '
+                   f'{str(_strip_optional(annotation)).replace("typing.", "")}')
   return checker
 
 
 def from_exec_properties(cls, exec_properties: Mapping[str, Any]):
   """`cls` from exec properties: list/dict parameters arrive JSON-encoded,
-  floats given as ints are made floats, absent ones take the defaults."""
+  absent ones take the defaults."""
   hints = typing.get_type_hints(cls)
   values = {}
   for field in dataclasses.fields(cls):
@@ -125,11 +171,7 @@ def from_exec_properties(cls, exec_properties: Mapping[str, Any]):
     kind, _ = _base_type(hints[field.name])
     if isinstance(value, str) and kind in (list, dict):
       value = json.loads(value) if value else None
-    if kind is float and _type_ok(value, int):
-      value = float(value)
-    if kind is bool and _type_ok(value, int) and value in (0, 1):
-      value = bool(value)  # ML Metadata (so Kubeflow) stores bools as ints.
-    values[field.name] = value
+    values[field.name] = value  # check() normalizes the types
   return cls(**values)
 
 
@@ -153,11 +195,17 @@ def fingerprint(module_function: Optional[str] = None) -> str:
   """
   if module_function:
     module = module_function.rpartition('.')[0]
-    spec = importlib.util.find_spec(module)
+    try:
+      spec = importlib.util.find_spec(module)
+    except ImportError:
+      spec = None
     if spec is None or not spec.origin or not os.path.isfile(spec.origin):
-      raise ValueError(f'{module_function!r}: module {module!r} is not '
-                       'importable here; give an import path of an installed '
-                       'module (package.module.function)')
+      # E.g. a Kubeflow compile on a machine without the image's modules:
+      # the cache then sees the name only.
+      logging.warning('tfx-nsl: module %r of %r is not importable here, so '
+                      "the cache key holds its name, not its content",
+                      module, module_function)
+      return f'{fingerprint()} {module}'
     with open(spec.origin, 'rb') as f:
       digest = hashlib.sha256(f.read()).hexdigest()[:16]
     return f'{fingerprint()} {module}+{digest}'
@@ -165,22 +213,28 @@ def fingerprint(module_function: Optional[str] = None) -> str:
   if _fingerprint is None or not _fingerprint.startswith(
       tfx_nsl.__version__ + '+'):
     root = os.path.dirname(os.path.realpath(tfx_nsl.__file__))
-    folders = [root]
-    checkout = os.path.dirname(root)
-    if not os.path.isdir(os.path.join(root, 'components')) and os.path.isfile(
-        os.path.join(checkout, 'setup.py')):
-      # An editable install: the subpackages are the checkout's folders.
-      folders += [os.path.join(checkout, sub) for sub in
-                  ('components', 'pipelines', 'trainer_modules', 'kubeflow')]
-    digest = hashlib.sha256()
-    for folder in folders:
-      for directory, subdirs, files in sorted(os.walk(folder)):
-        subdirs.sort()
-        for name in sorted(files):
+    # (folder, its path inside the package): the subpackages' folders come
+    # from the import system, so an editable checkout and an installed wheel
+    # of the same code hash the same names and bytes.
+    folders = [(root, '')]
+    for sub in ('components', 'pipelines', 'trainer_modules', 'kubeflow'):
+      spec = importlib.util.find_spec(f'tfx_nsl.{sub}')
+      for location in (spec.submodule_search_locations or []) if spec else []:
+        location = os.path.realpath(location)
+        if os.path.dirname(location) != root:  # else walked with root
+          folders.append((location, sub))
+    sources = {}  # path inside the package -> file
+    for folder, prefix in folders:
+      for directory, subdirs, files in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if d != '__pycache__']
+        for name in files:
           if name.endswith('.py'):
             path = os.path.join(directory, name)
-            digest.update(os.path.relpath(path, folder).encode())
-            with open(path, 'rb') as f:
-              digest.update(f.read())
+            sources[os.path.join(prefix, os.path.relpath(path, folder))] = path
+    digest = hashlib.sha256()
+    for name in sorted(sources):
+      digest.update(name.encode())
+      with open(sources[name], 'rb') as f:
+        digest.update(f.read())
     _fingerprint = f'{tfx_nsl.__version__}+{digest.hexdigest()[:16]}'
   return _fingerprint

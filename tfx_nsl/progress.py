@@ -49,17 +49,21 @@ class Progress(logging.Handler):
   _CACHED = 'A cached execution %d is used.'
   _SPINNER = '|/-\\'
 
-  def __init__(self, stream):
+  def __init__(self, stream, live=None):
     super().__init__(logging.INFO)
     self._stream = stream
-    self._live = stream.isatty()
+    # live: rewrite one line per component (a terminal showing nothing
+    # else); else a line at each start and end (logs may come between).
+    self._live = stream.isatty() if live is None else live
     self._lock = threading.Lock()
     self._cached = False
     self.current = None
     self._started = 0.0
     self._stop = threading.Event()
+    self._ticker = None
     if self._live:
-      threading.Thread(target=self._tick, daemon=True).start()
+      self._ticker = threading.Thread(target=self._tick, daemon=True)
+      self._ticker.start()
 
   def _write(self, text):
     self._stream.write(text)
@@ -75,10 +79,8 @@ class Progress(logging.Handler):
                       f'{time.time() - self._started:.0f} s\x1b[K')
 
   def _end_line(self, status):
-    # On a terminal the live line is rewritten; elsewhere (CI, a pipe) the
-    # line started with the component's name ends with its status.
     self._write(f'\r  {self.current:<20} {status}\x1b[K\n' if self._live
-                else f'{status}\n')
+                else f'  {self.current:<20} {status}\n')
     self.current = None
 
   def emit(self, record):
@@ -86,7 +88,8 @@ class Progress(logging.Handler):
       if record.msg == self._START:
         self.current, self._started, self._cached = (
             record.args[0], time.time(), False)
-        self._write(f'  {self.current:<20} ')
+        self._write(f'  {self.current:<20} ' if self._live else
+                    f'  {self.current:<20} started\n')
       elif record.msg == self._END and self.current:
         self._end_line('cached: reused the outputs of an identical earlier '
                        'run' if self._cached else
@@ -103,7 +106,12 @@ class Progress(logging.Handler):
       return name
 
   def close(self):
+    with self._lock:
+      if self.current:  # Interrupted: end the line.
+        self._end_line('stopped')
     self._stop.set()
+    if self._ticker is not None:
+      self._ticker.join()
     super().close()
 
 
@@ -111,6 +119,9 @@ class Progress(logging.Handler):
 def quiet(path, verbose=False):
   """Yields a stream to the terminal; everything else this process and its
   children write goes to the file `path` (unless `verbose`)."""
+  if verbose:  # Everything stays on the terminal; there is no log file.
+    yield sys.stdout
+    return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   sys.stdout.flush()
   sys.stderr.flush()
@@ -118,11 +129,10 @@ def quiet(path, verbose=False):
   terminal = os.fdopen(os.dup(saved[0]), 'w', buffering=1)
   try:
     with open(path, 'a', buffering=1) as log:
-      if not verbose:
+      try:
         # File descriptors, not sys.stdout: C++ logs and child processes.
         for fd in (1, 2):
           os.dup2(log.fileno(), fd)
-      try:
         yield terminal
       finally:
         sys.stdout.flush()
@@ -135,12 +145,13 @@ def quiet(path, verbose=False):
     terminal.close()
 
 
-def run_with_progress(run, terminal, path):
+def run_with_progress(run, terminal, path, live=None):
   """Calls `run()` (a TFX LocalDagRunner run) with one line per component on
   `terminal`; a failure raises PipelineFailed naming the component."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  verbosity = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.INFO)  # TFX's per-component lines.
-  progress = Progress(terminal)
+  progress = Progress(terminal, live)
   absl_logger = logging.getLogger('absl')
   absl_logger.addHandler(progress)
   try:
@@ -152,3 +163,4 @@ def run_with_progress(run, terminal, path):
   finally:
     absl_logger.removeHandler(progress)
     progress.close()
+    absl_logging.set_verbosity(verbosity)

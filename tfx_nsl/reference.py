@@ -104,10 +104,14 @@ def render(component_class, counters=None, namespace=None, extra=()):
     out += ['', f'## {title}', '', '| key | artifact type | optional | '
             'meaning |', '|---|---|---|---|']
     for key, channel in channels.items():
-      if title == 'Inputs' and key not in signature.parameters:
-        continue  # A spec input the component does not take.
+      optional = channel.optional
+      if title == 'Inputs':
+        if key not in signature.parameters:
+          continue  # A spec input the component does not take.
+        optional = (signature.parameters[key].default is not
+                    inspect.Parameter.empty)
       out.append(f'| `{key}` | `{channel.type.TYPE_NAME}` | '
-                 f'{"yes" if channel.optional else "no"} | '
+                 f'{"yes" if optional else "no"} | '
                  f'{_cell(described.get(key, ""))} |')
   for title, text in extra:
     out += ['', f'## {title}', '', text.strip()]

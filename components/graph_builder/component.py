@@ -84,10 +84,12 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
     parameter, the value and what is allowed, at construction (or, for a
     RuntimeParameter, when the component starts). Examples without an
     embedding feature, with an embedding of another length, with NaN or
-    infinite values, or all zeros, and examples whose id is unusable
-    (several values, floats, tabs or line breaks) are left out, counted
+    infinite values, all zeros (cosine) or too large for float32 dot
+    products (dot), and examples whose id is unusable (several values,
+    floats, the empty string, tabs or line breaks) are left out, counted
     (`missing_embedding`, `wrong_dimension`, `non_finite_embedding`,
-    `zero_embedding`, `unusable_id`) and named in the log (first 5).
+    `zero_embedding`, `embedding_too_large`, `unusable_id`) and named in
+    the log (first 5).
     Duplicate ids, splits that do not exist, no examples at all, or no
     usable example: the run fails with a message naming the ids or splits.
   """
@@ -118,8 +120,8 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
       model: optional Model channel of an embedding model.
       splits: splits whose examples become nodes; default: train, plus
         unlabeled when the examples have it.
-      id_feature: feature naming each example: one bytes (UTF-8, no tabs or
-        line breaks) or int64 value; an example without it is named by a
+      id_feature: feature naming each example: one non-empty bytes (UTF-8,
+        no tabs or line breaks) or int64 value; an example without it is named by a
         digest of its record, others with an unusable id are left out
         (counted, logged).
       similarity: 'cosine' (NSL's) or 'dot'.
@@ -145,7 +147,7 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
                        'both: the model computes the embedding itself')
     # Validated now, with the same rules the executor applies.
     params = GraphBuilderParams(
-        embedding_features=list(embedding_features or []), splits=splits,
+        embedding_features=embedding_features or [], splits=splits,
         id_feature=id_feature, similarity=similarity,
         similarity_threshold=similarity_threshold,
         max_neighbors=max_neighbors, undirected=undirected, mode=mode,

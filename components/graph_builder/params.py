@@ -91,9 +91,19 @@ def parse_mode(value) -> Mode:
           f'Exact(), Lsh(...) or Partition(...), a mode name {MODES}, or '
           f'the JSON of one section, e.g. \'{{"lsh": {{"rounds": 12}}}}\' '
           f'({e})') from None
+  runtime = [f.name for f in dataclasses.fields(mode)
+             if parameters.is_runtime(getattr(mode, f.name))]
+  if runtime:
+    raise ValueError(
+        f'{COMPONENT}: mode {mode.NAME!r} knobs {runtime} cannot be '
+        'RuntimeParameters themselves; make `mode` a str RuntimeParameter '
+        'holding the JSON of the whole section, e.g. '
+        f'\'{{"{mode.NAME}": {{"{runtime[0]}": ...}}}}\'')
   checker = parameters.check(mode, f'{COMPONENT} mode {mode.NAME!r}')
   for name in [f.name for f in dataclasses.fields(mode) if f.name != 'seed']:
     checker.require(name, lambda v: v >= 1, 'must be >= 1')
+  if hasattr(mode, 'seed'):
+    checker.require('seed', lambda v: 0 <= v < 2**32, 'must be in [0, 2**32)')
   if isinstance(mode, Lsh):
     checker.require('splits', lambda v: v <= 30, 'must be in [1, 30]')
   return mode
@@ -117,6 +127,10 @@ class GraphBuilderParams:
   embedding_output: Optional[str] = None
 
   def __post_init__(self):
+    for name in ('embedding_features', 'splits'):
+      if isinstance(getattr(self, name), str):
+        raise ValueError(f'{COMPONENT}: {name} must be a list of names, e.g. '
+                         f'[{getattr(self, name)!r}], not a string')
     if not parameters.is_runtime(self.mode):
       object.__setattr__(self, 'mode', parse_mode(self.mode))
     elif self.mode.ptype is not str:

@@ -63,9 +63,9 @@ class RobustnessEvaluatorSpec(standard_component_specs.EvaluatorSpec):
 
 def _split_threshold(value):
   """(every attack, by attack name) of a float, a dict or a
-  RuntimeParameter."""
+  RuntimeParameter; RobustnessParams checks the types."""
   if isinstance(value, dict):
-    return None, {k: float(v) for k, v in value.items()}
+    return None, dict(value)
   return value, None
 
 
@@ -147,9 +147,9 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       attacks: attack names ('fgsm_linf_eps0.1',
         'pgd_l2_eps0.5_steps10_step0.1_rand') or dicts of
         `attacks.Attack` fields (method, norm, epsilon, steps, step_size,
-        random_start). Epsilons are in the units of the model's inputs:
-        after Transform, e.g. standard deviations of a z-scored feature.
-        Only float inputs are perturbed.
+        random_start). Epsilons are in the units of `attack_space`: by
+        default the model's inputs, after Transform (e.g. standard
+        deviations of a z-scored feature). Only float inputs are perturbed.
       min_clean_accuracy: bless only at or above this clean accuracy.
       min_attacked_accuracy: bless only at or above this accuracy under every
         attack (a float), or per attack name (a dict).
@@ -159,7 +159,8 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         float input).
       clip_min, clip_max: valid range of perturbed features (e.g. pixels in
         [0, 1]).
-      example_splits: splits to evaluate on.
+      example_splits: splits to evaluate on (a list; as a RuntimeParameter,
+        a str holding a JSON list such as '["eval"]').
       batch_size: examples per attack call (each model, each attack); the
         Evaluator's read batches are gathered up to it. Larger is faster
         until memory (batch x input size x attack steps' tensors) runs out.
@@ -174,9 +175,11 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         prediction alike, its slicing specs and options apply; its
         thresholds gate the clean predictions. Its model specs give only the
         label_key default (this component names the models).
-      max_clean_error, max_attacked_error: the gates of a regression model:
-        bless only at or below this mean squared error, clean and under every
-        attack (a float) or per attack name (a dict).
+      max_clean_error: the clean gate of a regression model: bless only at
+        or below this mean squared error.
+      max_attacked_error: the attacked gate of a regression model: bless
+        only at or below this mean squared error under every attack (a
+        float) or per attack name (a dict).
       attack_space: what the attacks move, and so the units of epsilon:
         'model_inputs' (default), the model's float inputs, after Transform
         (e.g. z-scores); or 'raw' (needs `transform_graph`), the raw dense
@@ -193,6 +196,23 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       raise ValueError("RobustnessEvaluator: attack_space 'raw' attacks the "
                        'raw features through the Transform graph: pass '
                        'transform_graph')
+    for name, value in (('attacks', attacks), ('example_splits',
+                                               example_splits)):
+      if isinstance(value, str) or (name == 'attacks' and
+                                    parameters.is_runtime(value)):
+        raise ValueError(
+            f'RobustnessEvaluator: {name} must be a list, e.g. '
+            f'[{value!r}]' + (' (a RuntimeParameter of example_splits is a '
+                              'str holding a JSON list)'
+                              if name == 'example_splits' else ''))
+    if max_accuracy_drop is not None and baseline_model is None:
+      raise ValueError('RobustnessEvaluator: max_accuracy_drop compares with '
+                       'a baseline: pass baseline_model, or leave it out')
+    if not attacks and (min_attacked_accuracy is not None or
+                        max_attacked_error is not None):
+      raise ValueError('RobustnessEvaluator: min_attacked_accuracy / '
+                       'max_attacked_error gate attacks, and attacks is '
+                       'empty: list the attacks, or leave the gate out')
     min_attacked, min_attacked_by = _split_threshold(min_attacked_accuracy)
     max_attacked, max_attacked_by = _split_threshold(max_attacked_error)
     params = RobustnessParams(
