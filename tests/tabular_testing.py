@@ -105,9 +105,10 @@ def binary_model(uri, transform_uri, rows, epochs=5):
   return artifact
 
 
-def evaluate(root, examples, model, tag, transform_graph=None, **kwargs):
-  """Runs the RobustnessEvaluator's executor; returns (seconds, evaluation
-  uri)."""
+def evaluate(root, examples, model, tag, transform_graph=None,
+             baseline=None, **kwargs):
+  """Runs the RobustnessEvaluator's executor (with a `baseline` Model
+  artifact if given); returns (seconds, evaluation uri)."""
   import time
   from tfx.types import channel_utils
   from tfx.types import standard_artifacts
@@ -117,7 +118,9 @@ def evaluate(root, examples, model, tag, transform_graph=None, **kwargs):
       examples=channel_utils.as_channel([examples]),
       model=channel_utils.as_channel([model]),
       transform_graph=(channel_utils.as_channel([transform_graph])
-                       if transform_graph else None), **kwargs)
+                       if transform_graph else None),
+      baseline_model=(channel_utils.as_channel([baseline]) if baseline
+                      else None), **kwargs)
   evaluation = standard_artifacts.ModelEvaluation()
   evaluation.uri = os.path.join(root, f'evaluation-{tag}')
   blessing = standard_artifacts.ModelBlessing()
@@ -131,6 +134,8 @@ def evaluate(root, examples, model, tag, transform_graph=None, **kwargs):
   inputs = {'examples': [examples], 'model': [model]}
   if transform_graph is not None:
     inputs['transform_graph'] = [transform_graph]
+  if baseline is not None:
+    inputs['baseline_model'] = [baseline]
   start = time.time()
   executor.Executor(context).Do(
       inputs, {'evaluation': [evaluation], 'blessing': [blessing]},

@@ -146,3 +146,40 @@ def test_nsl_pipeline_gates_on_attacked_accuracy_with_the_users_metrics(pushed):
   # Integer inputs (island, sex ids) are left alone, without warnings.
   assert 'Cannot perturb' not in stderr
   assert 'watched tensor must be floating' not in stderr
+
+
+def test_nsl_pipeline_compiles_for_kubeflow_with_the_module_packaged(tmp_path):
+  """KubeflowV2DagRunner packages the module file (its run_fn with add_nsl,
+  its preprocessing_fn) as a wheel under the pipeline root, as TFX does for
+  any user module, so Kubeflow workers install it; no task needs the file."""
+  import importlib.util
+  import json
+  import zipfile
+  from tfx import v1 as tfx
+  spec = importlib.util.spec_from_file_location(
+      'penguin_nsl_pipeline', os.path.join(EXAMPLE, 'nsl', 'pipeline.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  root = tmp_path / 'root'
+  pipeline = module.create_pipeline(
+      'penguin-nsl', str(root), str(tmp_path / 'data'),
+      str(tmp_path / 'serving'), str(tmp_path / 'mlmd.sqlite'))
+  output = str(tmp_path / 'spec.json')
+  tfx.orchestration.experimental.KubeflowV2DagRunner(
+      config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+          default_image='gcr.io/p/tfx-nsl:latest'),
+      output_filename=output).run(pipeline)
+  with open(output) as f:
+    tasks = json.load(f)['pipelineSpec']['root']['dag']['tasks']
+  wheels = {}
+  for name in ('Trainer', 'Transform'):
+    parameters = tasks[name]['inputs']['parameters']
+    assert 'module_file' not in parameters, name
+    value = parameters['module_path']['runtimeValue']['constantValue'][
+        'stringValue']
+    module, _, wheels[name] = value.partition('@')
+    assert module == 'penguin_utils', value
+    assert wheels[name].startswith(str(root / '_wheels')), value
+  with zipfile.ZipFile(wheels['Trainer']) as archive:
+    source = archive.read('penguin_utils.py').decode()
+  assert 'add_nsl(' in source and 'def run_fn' in source

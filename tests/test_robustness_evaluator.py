@@ -394,3 +394,24 @@ def test_a_regression_model_is_gated_on_attacked_squared_error(tmp_path):
   assert '<= 0.01' in failures[0]
   assert 'mean squared error' in open(os.path.join(
       uri, report.REPORT_HTML)).read()
+  # Against a baseline: the same model passes a zero increase; a worse
+  # candidate (a quarter of the training) fails it, named per output.
+  _, uri = tabular.evaluate(
+      str(tmp_path), examples, artifact, 'same', baseline=artifact,
+      head='regression', attacks=[attack], max_error_increase=0.0)
+  assert report.load_validation(uri)[0]
+  tf.keras.utils.set_random_seed(0)
+  worse = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(
+      tf.keras.layers.Dense(32, activation='relu')(inputs['x'])))
+  worse.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss='mse')
+  worse.fit({'x': x[:100]}, y[:100], epochs=2, batch_size=32, verbose=0)
+  weaker = standard_artifacts.Model()
+  weaker.uri = str(tmp_path / 'weaker')
+  worse.save(os.path.join(weaker.uri, 'Format-Serving'), save_format='tf')
+  _, uri = tabular.evaluate(
+      str(tmp_path), examples, weaker, 'worse', baseline=artifact,
+      head='regression', attacks=[attack], max_error_increase=0.05)
+  blessed, failures = report.load_validation(uri)
+  assert not blessed
+  assert any(f.startswith('candidate/clean: mean_squared_error')
+             for f in failures), failures

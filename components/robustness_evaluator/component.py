@@ -128,7 +128,8 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       eval_config: Optional[tfma.EvalConfig] = None,
       max_clean_error: Optional[float] = None,
       max_attacked_error: Optional[Union[float, Dict[str, float]]] = None,
-      attack_space: str = _DEFAULTS.attack_space):
+      attack_space: str = _DEFAULTS.attack_space,
+      max_error_increase: Optional[float] = None):
     """Constructs a RobustnessEvaluator.
 
     Args:
@@ -187,6 +188,9 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         epsilon is in the raw columns' own units (optional raw features,
         parsed as sparse, are then left alone). `perturb_features`,
         `clip_min` and `clip_max` refer to features of that space.
+      max_error_increase: with a baseline, bless a regression model only if
+        no mean squared error (clean or attacked) is more than this above
+        the baseline's (the regression counterpart of max_accuracy_drop).
     """
     if label_key is None:
       label_key = next((spec.label_key for spec in
@@ -205,9 +209,11 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
             f'[{value!r}]' + (' (a RuntimeParameter of example_splits is a '
                               'str holding a JSON list)'
                               if name == 'example_splits' else ''))
-    if max_accuracy_drop is not None and baseline_model is None:
-      raise ValueError('RobustnessEvaluator: max_accuracy_drop compares with '
-                       'a baseline: pass baseline_model, or leave it out')
+    for name, value in (('max_accuracy_drop', max_accuracy_drop),
+                        ('max_error_increase', max_error_increase)):
+      if value is not None and baseline_model is None:
+        raise ValueError(f'RobustnessEvaluator: {name} compares with a '
+                         'baseline: pass baseline_model, or leave it out')
     if not attacks and (min_attacked_accuracy is not None or
                         max_attacked_error is not None):
       raise ValueError('RobustnessEvaluator: min_attacked_accuracy / '
@@ -225,6 +231,7 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         max_accuracy_drop=max_accuracy_drop, max_clean_error=max_clean_error,
         max_attacked_error=max_attacked,
         max_attacked_error_by_attack=max_attacked_by,
+        max_error_increase=max_error_increase,
         perturb_features=perturb_features, clip_min=clip_min,
         clip_max=clip_max, batch_size=batch_size, head=head,
         attack_space=attack_space)
@@ -232,7 +239,8 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
     # builds the final EvalConfig. This checks the gates and the user's
     # config now, with the head they imply.
     if parameters.is_runtime(head) or head == heads.AUTO:
-      regression = max_clean_error is not None or max_attacked_error is not None
+      regression = any(v is not None for v in (
+          max_clean_error, max_attacked_error, max_error_increase))
       implied = 'regression' if regression else 'multiclass'
     else:
       implied = head

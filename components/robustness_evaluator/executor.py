@@ -39,7 +39,7 @@ def _attack_settings(settings):
     _CURRENT.settings = None
 
 
-def _threshold(lower_bound, max_drop, upper_bound=None):
+def _threshold(lower_bound, max_drop, upper_bound=None, max_increase=None):
   threshold = tfma.MetricThreshold()
   if lower_bound is not None:
     threshold.value_threshold.lower_bound.value = lower_bound
@@ -49,6 +49,10 @@ def _threshold(lower_bound, max_drop, upper_bound=None):
     threshold.change_threshold.direction = (
         tfma.MetricDirection.HIGHER_IS_BETTER)
     threshold.change_threshold.absolute.value = -max_drop
+  if max_increase is not None:
+    threshold.change_threshold.direction = (
+        tfma.MetricDirection.LOWER_IS_BETTER)
+    threshold.change_threshold.absolute.value = max_increase
   return threshold
 
 
@@ -107,10 +111,12 @@ def robustness_eval_config(head, gates, user_config=None):
     upper = (gates.max_clean_error if clean
              else gates.max_attacked_error.get(name))
     drop = gates.max_accuracy_drop if gates.with_baseline else None
+    increase = gates.max_error_increase if gates.with_baseline else None
     ours = {c: tfma.MetricConfig(class_name=c) for c in [gated, *others] + (
         ['ExampleCount'] if clean else [])}
-    if lower is not None or drop is not None or upper is not None:
-      ours[gated].threshold.CopyFrom(_threshold(lower, drop, upper))
+    if any(v is not None for v in (lower, drop, upper, increase)):
+      ours[gated].threshold.CopyFrom(_threshold(lower, drop, upper,
+                                                increase))
     copies = [_output_copy(spec, name, ours, clean=name == attacks.CLEAN)
               for spec in (user_config.metrics_specs if user_config else [])]
     metrics_specs.append(tfma.MetricsSpec(metrics=list(ours.values()),

@@ -26,13 +26,15 @@ class Gates:
   max_clean_error: Optional[float] = None
   max_attacked_error: Dict[str, float] = dataclasses.field(
       default_factory=dict)
+  max_error_increase: Optional[float] = None
 
   def check(self, head):
     """Fails when a gate does not fit the model's head."""
     accuracy = [n for n in ('min_clean_accuracy', 'min_attacked_accuracy',
                             'max_accuracy_drop') if getattr(self, n)]
-    error = [n for n in ('max_clean_error', 'max_attacked_error')
-             if getattr(self, n)]
+    error = [n for n in ('max_clean_error', 'max_attacked_error',
+                         'max_error_increase') if getattr(self, n) is not None
+             and getattr(self, n) != {}]
     if head.classification and error:
       raise ValueError(f'{error} gate regression models; the model\'s head is '
                        f'{head.name}: use min_clean_accuracy / '
@@ -66,6 +68,7 @@ class RobustnessParams:
   max_clean_error: Optional[float] = None
   max_attacked_error: Optional[float] = None
   max_attacked_error_by_attack: Optional[Dict[str, float]] = None
+  max_error_increase: Optional[float] = None
   perturb_features: Optional[List[str]] = None
   clip_min: Optional[float] = None
   clip_max: Optional[float] = None
@@ -86,7 +89,8 @@ class RobustnessParams:
                    f'{names}')
     for name in ('min_clean_accuracy', 'min_attacked_accuracy'):
       check.require(name, _unit_interval, 'an accuracy in [0, 1]')
-    for name in ('max_accuracy_drop', 'max_clean_error', 'max_attacked_error'):
+    for name in ('max_accuracy_drop', 'max_clean_error', 'max_attacked_error',
+                 'max_error_increase'):
       check.require(name, _non_negative, 'must be >= 0')
     for name, ok, allowed in (
         ('min_attacked_accuracy_by_attack', _unit_interval,
@@ -131,7 +135,8 @@ class RobustnessParams:
         max_accuracy_drop=self.max_accuracy_drop, with_baseline=with_baseline,
         max_clean_error=self.max_clean_error,
         max_attacked_error=self._per_attack(
-            self.max_attacked_error, self.max_attacked_error_by_attack))
+            self.max_attacked_error, self.max_attacked_error_by_attack),
+        max_error_increase=self.max_error_increase)
 
   def attack_settings(self, transform_graph: Optional[str] = None):
     if self.attack_space == attacks_lib.RAW and transform_graph is None:
