@@ -27,10 +27,12 @@ _VALUES = {'max_neighbors': 2, 'embedding_output': 'out', 'label_key': 'label',
            'example_splits': '["eval"]', 'clip_min': 0.0,
            'clip_max': 1.0, 'min_clean_accuracy': 0.5,
            'min_attacked_accuracy': 0.1, 'max_accuracy_drop': 0.1,
-           'max_clean_error': 1.0, 'max_attacked_error': 1.0}
+           'max_clean_error': 1.0, 'max_attacked_error': 1.0,
+           'max_error_increase': 0.1}
 # Parameters one cannot give together with the rest (a classifier's gates
 # and a regression's; 'raw' needs a transform graph).
-_SKIP = {'max_clean_error', 'max_attacked_error', 'attack_space'}
+_SKIP = {'max_clean_error', 'max_attacked_error', 'max_error_increase',
+         'attack_space'}
 
 
 def _channel(artifact_type, name):
