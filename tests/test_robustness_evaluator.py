@@ -365,15 +365,21 @@ def test_a_regression_model_is_gated_on_attacked_squared_error(tmp_path):
   rng = np.random.RandomState(0)
   x = rng.standard_normal((600, 8)).astype(np.float32)
   y = (x @ rng.standard_normal(8)).astype(np.float32)
-  tf.keras.utils.set_random_seed(0)
-  inputs = {'x': tf.keras.Input(shape=(8,), name='x')}
-  model = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(
-      tf.keras.layers.Dense(32, activation='relu')(inputs['x'])))
-  model.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss='mse')
-  model.fit({'x': x[:400]}, y[:400], epochs=30, batch_size=32, verbose=0)
-  artifact = standard_artifacts.Model()
-  artifact.uri = str(tmp_path / 'model')
-  model.save(os.path.join(artifact.uri, 'Format-Serving'), save_format='tf')
+
+  def trained(name, num_train, epochs):
+    tf.keras.utils.set_random_seed(0)
+    inputs = {'x': tf.keras.Input(shape=(8,), name='x')}
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(
+        tf.keras.layers.Dense(32, activation='relu')(inputs['x'])))
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss='mse')
+    model.fit({'x': x[:num_train]}, y[:num_train], epochs=epochs,
+              batch_size=32, verbose=0)
+    artifact = standard_artifacts.Model()
+    artifact.uri = str(tmp_path / name)
+    model.save(os.path.join(artifact.uri, 'Format-Serving'), save_format='tf')
+    return artifact
+
+  artifact = trained('model', 400, 30)
   examples = write_examples_artifact(tmp_path / 'examples', {'eval': [
       {'x': row, 'label': np.float32(value)} for row, value in
       zip(x[400:], y[400:])]})
@@ -395,19 +401,12 @@ def test_a_regression_model_is_gated_on_attacked_squared_error(tmp_path):
   assert 'mean squared error' in open(os.path.join(
       uri, report.REPORT_HTML)).read()
   # Against a baseline: the same model passes a zero increase; a worse
-  # candidate (a quarter of the training) fails it, named per output.
+  # candidate (a quarter of the data, 2 epochs) fails it, named per output.
   _, uri = tabular.evaluate(
       str(tmp_path), examples, artifact, 'same', baseline=artifact,
       head='regression', attacks=[attack], max_error_increase=0.0)
   assert report.load_validation(uri)[0]
-  tf.keras.utils.set_random_seed(0)
-  worse = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(
-      tf.keras.layers.Dense(32, activation='relu')(inputs['x'])))
-  worse.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss='mse')
-  worse.fit({'x': x[:100]}, y[:100], epochs=2, batch_size=32, verbose=0)
-  weaker = standard_artifacts.Model()
-  weaker.uri = str(tmp_path / 'weaker')
-  worse.save(os.path.join(weaker.uri, 'Format-Serving'), save_format='tf')
+  weaker = trained('weaker', 100, 2)
   _, uri = tabular.evaluate(
       str(tmp_path), examples, weaker, 'worse', baseline=artifact,
       head='regression', attacks=[attack], max_error_increase=0.05)
