@@ -182,7 +182,7 @@ def run_local(
   progress.run_with_progress(
       lambda: tfx.orchestration.LocalDagRunner().run(pipeline),
       terminal or sys.stdout, log_path if quiet else None,
-      live=None if quiet else False)
+      style=None if quiet else progress.LINES)
   summary = summarize(metadata_path, pipeline_name)
   if quiet:
     summary['log'] = log_path

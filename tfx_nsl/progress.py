@@ -41,20 +41,27 @@ def tail(path, lines=6):
   return ['    ' + line[:300] for line in kept[-lines:]]
 
 
+LIVE, LINE, LINES = 'live', 'line', 'lines'
+
+
 class Progress(logging.Handler):
-  """One line per component, from TFX's start/finish log records: elapsed
-  time, and on a terminal a live indicator while it runs."""
+  """One line per component, from TFX's start/finish log records, in one of
+  three styles: LIVE (a terminal showing nothing else: the line is
+  rewritten with a live indicator and the elapsed time), LINE (a file or
+  pipe showing nothing else: the component's name when it starts, its
+  status on the same line when it ends) or LINES (other output comes in
+  between, as with --verbose: a line when it starts and one when it
+  ends)."""
   _START = 'Component %s is running.'
   _END = 'Component %s is finished.'
   _CACHED = 'A cached execution %d is used.'
   _SPINNER = '|/-\\'
 
-  def __init__(self, stream, live=None):
+  def __init__(self, stream, style=None):
     super().__init__(logging.INFO)
     self._stream = stream
-    # live: rewrite one line per component (a terminal showing nothing
-    # else); else a line at each start and end (logs may come between).
-    self._live = stream.isatty() if live is None else live
+    self._style = style or (LIVE if stream.isatty() else LINE)
+    self._live = self._style == LIVE
     self._lock = threading.Lock()
     self._cached = False
     self.current = None
@@ -79,8 +86,9 @@ class Progress(logging.Handler):
                       f'{time.time() - self._started:.0f} s\x1b[K')
 
   def _end_line(self, status):
-    self._write(f'\r  {self.current:<20} {status}\x1b[K\n' if self._live
-                else f'  {self.current:<20} {status}\n')
+    self._write({LIVE: f'\r  {self.current:<20} {status}\x1b[K\n',
+                 LINE: f'{status}\n',
+                 LINES: f'  {self.current:<20} {status}\n'}[self._style])
     self.current = None
 
   def emit(self, record):
@@ -88,8 +96,8 @@ class Progress(logging.Handler):
       if record.msg == self._START:
         self.current, self._started, self._cached = (
             record.args[0], time.time(), False)
-        self._write(f'  {self.current:<20} ' if self._live else
-                    f'  {self.current:<20} started\n')
+        self._write(f'  {self.current:<20} ' + (
+            'started\n' if self._style == LINES else ''))
       elif record.msg == self._END and self.current:
         self._end_line('cached: reused the outputs of an identical earlier '
                        'run' if self._cached else
@@ -145,13 +153,13 @@ def quiet(path, verbose=False):
     terminal.close()
 
 
-def run_with_progress(run, terminal, path, live=None):
+def run_with_progress(run, terminal, path, style=None):
   """Calls `run()` (a TFX LocalDagRunner run) with one line per component on
   `terminal`; a failure raises PipelineFailed naming the component."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   verbosity = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.INFO)  # TFX's per-component lines.
-  progress = Progress(terminal, live)
+  progress = Progress(terminal, style)
   absl_logger = logging.getLogger('absl')
   absl_logger.addHandler(progress)
   try:
