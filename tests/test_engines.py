@@ -75,16 +75,33 @@ def _workers_started(engine_name):
   return set(os.listdir(root)) if root.is_dir() else set()
 
 
-def _assert_same_graph(direct, remote):
+def _assert_same_graph(direct, remote, near_ties=False):
+  """The same edges and stats. With `near_ties` (model embeddings, which
+  RunInference computes in other batches per runner, so they differ by
+  float32 rounding), a neighbor may swap with one that scores within that
+  rounding (1.5e-6: weights are written with 6 decimals), once or twice."""
   _, direct_edges, direct_stats = direct
   _, remote_edges, remote_stats = remote
-  assert remote_edges.keys() == direct_edges.keys()
-  # Weights are written with 6 decimals; model embeddings computed in other
-  # batches (RunInference batches differently per runner) differ by float
-  # rounding, which can flip the last written digit.
-  for key, weight in direct_edges.items():
-    assert remote_edges[key] == pytest.approx(weight, abs=1.5e-6), key
-  assert remote_stats == direct_stats
+  only_direct = sorted(direct_edges[k] for k in
+                       direct_edges.keys() - remote_edges.keys())
+  only_remote = sorted(remote_edges[k] for k in
+                       remote_edges.keys() - direct_edges.keys())
+  if not near_ties:
+    assert not only_direct and not only_remote
+  assert len(only_direct) == len(only_remote) <= 4, (only_direct,
+                                                     only_remote)
+  for a, b in zip(only_direct, only_remote):
+    assert a == pytest.approx(b, abs=1.5e-6)
+  for key in direct_edges.keys() & remote_edges.keys():
+    assert remote_edges[key] == pytest.approx(direct_edges[key],
+                                              abs=1.5e-6), key
+  if only_direct:  # A swap moves a degree between nodes; the rest holds.
+    for key in ('num_nodes', 'counters'):
+      assert remote_stats[key] == direct_stats[key], key
+    assert abs(remote_stats['num_edges'] - direct_stats['num_edges']) <= len(
+        only_direct)
+  else:
+    assert remote_stats == direct_stats
 
 
 @pytest.mark.engines
@@ -122,7 +139,7 @@ def test_graph_builder_model_embeddings_same_graph(engine, tmp_path):
                                      beam_args=DIRECT, model=model, **params)
   assert direct[2]['num_nodes'] == NUM
   assert direct[2]['num_edges'] >= NUM * 5  # Top 5 and their reverses.
-  _assert_same_graph(direct, remote)
+  _assert_same_graph(direct, remote, near_ties=True)
 
 
 @pytest.mark.engines
