@@ -32,7 +32,7 @@ def test_counts_and_labels(splits):
           c: 20 for c in range(7)}
   classes = datasets.cora_classes()
   assert classes == sorted(classes) and len(classes) == 7
-  # Test class counts from the data's README.
+  # The Planetoid test split's class counts (Yang et al. 2016).
   counts = collections.Counter(
       classes[int(r[constants.LABEL_FEATURE])] for r in test)
   assert counts['Neural_Networks'] == 319 and counts['Rule_Learning'] == 64
@@ -48,7 +48,7 @@ def test_features(splits):
       assert isinstance(row[constants.ID_FEATURE], bytes)
   total = sum(row[datasets.CORA_FEATURE].sum()
               for rows in splits.values() for row in rows)
-  assert total == 49216  # ones in the whole feature matrix (README)
+  assert total == 49216  # ones in the whole LINQS feature matrix
 
 
 def test_unlabeled_has_no_label_and_ids_are_unique(splits):
