@@ -159,6 +159,23 @@ def check(params, component: str) -> Checker:
   return checker
 
 
+def spec_parameters(cls, **types) -> Dict[str, Any]:
+  """A ComponentSpec's PARAMETERS for a parameters dataclass: one
+  ExecutionParameter per field (`types` gives the exec property type of a
+  field the dataclass holds otherwise, e.g. a section as its JSON), plus the
+  code fingerprint."""
+  from tfx.types.component_spec import ExecutionParameter  # pylint: disable=g-import-not-at-top
+  hints = typing.get_type_hints(cls)
+  out = {}
+  for field in dataclasses.fields(cls):
+    inner = _strip_optional(hints[field.name])
+    out[field.name] = ExecutionParameter(
+        type=types.get(field.name, inner),
+        optional=inner is not hints[field.name])
+  out[FINGERPRINT_KEY] = ExecutionParameter(type=str)
+  return out
+
+
 def from_exec_properties(cls, exec_properties: Mapping[str, Any]):
   """`cls` from exec properties: list/dict parameters arrive JSON-encoded,
   absent ones take the defaults."""

@@ -1,5 +1,5 @@
 """GraphAugmentation: NSL neighbor features for Examples, joined from a Graph."""
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from tfx import types
 from tfx.dsl.components.base import base_beam_component
@@ -7,7 +7,6 @@ from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ComponentSpec
-from tfx.types.component_spec import ExecutionParameter
 
 from tfx_nsl import parameters
 from tfx_nsl.components.graph_augmentation import augment_core
@@ -26,16 +25,7 @@ _DEFAULTS = AugmentParams()
 
 class GraphAugmentationSpec(ComponentSpec):
   """GraphAugmentation component spec."""
-  PARAMETERS = {
-      'max_neighbors': ExecutionParameter(type=int),
-      'add_undirected_edges': ExecutionParameter(type=bool),
-      'id_feature': ExecutionParameter(type=str),
-      'seed_splits': ExecutionParameter(type=List[str]),
-      'neighbor_splits': ExecutionParameter(type=List[str], optional=True),
-      'neighbor_features': ExecutionParameter(type=List[str], optional=True),
-      'unlabeled_as_seeds': ExecutionParameter(type=bool),
-      parameters.FINGERPRINT_KEY: ExecutionParameter(type=str),
-  }
+  PARAMETERS = parameters.spec_parameters(AugmentParams)
   INPUTS = {
       executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
       executor.GRAPH_KEY: ChannelParameter(type=Graph),

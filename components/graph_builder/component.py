@@ -7,7 +7,6 @@ from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ComponentSpec
-from tfx.types.component_spec import ExecutionParameter
 
 from tfx_nsl import parameters
 from tfx_nsl.components.graph_builder import executor
@@ -22,21 +21,8 @@ _DEFAULTS = GraphBuilderParams()
 
 class GraphBuilderSpec(ComponentSpec):
   """GraphBuilder component spec."""
-  PARAMETERS = {
-      'embedding_features': ExecutionParameter(type=List[str], optional=True),
-      'splits': ExecutionParameter(type=List[str], optional=True),
-      'id_feature': ExecutionParameter(type=str),
-      'similarity': ExecutionParameter(type=str),
-      'similarity_threshold': ExecutionParameter(type=float),
-      'max_neighbors': ExecutionParameter(type=int, optional=True),
-      'undirected': ExecutionParameter(type=bool),
-      'mode': ExecutionParameter(type=str),  # One section's JSON (params.py).
-      'num_shards': ExecutionParameter(type=int),
-      'read_batch_size': ExecutionParameter(type=int),
-      'embedding_signature': ExecutionParameter(type=str),
-      'embedding_output': ExecutionParameter(type=str, optional=True),
-      parameters.FINGERPRINT_KEY: ExecutionParameter(type=str),
-  }
+  # The mode travels as one section's JSON (params.py).
+  PARAMETERS = parameters.spec_parameters(GraphBuilderParams, mode=str)
   INPUTS = {
       'examples': ChannelParameter(type=standard_artifacts.Examples),
       'model': ChannelParameter(type=standard_artifacts.Model, optional=True),

@@ -5,8 +5,6 @@ It is TFX's standard Evaluator with our TFMA module: results load with
 comparisons produce the standard ModelBlessing, and the standard Pusher
 gates on it.
 """
-import dataclasses
-import typing
 from typing import Dict, List, Optional, Sequence, Union
 
 import tensorflow_model_analysis as tfma
@@ -16,7 +14,6 @@ from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_artifacts
 from tfx.types import standard_component_specs
 from tfx.types.component_spec import ChannelParameter
-from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils
 
 from tfx_nsl import constants
@@ -34,20 +31,6 @@ AttackSpec = Union[str, Dict]
 _DEFAULTS = RobustnessParams()
 
 
-def _spec_parameters():
-  """One ExecutionParameter per RobustnessParams field, so that each scalar
-  may be a RuntimeParameter."""
-  hints = typing.get_type_hints(RobustnessParams)
-  out = {}
-  for field in dataclasses.fields(RobustnessParams):
-    kind = hints[field.name]
-    optional = type(None) in typing.get_args(kind)
-    if optional:
-      (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
-    out[field.name] = ExecutionParameter(type=kind, optional=optional)
-  return out
-
-
 class RobustnessEvaluatorSpec(standard_component_specs.EvaluatorSpec):
   INPUTS = {
       **standard_component_specs.EvaluatorSpec.INPUTS,
@@ -56,8 +39,9 @@ class RobustnessEvaluatorSpec(standard_component_specs.EvaluatorSpec):
   }
   PARAMETERS = {
       **standard_component_specs.EvaluatorSpec.PARAMETERS,
-      **_spec_parameters(),
-      parameters.FINGERPRINT_KEY: ExecutionParameter(type=str),
+      # One per RobustnessParams field, so that each scalar may be a
+      # RuntimeParameter.
+      **parameters.spec_parameters(RobustnessParams),
   }
 
 
