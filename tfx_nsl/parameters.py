@@ -95,6 +95,9 @@ class Checker:
         if not optional:
           self.fail(f'parameter {name} is required (got None)')
         continue
+      if kind is list and isinstance(value, (str, bytes)):
+        self.fail(f'parameter {name} must be a list of names, e.g. '
+                  f'[{value!r}], not the string {value!r}')
       if not _type_ok(value, kind):
         self.fail(f'parameter {name}={value!r} must be '
                   f'{"None or " if optional else ""}of type '

@@ -29,13 +29,6 @@ class AugmentParams:
   unlabeled_as_seeds: bool = False
 
   def __post_init__(self):
-    for name in ('seed_splits', 'neighbor_splits', 'neighbor_features'):
-      value = getattr(self, name)
-      if isinstance(value, (str, bytes)):
-        raise ValueError(f'{COMPONENT}: {name} must be a list of names, e.g. '
-                         f'[{value!r}], not the string {value!r}')
-      if isinstance(value, tuple):
-        object.__setattr__(self, name, list(value))
     check = parameters.check(self, COMPONENT)
     check.require('max_neighbors', lambda v: v >= 1,
                   'must be >= 1; to train without neighbors, leave '

@@ -127,10 +127,6 @@ class GraphBuilderParams:
   embedding_output: Optional[str] = None
 
   def __post_init__(self):
-    for name in ('embedding_features', 'splits'):
-      if isinstance(getattr(self, name), str):
-        raise ValueError(f'{COMPONENT}: {name} must be a list of names, e.g. '
-                         f'[{getattr(self, name)!r}], not a string')
     if not parameters.is_runtime(self.mode):
       object.__setattr__(self, 'mode', parse_mode(self.mode))
     elif self.mode.ptype is not str:
