@@ -67,12 +67,29 @@ def _make_data(root, num_examples, degree, seed):
           f.write(f'n{i:07d}\tn{j:07d}\t{pyrng.random():f}\n')
 
 
+def _variant(executor, variant):
+  """Variants of the executor, measured before the choices were removed:
+  'nospill' shuffles the batches themselves on the DirectRunner too;
+  'beamsink' writes with Beam's own TFRecord sink (what WriteToTFRecord
+  applies) instead of the executor's threaded gzip sink."""
+  from apache_beam import coders  # pylint: disable=g-import-not-at-top
+  from apache_beam.io import tfrecordio  # pylint: disable=g-import-not-at-top
+  from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-import-not-at-top
+  if 'nospill' in variant:
+    executor.Executor._spill_dir = lambda self, pipeline: None
+  if 'beamsink' in variant:
+    executor._GzipTFRecordSink = lambda prefix: tfrecordio._TFRecordSink(
+        prefix, coders.BytesCoder(), '.gz', 0, None, CompressionTypes.AUTO)
+
+
 def _run_ours(root, out, mode, beam_args=None):
+  mode, _, variant = mode.partition('+')
   from tfx.dsl.components.base import base_beam_executor  # pylint: disable=g-import-not-at-top
   from tfx.types import artifact_utils  # pylint: disable=g-import-not-at-top
   from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
   import tfx_nsl  # pylint: disable=g-import-not-at-top
   from tfx_nsl.components.graph_augmentation import executor  # pylint: disable=g-import-not-at-top
+  _variant(executor, variant)
   examples = standard_artifacts.Examples()
   examples.uri = os.path.join(root, 'examples')
   examples.split_names = artifact_utils.encode_split_names(['train'])
@@ -141,12 +158,15 @@ print(json.dumps([records, nbrs]))
 
 
 def _measure(cmd):
-  """Runs `cmd`; returns (wall s, peak tree RSS bytes, child's JSON)."""
+  """Runs `cmd`; returns (wall s, peak tree RSS bytes, bytes the tree passed
+  to write calls (output and any spill; the last poll of each process),
+  child's JSON)."""
   import psutil  # pylint: disable=g-import-not-at-top
   start = time.time()
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
   root = psutil.Process(proc.pid)
   peak = 0
+  written = {}
   while proc.poll() is None:
     try:
       tree = [root] + root.children(recursive=True)
@@ -154,6 +174,7 @@ def _measure(cmd):
       for p in tree:
         try:
           rss += p.memory_info().rss
+          written[p.pid] = p.io_counters().write_chars
         except psutil.Error:
           pass
       peak = max(peak, rss)
@@ -164,7 +185,8 @@ def _measure(cmd):
   out = proc.stdout.read()
   if proc.returncode:
     raise RuntimeError(f'{cmd} failed with {proc.returncode}')
-  return wall, peak, json.loads(out.strip().splitlines()[-1])
+  return wall, peak, sum(written.values()), json.loads(
+      out.strip().splitlines()[-1])
 
 
 def main():
@@ -174,7 +196,8 @@ def main():
                       help='out-edges per node (>= 3)')
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--runs', default='pack_nbrs,in_memory',
-                      help='also: multi_processing (2 DirectRunner workers)')
+                      help='also: multi_processing (2 DirectRunner workers); '
+                      'a mode may take variants: in_memory+nospill+beamsink')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--workdir', default=None)
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
@@ -201,12 +224,13 @@ def main():
         out = os.path.join(workdir, f'out-{run}-{repeat}')
         cmd = [sys.executable, os.path.abspath(__file__), '--child', run,
                '--data', data, '--out', out]
-        wall, peak, info = _measure(cmd)
+        wall, peak, written, info = _measure(cmd)
         info['records'], info['nbrs'] = _digest(info['pattern'])
         shutil.rmtree(out, ignore_errors=True)
-        results[run].append((wall, info['inner_s'], peak, info))
+        results[run].append((wall, info['inner_s'], peak, info, written))
         print(f'  {run:<17} run {repeat + 1}: wall {wall:6.1f} s, inner '
               f'{info["inner_s"]:6.1f} s, peak RSS {peak / 2**20:6.0f} MiB, '
+              f'written {written / 2**20:5.0f} MiB, '
               f'{info["records"]} records, {info["nbrs"]} neighbors',
               flush=True)
     digests = {(r[3]['records'], r[3]['nbrs'])
@@ -215,13 +239,16 @@ def main():
           if len(digests) == 1 else f'OUTPUTS DIFFER: {digests}')
     print(f'\nmedians of {args.repeats} ({os.cpu_count()} cores):')
     print(f'  {"run":<17} {"wall s":>8} {"inner s":>8} {"examples/s":>11} '
-          f'{"peak RSS MiB":>13}   (examples/s: over inner)')
+          f'{"peak RSS MiB":>13} {"written MiB":>12}   (examples/s: over '
+          'inner)')
     for run, rows in results.items():
       wall = statistics.median(r[0] for r in rows)
       inner = statistics.median(r[1] for r in rows)
       peak = statistics.median(r[2] for r in rows)
+      written = statistics.median(r[4] for r in rows)
       print(f'  {run:<17} {wall:8.1f} {inner:8.1f} '
-            f'{args.num_examples / inner:11.0f} {peak / 2**20:13.0f}')
+            f'{args.num_examples / inner:11.0f} {peak / 2**20:13.0f} '
+            f'{written / 2**20:12.0f}')
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
 
