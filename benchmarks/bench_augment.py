@@ -68,17 +68,18 @@ def _make_data(root, num_examples, degree, seed):
 
 
 def _variant(executor, variant):
-  """Variants of the executor, measured before the choices were removed:
-  'nospill' shuffles the batches themselves on the DirectRunner too;
-  'beamsink' writes with Beam's own TFRecord sink (what WriteToTFRecord
-  applies) instead of the executor's threaded gzip sink."""
+  """Variants of the executor, the measurements behind two of its choices:
+  'nospill' shuffles the batches themselves on the DirectRunner too (as on
+  other runners); 'beamsink' writes with Beam's own TFRecord sink (what
+  WriteToTFRecord applies) instead of records.GzipTFRecordSink."""
+  from tfx_nsl.components.graph_augmentation import records  # pylint: disable=g-import-not-at-top
   from apache_beam import coders  # pylint: disable=g-import-not-at-top
   from apache_beam.io import tfrecordio  # pylint: disable=g-import-not-at-top
   from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-import-not-at-top
   if 'nospill' in variant:
     executor.Executor._spill_dir = lambda self, pipeline: None
   if 'beamsink' in variant:
-    executor._GzipTFRecordSink = lambda prefix: tfrecordio._TFRecordSink(
+    records.GzipTFRecordSink = lambda prefix: tfrecordio._TFRecordSink(
         prefix, coders.BytesCoder(), '.gz', 0, None, CompressionTypes.AUTO)
 
 
@@ -89,13 +90,14 @@ def _run_ours(root, out, mode, beam_args=None):
   from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
   import tfx_nsl  # pylint: disable=g-import-not-at-top
   from tfx_nsl.components.graph_augmentation import executor  # pylint: disable=g-import-not-at-top
+  from tfx_nsl.components.graph_augmentation import records  # pylint: disable=g-import-not-at-top
   _variant(executor, variant)
   examples = standard_artifacts.Examples()
   examples.uri = os.path.join(root, 'examples')
   examples.split_names = artifact_utils.encode_split_names(['train'])
   # As ExampleGen leaves it (without importing TFX's components here: the
   # executor does not need them, so neither does its measured process).
-  examples.set_string_custom_property(executor.PAYLOAD_FORMAT_PROPERTY,
+  examples.set_string_custom_property(records.PAYLOAD_FORMAT_PROPERTY,
                                       'FORMAT_TF_EXAMPLE')
   graph = tfx_nsl.Graph()
   graph.uri = os.path.join(root, 'graph')

@@ -1,5 +1,7 @@
 """GraphAugmentation: core rules, executor vs nsl.tools.pack_nbrs, bad input,
 unlabeled seeds, a real LocalDagRunner pipeline with an imported graph, Cora."""
+import collections
+import functools
 import json
 import os
 import random
@@ -19,7 +21,10 @@ from tfx_nsl import beam_executor
 from tfx_nsl import constants
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_augmentation import augment_core
+from tfx_nsl.components.graph_augmentation import config
 from tfx_nsl.components.graph_augmentation import executor
+from tfx_nsl.components.graph_augmentation import join_core
+from tfx_nsl.components.graph_augmentation import records as records_io
 from tfx_nsl.components.graph_augmentation import GraphAugmentation
 from tfx_nsl.nsl_compat import import_nsl
 from tfx_nsl.pipelines import datasets
@@ -120,7 +125,7 @@ def _split(artifact, split):
 
 def _stats(artifact):
   return json.loads(artifact.get_string_custom_property(
-      executor.STATS_PROPERTY))
+      config.STATS_PROPERTY))
 
 
 def _by_id(examples):
@@ -217,50 +222,110 @@ def test_parse_edge_rules():
       augment_core.parse_edge(line, 'f.tsv')
 
 
-def test_merge_edges_keeps_max_weight_and_counts_inputs():
-  values = [(0.5, 1), (0.9, 0), (0.7, 1)]
-  assert augment_core.merge_edge_values(values) == (0.9, 2)
-  # Associative: merging partial results gives the same answer.
-  partial = [augment_core.merge_edge_values(values[:1]),
-             augment_core.merge_edge_values(values[1:])]
-  assert augment_core.merge_edge_values(partial) == (0.9, 2)
-  assert list(augment_core.directed_edges('a', 'b', 0.3, True)) == [
-      (('a', 'b'), (0.3, 1)), (('b', 'a'), (0.3, 0))]
-  assert list(augment_core.directed_edges('a', 'b', 0.3, False)) == [
-      (('a', 'b'), (0.3, 1))]
+def test_edge_items_and_merge():
+  """The read step's rules on one file's lines, then the target join's
+  merge: max weight per pair, and how many input lines made it."""
+  lines = [b'a\tb\t0.5\n', b'a\tb\t0.7\r\n', b'b\ta\t0.9\n', b'a\ta\t1\n',
+           b'c\td\n', b'bad line\n', b'c\t\xff\t1\n', b'c\td\tinf\n']
+  for undirected in (False, True):
+    counts, warned = collections.Counter(), []
+    items = list(join_core.edge_items(iter(lines), undirected, 'f.tsv', counts,
+                                      warned.append))
+    assert counts == collections.Counter(edge_lines_read=8,
+                                         malformed_edge_lines=3, self_loops=1)
+    assert len(warned) == 3 and all('f.tsv' in w for w in warned)
+    forward = [('b', 'a', 0.5, 1), ('b', 'a', 0.7, 1), ('a', 'b', 0.9, 1),
+               ('d', 'c', 1.0, 1)]
+    assert [i for i in items if i[3]] == forward
+    merged = join_core.merge_edges(items)
+    if undirected:
+      assert [i for i in items if not i[3]] == [
+          ('a', 'b', 0.5, 0), ('a', 'b', 0.7, 0), ('b', 'a', 0.9, 0),
+          ('c', 'd', 1.0, 0)]
+      assert merged == {'b': {'a': (0.9, 2)}, 'a': {'b': (0.9, 1)},
+                        'd': {'c': (1.0, 1)}, 'c': {'d': (1.0, 0)}}
+    else:
+      assert merged == {'b': {'a': (0.7, 2)}, 'a': {'b': (0.9, 1)},
+                        'd': {'c': (1.0, 1)}}
+
+
+def test_joins_on_batches(tmp_path):
+  """join_targets and join_seeds on hand-made batches, spilled or not."""
+  def entries(tag):
+    return ((b'tag', tf.train.Feature(bytes_list=tf.train.BytesList(
+        value=[tag])).SerializeToString()),)
+
+  for spill_dir in (None, str(tmp_path)):
+    pack = functools.partial(join_core.pack, spill_dir=spill_dir)
+    by_target = [
+        pack(join_core.POOL, [('n1', 1, entries(b'u')), ('n2', 0, entries(b'y')),
+                              ('n2', 0, entries(b'x')), ('n1', 0, entries(b'z'))]),
+        pack(join_core.OTHER, ['e1']),
+        pack(join_core.EDGES, [('n1', 's', 0.5, 1), ('n1', 's', 0.8, 0),
+                               ('n2', 's', 0.5, 1), ('e1', 's', 0.9, 1),
+                               ('ghost', 's', 0.9, 1), ('n2', 'n1', 0.3, 1)]),
+    ]
+    assert [join_core.role_of(b) for b in by_target] == [0, 1, 2]
+    assert (by_target[0][0] == 0xff) == (spill_dir is not None)
+    counts, unknown = collections.Counter(), {}
+    candidates = sorted(join_core.join_targets(by_target, counts, unknown))
+    # n1: the seed-split copy (preference 0) wins; n2: the smaller features.
+    assert candidates == [('n1', 0.3, 'n2', entries(b'x')),
+                          ('s', 0.5, 'n2', entries(b'x')),
+                          ('s', 0.8, 'n1', entries(b'z'))]
+    assert unknown == {'ghost': 1}
+    assert counts == collections.Counter(
+        duplicate_neighbor_ids=2, edges=5, edges_target_not_neighbor=1,
+        edges_unknown_target=1)
+    seed = _example('s', [1.0], 1).SerializeToString()
+    by_source = [
+        pack(join_core.CANDIDATES, candidates),
+        pack(join_core.SEEDS, [('s', 'train', True, seed, False)]),
+        pack(join_core.PRESENT, ['n1']),
+        pack(join_core.UNNAMED_SEEDS, [('train', False, b'')]),
+        pack(join_core.READ_COUNTS, {'examples_read': 4}),
+    ]
+    counts = collections.Counter()
+    out = list(join_core.join_seeds(by_source, 1, True, counts))
+    assert [split for split, _ in out] == ['train', 'train']
+    first = tf.train.Example.FromString(out[0][1]).features.feature
+    assert first['NL_nbr_0_tag'].bytes_list.value == [b'z']  # Top 1: 0.8.
+    assert first['NL_labeled'].int64_list.value == [1]
+    assert tf.train.Example.FromString(out[1][1]).features.feature[
+        'NL_num_nbrs'].int64_list.value == [0]
+    assert counts == collections.Counter(
+        examples_read=4, neighbors_attached=1, edges_beyond_max_neighbors=1,
+        edges_from_non_seed=1, seeds_written=2, seeds_with_neighbors=1,
+        seeds_without_neighbors=1, unlabeled_seeds_written=1)
 
 
 @pytest.mark.parametrize('k', [1, 2, 5])
 def test_bounded_top_equals_full_sort(k):
   rng = random.Random(k)
-  candidates = [(rng.choice([0.1, 0.5, 0.9]), f'id{i:02d}', b'')
+  candidates = [(rng.choice([0.1, 0.5, 0.9]), f'id{i:02d}', ())
                 for i in range(40)]
-  expected = augment_core.rank_neighbors(candidates, k)
-  # Any split into partial accumulators, merged in any order.
+  # pack_nbrs' order: (weight, id) descending, ties to the larger id.
+  expected = sorted(candidates, reverse=True)[:k]
   rng.shuffle(candidates)
-  parts = []
-  for chunk in (candidates[:7], candidates[7:8], candidates[8:]):
-    acc = augment_core.top_create()
-    for c in chunk:
-      acc = augment_core.top_add(acc, c, k)
-      assert len(acc[1]) <= k  # Bounded whatever the degree.
-    parts.append(acc)
-  seen, best = augment_core.top_extract(augment_core.top_merge(parts, k))
-  assert seen == 40
-  assert best == expected
-  # Ties broken by the larger id, as pack_nbrs' reverse sort does.
-  assert augment_core.rank_neighbors(
-      [(0.5, 'a', b''), (0.5, 'b', b''), (0.7, 'a0', b'')], 3) == [
-          (0.7, 'a0', b''), (0.5, 'b', b''), (0.5, 'a', b'')]
+  acc = augment_core.top_create()
+  for c in candidates:
+    acc = augment_core.top_add(acc, c, k)
+    assert len(acc[1]) <= k  # Bounded whatever the degree.
+  assert augment_core.top_extract(acc) == (40, expected)
+  acc = augment_core.top_create()
+  for c in [(0.5, 'a', ()), (0.5, 'b', ()), (0.7, 'a0', ())]:
+    augment_core.top_add(acc, c, 3)
+  assert augment_core.top_extract(acc)[1] == [
+      (0.7, 'a0', ()), (0.5, 'b', ()), (0.5, 'a', ())]
 
 
 def test_augment_and_payload_subset():
   seed = _example('s', [1.0], 1).SerializeToString()
-  nbr = _example('n', [2.0, 3.0], None, 'tag').SerializeToString()
-  payload, missing = augment_core.neighbor_payload(nbr, ['x', 'label'])
+  nbr = _example('n', [2.0, 3.0], None, 'tag')
+  entries, missing = augment_core.payload_entries(nbr, ['x', 'label'])
   assert missing == ['label']
   out = tf.train.Example.FromString(augment_core.augment(
-      seed, [(0.5, 'n', payload)], labeled=False))
+      seed, [(0.5, 'n', entries)], labeled=False))
   f = out.features.feature
   assert list(f['NL_num_nbrs'].int64_list.value) == [1]
   assert list(f['NL_nbr_0_weight'].float_list.value) == [0.5]
@@ -280,12 +345,14 @@ def test_augment_fast_equals_reference():
     neighbors = []
     for i, nbr in enumerate((nbr1, nbr2)):
       entries, missing = augment_core.payload_entries(nbr, features)
-      payload, want_missing = augment_core.neighbor_payload(
-          nbr.SerializeToString(), features)
-      assert missing == want_missing
+      subset = tf.train.Example()
+      for name in features or nbr.features.feature:
+        if name in nbr.features.feature:
+          subset.features.feature[name].CopyFrom(nbr.features.feature[name])
+      assert missing == [n for n in features or []
+                         if n not in nbr.features.feature]
       assert augment_core.entries_to_example(entries) == (
-          nbr.SerializeToString(deterministic=True) if features is None
-          else payload)
+          subset.SerializeToString(deterministic=True))
       neighbors.append((0.9 - i * 0.4, f'n{i}', entries))
     for labeled in (None, True, False):
       for count in (0, 1, 2):
@@ -315,9 +382,9 @@ def test_gzip_writer_writes_tfrecords(tmp_path):
   plain = str(tmp_path / 'plain.tfr')
   _write_records(plain, records, gzip=False)
   with open(plain, 'rb') as f:
-    assert f.read() == b''.join(executor.tfrecord_frame(r) for r in records)
+    assert f.read() == b''.join(records_io.tfrecord_frame(r) for r in records)
   path = str(tmp_path / 'out.gz')
-  writer = executor._GzipWriter(open(path, 'wb'))
+  writer = records_io._GzipWriter(open(path, 'wb'))
   writer._CHUNK_BYTES = 1000  # Many chunks through the helper thread.
   for r in records:
     writer.write_record(r)
@@ -330,11 +397,11 @@ def test_gzip_writer_writes_tfrecords(tmp_path):
 def test_buckets_are_stable():
   # Fixed values (CRC-32 of the UTF-8 id): a salted hash would differ
   # between processes and runs.
-  assert [executor.bucket_of(n, 7) for n in ('a', 'n0000001', '42')] == [
+  assert [join_core.bucket_of(n, 7) for n in ('a', 'n0000001', '42')] == [
       4, 2, 3]
-  assert [executor.bucket_of(n, 1000) for n in ('a', 'n0000001', '42')] == [
+  assert [join_core.bucket_of(n, 1000) for n in ('a', 'n0000001', '42')] == [
       907, 369, 288]
-  assert executor.bucket_of('anything', 1) == 0
+  assert join_core.bucket_of('anything', 1) == 0
   assert beam_executor.runs_locally(['--direct_running_mode=in_memory'])
   assert beam_executor.runs_locally(['--runner=DirectRunner'])
   assert not beam_executor.runs_locally(['--runner=DataflowRunner'])
@@ -390,15 +457,15 @@ def test_many_buckets_give_the_same_output(tmp_path, monkeypatch):
   spill_parent.mkdir()
   monkeypatch.setattr(tempfile, 'tempdir', str(spill_parent))
   written = []
-  monkeypatch.setattr(executor, '_pack', lambda *args, pack=executor._pack: (
+  monkeypatch.setattr(join_core, 'pack', lambda *args, pack=join_core.pack: (
       written.append(pack(*args)) or written[-1]))
   one = _run_executor(tmp_path / 'one', splits, lines, max_neighbors=3,
                       add_undirected_edges=True)
-  assert written and all(w[0] == executor._SPILLED for w in written)
+  assert written and all(w[0] == join_core._SPILLED for w in written)
   assert not list(spill_parent.iterdir())  # Removed after the run.
-  monkeypatch.setattr(executor, '_BYTES_PER_BUCKET', 300)
-  monkeypatch.setattr(executor, '_BATCH_ITEMS',
-                      dict.fromkeys(executor._BATCH_ITEMS, 3))
+  monkeypatch.setattr(join_core, 'BYTES_PER_BUCKET', 300)
+  monkeypatch.setattr(join_core, 'BATCH_ITEMS',
+                      dict.fromkeys(join_core.BATCH_ITEMS, 3))
   many = _run_executor(tmp_path / 'many', splits, lines, max_neighbors=3,
                        add_undirected_edges=True)
   assert _by_id(_split(many, 'train')) == _by_id(_split(one, 'train'))
@@ -408,11 +475,11 @@ def test_many_buckets_give_the_same_output(tmp_path, monkeypatch):
   packed = []
   monkeypatch.setattr(executor.Executor, '_spill_dir',
                       lambda self, pipeline: None)
-  monkeypatch.setattr(executor, '_unpack', lambda value, unpack=(
-      executor._unpack): packed.append(value[0]) or unpack(value))
+  monkeypatch.setattr(join_core, 'unpack', lambda value, unpack=(
+      join_core.unpack): packed.append(value[0]) or unpack(value))
   shuffled = _run_executor(tmp_path / 'shuffled', splits, lines,
                            max_neighbors=3, add_undirected_edges=True)
-  assert packed and executor._SPILLED not in packed
+  assert packed and join_core._SPILLED not in packed
   assert _by_id(_split(shuffled, 'train')) == _by_id(_split(one, 'train'))
   assert _stats(shuffled) == _stats(one)
   expected = _pack_nbrs(tmp_path, splits['train'], splits['unlabeled'], lines,
@@ -489,8 +556,8 @@ def test_bad_inputs_are_counted_not_lost(tmp_path):
   assert set(k for k in a if k.startswith('NL_nbr_0_')) == {
       'NL_nbr_0_weight', 'NL_nbr_0_x'}  # Only the listed feature copied.
   b, = feats['b']  # Duplicate neighbor id: the smaller payload, always.
-  want = min(augment_core.neighbor_payload(
-      _example('u1', [x]).SerializeToString(), ['x'])[0] for x in (6.0, 6.5))
+  want = min(_example(x=[x]).SerializeToString(deterministic=True)
+             for x in (6.0, 6.5))
   assert b['NL_nbr_0_x'] == (
       tf.train.Example.FromString(want).features.feature['x'])
   c, = feats['c']  # Neighbor lacking 'x': weight but no copy.

@@ -146,7 +146,7 @@ def pages():
   """{file name: Markdown} of every component."""
   # pylint: disable=g-import-not-at-top
   from tfx_nsl.components.graph_augmentation import component as augmentation
-  from tfx_nsl.components.graph_augmentation import executor as augment_exec
+  from tfx_nsl.components.graph_augmentation import config as augment_config
   from tfx_nsl.components.graph_builder import component as builder
   from tfx_nsl.components.graph_builder import executor as builder_exec
   from tfx_nsl.components.robustness_evaluator import component as evaluator
@@ -156,8 +156,8 @@ def pages():
           builder.GraphBuilder, builder_exec.COUNTERS, builder_exec.NAMESPACE,
           extra=[('Modes', _mode_sections())]),
       'graph_augmentation.md': render(
-          augmentation.GraphAugmentation, augment_exec.COUNTERS,
-          augment_exec.METRICS_NAMESPACE),
+          augmentation.GraphAugmentation, augment_config.COUNTERS,
+          augment_config.METRICS_NAMESPACE),
       'robustness_evaluator.md': render(
           evaluator.RobustnessEvaluator, tfma_module.COUNTERS,
           tfma_module.NAMESPACE),

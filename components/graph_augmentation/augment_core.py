@@ -29,7 +29,7 @@ deterministically. All of these are counted by the executor.
 import heapq
 import math
 import struct
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from tensorflow.core.example import example_pb2
 from tensorflow.core.example import feature_pb2
@@ -49,11 +49,10 @@ LABELED_FEATURE = 'NL_labeled'
 
 # What a neighbor contributes, as the executor carries it: its copied features
 # as (name, serialized tf.train.Feature) pairs sorted by name, so that merging
-# them into a seed needs no parsing. `augment` also takes a serialized Example.
+# them into a seed needs no parsing.
 Entries = Tuple[Tuple[bytes, bytes], ...]
-Payload = Union[bytes, Entries]
-# (weight, neighbor id, neighbor payload); the tuple order is the ranking.
-Neighbor = Tuple[float, str, Payload]
+# (weight, neighbor id, its entries); the tuple order is the ranking.
+Neighbor = Tuple[float, str, Entries]
 
 
 def nbr_feature_name(index: int, feature: str) -> str:
@@ -78,32 +77,6 @@ def parse_edge(line: str, where: str = '') -> Tuple[str, str, float]:
   return source, target, weight
 
 
-def directed_edges(source: str, target: str, weight: float,
-                   add_undirected_edges: bool):
-  """((source, target), (weight, from_input)) pairs for one input edge.
-
-  `from_input` is 1 for the edge as written and 0 for its added reverse, so
-  that merging can tell duplicate input lines from reverse edges that meet an
-  existing edge. Callers drop self-loops first.
-  """
-  yield (source, target), (weight, 1)
-  if add_undirected_edges:
-    yield (target, source), (weight, 0)
-
-
-def merge_edge_values(values: Iterable[Tuple[float, int]]) -> Tuple[float, int]:
-  """Merges the values of one (source, target) pair: max weight, input count.
-
-  Associative and commutative, so Beam may apply it in any grouping.
-  """
-  best = -math.inf
-  count = 0
-  for weight, from_input in values:
-    best = max(best, weight)
-    count += from_input
-  return best, count
-
-
 # A bounded top-k accumulator: [number of candidates seen, min-heap of the best
 # `k` (weight, id, payload) tuples]. Ids are unique per source once edges are
 # merged, so tuples never compare payloads.
@@ -123,52 +96,17 @@ def top_add(accumulator, candidate: Neighbor, k: int):
   return accumulator
 
 
-def top_merge(accumulators, k: int):
-  count = 0
-  candidates = []
-  for seen, heap in accumulators:
-    count += seen
-    candidates.extend(heap)
-  best = heapq.nlargest(k, candidates)
-  heapq.heapify(best)
-  return [count, best]
-
-
 def top_extract(accumulator) -> Tuple[int, List[Neighbor]]:
   """(candidates seen, best first) from an accumulator."""
   return accumulator[0], sorted(accumulator[1], reverse=True)
 
 
-def rank_neighbors(candidates: Iterable[Neighbor], k: int) -> List[Neighbor]:
-  """pack_nbrs' order: (weight, id) descending, the first `k`."""
-  return sorted(candidates, reverse=True)[:k]
-
-
-def neighbor_payload(serialized: bytes, features: Optional[Sequence[str]]
-                    ) -> Tuple[bytes, List[str]]:
-  """What a neighbor contributes: its features, or the chosen subset.
-
-  Returns (serialized tf.Example, names of requested features it lacks).
-  With `features` None the example is passed on unchanged (pack_nbrs copies
-  every feature, the id included).
-  """
-  if features is None:
-    return serialized, []
-  source = parse_example(serialized).features.feature
-  subset = example_pb2.Example()
-  missing = []
-  for name in features:
-    if name in source:
-      subset.features.feature[name].CopyFrom(source[name])
-    else:
-      missing.append(name)
-  return subset.SerializeToString(deterministic=True), missing
-
-
 def payload_entries(example: example_pb2.Example,
                     features: Optional[Sequence[str]]
                    ) -> Tuple[Entries, List[str]]:
-  """`neighbor_payload` of a parsed example, as sorted (name, Feature) bytes.
+  """What a neighbor contributes: all its features (pack_nbrs copies every
+  feature, the id included) or the chosen subset, as sorted (name, serialized
+  Feature) pairs.
 
   Returns (entries, names of requested features it lacks).
   """
@@ -184,11 +122,8 @@ def payload_entries(example: example_pb2.Example,
 
 
 def entries_to_example(entries: Entries) -> bytes:
-  """The neighbor payload of `entries` as a serialized tf.Example.
-
-  Equals `neighbor_payload(...)[0]` for a subset of features (deterministic
-  serialization); used only to break ties between duplicate ids.
-  """
+  """`entries` as a serialized tf.Example (deterministic serialization);
+  breaks ties between duplicate neighbor ids (join_core.pick_neighbor)."""
   example = example_pb2.Example()
   features = example.features.feature
   for name, value in entries:
@@ -202,41 +137,24 @@ def has_neighbor_features(example: example_pb2.Example) -> bool:
              or name == LABELED_FEATURE for name in example.features.feature)
 
 
-def pick_example(candidates: Iterable[Tuple[int, bytes]]) -> bytes:
-  """One example among those sharing an id: seed splits first, then bytes.
-
-  Candidates are (preference, serialized); a lower preference wins, which
-  puts seed-split examples first as pack_nbrs does. The bytes break ties so
-  that the choice never depends on the order a runner delivers them in (the
-  executor compares `entries_to_example` of the copied features).
-  """
-  return min(candidates)[1]
-
-
-def _payload_items(payload: Payload):
-  """(name, Feature) pairs of a payload given either way."""
-  if isinstance(payload, bytes):
-    return parse_example(payload).features.feature.items()
-  return [(name.decode('utf-8'), feature_pb2.Feature.FromString(value))
-          for name, value in payload]
-
-
 def augment(seed: bytes, neighbors: Sequence[Neighbor],
             labeled: Optional[bool] = None) -> bytes:
   """The seed example with its neighbors' features merged in, serialized.
 
   `neighbors` are already ranked. The weight is written before the copied
   features, as in pack_nbrs (so a neighbor feature named 'weight' wins there
-  too). `labeled`, if not None, sets LABELED_FEATURE. This is the reference
-  implementation; `augment_fast` gives the same features without parsing.
+  too). `labeled`, if not None, sets LABELED_FEATURE. The path for seeds
+  that already have neighbor features, and the reference `augment_fast` is
+  tested against.
   """
   example = parse_example(seed)
   features = example.features.feature
   features[NUM_NBRS_FEATURE].int64_list.value.append(len(neighbors))
-  for index, (weight, _, payload) in enumerate(neighbors):
+  for index, (weight, _, entries) in enumerate(neighbors):
     features[nbr_weight_name(index)].float_list.value.append(weight)
-    for name, value in _payload_items(payload):
-      features[nbr_feature_name(index, name)].CopyFrom(value)
+    for name, value in entries:
+      features[nbr_feature_name(index, name.decode('utf-8'))].ParseFromString(
+          value)
   if labeled is not None:
     features[LABELED_FEATURE].int64_list.value[:] = [int(labeled)]
   return example.SerializeToString(deterministic=True)

@@ -11,12 +11,13 @@ from tfx.types.component_spec import ComponentSpec
 from tfx_nsl import parameters
 from tfx_nsl.components.graph_augmentation import augment_core
 from tfx_nsl.components.graph_augmentation.config import AugmentParams
+from tfx_nsl.components.graph_augmentation import config
 from tfx_nsl.components.graph_augmentation import executor
 from tfx_nsl.types import Graph
 
 # Re-exported for users of the component.
 LABELED_FEATURE = augment_core.LABELED_FEATURE
-STATS_PROPERTY = executor.STATS_PROPERTY
+STATS_PROPERTY = config.STATS_PROPERTY
 
 
 # The defaults live in AugmentParams; the signature shows them.
@@ -27,11 +28,11 @@ class GraphAugmentationSpec(ComponentSpec):
   """GraphAugmentation component spec."""
   PARAMETERS = parameters.spec_parameters(AugmentParams)
   INPUTS = {
-      executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
-      executor.GRAPH_KEY: ChannelParameter(type=Graph),
+      config.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+      config.GRAPH_KEY: ChannelParameter(type=Graph),
   }
   OUTPUTS = {
-      executor.AUGMENTED_EXAMPLES_KEY: ChannelParameter(
+      config.AUGMENTED_EXAMPLES_KEY: ChannelParameter(
           type=standard_artifacts.Examples),
   }
 
