@@ -29,7 +29,8 @@ MAX_LOGGED = 5
 #   edges = edges_unknown_target + edges_target_not_neighbor
 #           + edges_from_non_seed + edges_beyond_max_neighbors
 #           + neighbors_attached
-# Per-feature counts 'missing_neighbor_feature:<name>' come on top.
+# Per-feature counts MISSING_FEATURE_COUNTER + <name> come on top.
+MISSING_FEATURE_COUNTER = 'missing_neighbor_feature:'
 COUNTERS = {
     'examples_read': 'examples read, all splits',
     'examples_without_id': 'examples whose id feature is unusable: several '

@@ -29,6 +29,7 @@ from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_augmentation import augment_core
+from tfx_nsl.components.graph_augmentation import config
 
 # Roles of the batches that meet in the two joins.
 POOL, OTHER, EDGES = 0, 1, 2  # Join by target bucket.
@@ -51,21 +52,6 @@ BATCH_ITEMS = {POOL: 2000, SEEDS: 2000, UNNAMED_SEEDS: 2000,
 # examples in 4 or 16 buckets took more time and memory than in 1.
 BYTES_PER_BUCKET = 64 << 20
 MAX_BUCKETS = 1 << 16
-
-# Counter names each step adds to (the executor reports them).
-READ_COUNTERS = ('examples_read', 'examples_without_id',
-                 'ids_derived_from_content',
-                 'neighbor_examples_missing_features')
-EDGE_COUNTERS = ('edge_lines_read', 'malformed_edge_lines', 'self_loops')
-TARGET_COUNTERS = ('duplicate_neighbor_ids', 'edges', 'duplicate_edges',
-                   'reverse_edges_added', 'edges_unknown_target',
-                   'edges_target_not_neighbor')
-SEED_COUNTERS = ('edges_from_non_seed', 'edges_unknown_source',
-                 'unknown_source_nodes', 'edges_beyond_max_neighbors',
-                 'neighbors_attached', 'duplicate_seed_ids', 'seeds_written',
-                 'seeds_with_neighbors', 'seeds_without_neighbors',
-                 'unlabeled_seeds_written')
-MISSING_FEATURE_COUNTER = 'missing_neighbor_feature:'
 
 
 def bucket_of(node: str, num_buckets: int) -> int:
@@ -197,7 +183,7 @@ def route_example(serialized: bytes, route: Route, counts, batcher: Batcher):
     if missing:
       counts['neighbor_examples_missing_features'] += 1
       for name in missing:
-        counts[MISSING_FEATURE_COUNTER + name] += 1
+        counts[config.MISSING_FEATURE_COUNTER + name] += 1
     full.append(batcher.add(BY_TARGET, POOL, bucket,
                             (node, route.preference, entries)))
   else:
