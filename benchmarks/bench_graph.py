@@ -367,7 +367,7 @@ def beam_multi_processing(spec):
 
 
 def beam_read_only(spec):
-  """The executor's own read stages and corpus building, nothing else."""
+  """The executor's own read stages and node shards, nothing else."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
   from tfx.types import artifact_utils, standard_artifacts  # pylint: disable=g-import-not-at-top
@@ -384,10 +384,7 @@ def beam_read_only(spec):
   store = tempfile.mkdtemp()
   with beam.Pipeline(options=PipelineOptions(
       ['--direct_running_mode=in_memory'])) as pipeline:
-    _ = (ex._read_split(pipeline, examples, None, 'train', params)  # pylint: disable=protected-access
-         | beam.ParDo(executor._StoreBatches(store))  # pylint: disable=protected-access
-         | beam.combiners.ToList()
-         | beam.ParDo(executor._BuildCorpus(params, store)))  # pylint: disable=protected-access
+    ex._corpus(pipeline, examples, None, params, store)  # pylint: disable=protected-access
   shutil.rmtree(store)
   return {'seconds': time.time() - start}
 

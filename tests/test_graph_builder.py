@@ -27,7 +27,7 @@ def _brute_force_top_k(vectors, k, threshold):
 
 
 def _as_dict(edges):
-  return {(int(s), int(t)): float(w) for s, t, w in zip(*edges)}
+  return {(int(s), int(t)): float(w) for s, t, w in zip(*edges[:3])}
 
 
 @pytest.mark.parametrize('k, threshold', [(3, -1.0), (5, 0.5), (None, 0.6)])
@@ -133,12 +133,17 @@ def test_partition_mode_finds_most_exact_neighbors_and_only_true_edges():
   probes = graph_core.nearest_partitions(corpus, centroids, 4)
   assert (np.sort(probes, axis=1)[:, 1:] != np.sort(probes, axis=1)[:, :-1]
           ).all()  # distinct probes
-  partitioning = graph_core.partitioning(probes, centroids)
-  blocks = list(graph_core.partition_blocks(partitioning))
-  queries = np.concatenate([b[0] for b in blocks])
-  assert np.array_equal(np.sort(queries), np.arange(4000))  # each node once
-  parts = [graph_core.block_edges(*b, partitioning, corpus, 5, 0.0)
-           for b in blocks]
+  group_of = graph_core.partition_groups(centroids)
+  assert group_of.max() < len(centroids) // graph_core.PARTITIONS_PER_GROUP
+  # As the executor stores them: members of a partition by primary probe,
+  # ascending; the queries of a block, by group.
+  members = {p: (np.flatnonzero(probes[:, 0] == p),) for p in range(20)}
+  members = {p: (m[0], corpus[m[0]], None) for p, m in members.items()}
+  blocks = [np.flatnonzero(group_of[probes[:, 0]] == g)
+            for g in np.unique(group_of)]
+  assert np.array_equal(np.sort(np.concatenate(blocks)), np.arange(4000))
+  parts = [graph_core.block_edges(b, corpus[b], probes[b], members.get, 5,
+                                  0.0) for b in blocks]
   found = graph_core.concat_edges([p[0] for p in parts])
   assert np.bincount(found.src, minlength=4000).max() <= 5
   assert graph_core.recall_at_k(found, exact, np.arange(4000)) >= 0.95
@@ -146,8 +151,8 @@ def test_partition_mode_finds_most_exact_neighbors_and_only_true_edges():
                                                                 found.tgt],
                              atol=1e-5)
   assert sum(p[1] for p in parts) < 4000 * 4000 / 2  # far from all pairs
-  threaded = [graph_core.block_edges(*b, partitioning, corpus, 5, 0.0,
-                                     threads=3) for b in blocks]
+  threaded = [graph_core.block_edges(b, corpus[b], probes[b], members.get, 5,
+                                     0.0, threads=3) for b in blocks]
   for (one, pairs), (three, threaded_pairs) in zip(parts, threaded):
     assert pairs == threaded_pairs
     for a, b in zip(one, three):
@@ -159,7 +164,7 @@ def test_lsh_finds_most_exact_neighbors_and_only_true_edges():
   corpus, _ = graph_core.prepare_vectors(vectors, graph_core.COSINE)
   exact = graph_core.exact_edges(np.arange(2000), corpus, 5, 0.0)
   found = graph_core.concat_edges([
-      graph_core.bucket_edges(b, corpus, 5, 0.0)
+      graph_core.bucket_edges(b, corpus[b], 5, 0.0)
       for r in range(6) for b in graph_core.lsh_buckets(corpus, 6, r, 512)])
   found = graph_core.top_k_per_source(graph_core.dedupe_max(found), 5)
   recall = graph_core.recall_at_k(found, exact, np.arange(2000))
@@ -186,6 +191,7 @@ def test_graph_stats():
   assert stats['num_edges'] == 4 and stats['num_nodes'] == 6
   assert stats['isolated_nodes'] == 1  # node 5
   assert stats['connected_components'] == 3  # {0,1,2} {3,4} {5}
+  assert stats['largest_component'] == 3
   assert stats['out_degree_histogram'] == {'0': 3, '1': 2, '2': 1}
 
 
@@ -434,29 +440,30 @@ def test_component_validates_parameters_at_construction():
   assert builder.outputs['graph'].type_name == 'tfx_nsl.Graph'
 
 
-def test_stored_corpus_is_read_once_per_process(tmp_path):
-  from tfx_nsl.components.graph_builder import executor
-  corpus = executor.Corpus(np.array(['a', 'bb'], dtype=object),
-                           np.eye(2, dtype=np.float32))
-  path = executor.store_corpus(corpus, str(tmp_path))
-  loaded = executor.load_corpus(path)
-  assert loaded.ids.tolist() == ['a', 'bb'] and type(loaded.ids[0]) is str
-  np.testing.assert_array_equal(loaded.vectors, corpus.vectors)
-  assert executor.load_corpus(path) is loaded
-  # The next job's corpus replaces it.
-  assert executor.load_corpus(executor.store_corpus(corpus, str(tmp_path))) \
-      is not loaded
+def test_loaded_files_stay_within_the_cache_capacity(tmp_path):
+  from tfx_nsl.components.graph_builder import corpus
+  paths = [corpus.store_arrays(str(tmp_path), f'f{i}',
+                               v=np.full(1000, i, np.float32))
+           for i in range(3)]  # 4,000 bytes each
+  cache = corpus.FileCache()
+  first = cache.load(paths[0], 10_000)
+  assert cache.load(paths[0], 10_000) is first  # read once
+  cache.load(paths[1], 10_000)
+  cache.load(paths[2], 10_000)  # 12,000 bytes: the oldest goes
+  assert cache.load(paths[0], 10_000) is not first
+  np.testing.assert_array_equal(cache.load(paths[2], 1)['v'], 2)
 
 
 def test_stored_batches_keep_unusable_ids(tmp_path):
-  from tfx_nsl.components.graph_builder import executor
-  batches = [executor.EmbeddingBatch(
+  from tfx_nsl.components.graph_builder import corpus
+  batches = [corpus.EmbeddingBatch(
       np.array(['a', None], object), np.array([[2, -1], [2, 1]]),
       [np.arange(4, dtype=np.float32), np.ones(1, np.float32)]),
-             executor.EmbeddingBatch(
+             corpus.EmbeddingBatch(
                  np.array(['c'], object), np.array([[2, 1]]),
                  [np.zeros(2, np.float32), np.ones(1, np.float32)])]
-  batch = executor.load_batch(executor.store_batches(batches, str(tmp_path)))
+  batch = corpus.load_batch(corpus.store_batch(corpus.concat_batches(batches),
+                                               str(tmp_path)))
   assert batch.ids.tolist() == ['a', None, 'c']
   np.testing.assert_array_equal(batch.lengths, [[2, -1], [2, 1], [2, 1]])
   np.testing.assert_array_equal(batch.flats[0], [0, 1, 2, 3, 0, 0])
@@ -469,10 +476,102 @@ def test_graph_stats_merge_from_shards():
                            np.ones(300, np.float32))
   edges = graph_core.dedupe_max(edges)
   shard = edges.src * 4 // 60  # 60 nodes: 50..59 have no edges
-  parts = [graph_core.stats_part(60, graph_core.Edges(
-      *(a[shard == s] for a in edges))) for s in range(4)]
-  merged = graph_core.final_stats(
-      60, graph_core.merge_stats_parts(parts),
-      graph_core.connected_components(60, edges.src, edges.tgt))
+  parts = [graph_core.stats_part(graph_core.take(edges, shard == s))
+           for s in range(4)]
+  merged = graph_core.final_stats(60, graph_core.merge_stats_parts(parts))
   assert merged == graph_core.graph_stats(60, edges)
   assert merged['isolated_nodes'] >= 10
+  # Against scipy on the whole edge list, on sparse random graphs.
+  from scipy.sparse import coo_matrix
+  from scipy.sparse.csgraph import connected_components
+  for seed in range(5):
+    rng = np.random.RandomState(seed)
+    src, tgt = rng.randint(0, 400, 250), rng.randint(0, 400, 250)
+    src, tgt = src[src != tgt], tgt[src != tgt]  # GraphBuilder has no loops
+    edges = graph_core.dedupe_max(graph_core.Edges(
+        src, tgt, np.ones(len(src), np.float32)))
+    count, labels = connected_components(
+        coo_matrix((np.ones(len(edges.src)), (edges.src, edges.tgt)),
+                   shape=(400, 400)), connection='weak')
+    parts = [graph_core.stats_part(graph_core.take(edges, edges.src % 7 == s))
+             for s in range(7)]
+    stats = graph_core.final_stats(400, graph_core.merge_stats_parts(parts))
+    assert stats['connected_components'] == count
+    assert stats['largest_component'] == np.bincount(labels).max()
+    assert stats['isolated_nodes'] == 400 - len(np.unique(np.r_[src, tgt]))
+
+
+def test_stats_drop_components_past_the_forest_cap(monkeypatch):
+  monkeypatch.setattr(graph_core, 'MAX_FOREST_NODES', 10)
+  edges = graph_core.Edges(np.arange(20), np.arange(1, 21),
+                           np.ones(20, np.float32))
+  parts = [graph_core.stats_part(graph_core.take(edges, edges.src < 10)),
+           graph_core.stats_part(graph_core.take(edges, edges.src >= 10))]
+  stats = graph_core.final_stats(30, graph_core.merge_stats_parts(parts))
+  assert stats['connected_components'] is None
+  assert stats['isolated_nodes'] is None
+  assert stats['num_edges'] == 20
+
+
+@pytest.mark.parametrize('mode, params', [
+    (Exact(block_size=100), dict(max_neighbors=4, undirected=True)),
+    (Exact(block_size=100), dict(similarity_threshold=0.7)),
+    (Lsh(splits=4, rounds=3, max_bucket_size=64, recall_sample_size=100),
+     dict(max_neighbors=4, undirected=True)),
+    (Partition(size=60, probes=3, recall_sample_size=100),
+     dict(max_neighbors=4, undirected=False)),
+])
+def test_many_node_shards_give_the_same_graph(tmp_path, mode, params):
+  """The corpus cut into id-range shards (as a small memory budget does)
+  gives the graph of one shard, on two workers."""
+  vectors = clustered_embeddings(700, 8, 10, 0.5, seed=13)
+  rows = _rows(vectors[:400]) + _rows(vectors[400:], prefix='m')
+  params.setdefault('similarity_threshold', 0.0)
+  graphs = []
+  for shards in (1, 7):
+    graph, found, stats = _run_executor(
+        tmp_path, {'train': rows}, name=f'shards{shards}', mode=mode,
+        embedding_features=['emb'], num_shards=shards,
+        beam_args=['--direct_running_mode=multi_processing',
+                   '--direct_num_workers=2'], **params)
+    assert len(graph_io.edge_files(graph.uri)) == shards
+    assert stats['num_nodes'] == 700
+    graphs.append((found, {k: v for k, v in stats.items()
+                           if k not in ('counters', 'config')}))
+  assert graphs[0][0].keys() == graphs[1][0].keys()
+  for key, weight in graphs[0][0].items():
+    assert graphs[1][0][key] == pytest.approx(weight, abs=1e-6)
+  assert graphs[0][1] == graphs[1][1]  # stats, recall included
+  if mode.NAME == 'exact':
+    expected = _brute_force_top_k(vectors.astype(np.float64),
+                                  params.get('max_neighbors'),
+                                  params['similarity_threshold'])
+    ids = [f'n{i:04d}' for i in range(400)] + [f'm{i:04d}' for i in range(300)]
+    expected = {(ids[s], ids[t]) for s, t in expected}
+    if params.get('undirected'):
+      expected |= {(t, s) for s, t in expected}
+    assert graphs[1][0].keys() == expected
+
+
+def test_shards_follow_the_memory_budget():
+  from tfx_nsl.components.graph_builder import corpus
+  mib = 2**20
+  # 50,000 nodes a shard by default ...
+  assert corpus.num_shards(1_000_000, 64, 0, 1024 * mib) == 20
+  # ... more where a shard's vectors would pass a quarter of the budget:
+  # 102 MB of vectors in 16 MiB shards, not 4 of 50,000 nodes.
+  assert corpus.num_shards(200_000, 128, 0, 64 * mib) == 7
+  assert corpus.num_shards(1_000_000, 64, 3, 1024 * mib) == 3
+  assert corpus.num_shards(100_000_000, 64, 0, 1024 * mib) == 256
+  assert corpus.num_shards(1_000_000_000, 64, 0, 1024 * mib) == 954
+  summary = corpus.merge_summaries([
+      corpus.summarize(corpus.EmbeddingBatch(
+          np.array([f'{i:05d}' for i in range(j, 40_000, 2)], object),
+          np.full((20_000, 1), 8), [np.zeros(160_000, np.float32)]))
+      for j in (0, 1)])
+  assert len(summary.id_sample) == corpus.ID_SAMPLE_SIZE
+  plan = corpus.plan(summary, ['emb'], 4, 1024 * mib)
+  assert plan.dims == [8]
+  # Boundaries near the quartiles of the ids.
+  quartiles = [int(b) for b in plan.boundaries]
+  assert np.allclose(quartiles, [10_000, 20_000, 30_000], atol=600)

@@ -46,8 +46,12 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
   takes serialized tf.Examples), applied with tfx-bsl's RunInference. To embed Transform outputs, pass
   `Transform.outputs['transformed_examples']` as `examples`.
 
+  No step holds the corpus or the edge list: the nodes are stored as id-range
+  shards, each within a quarter of `memory_budget_mb`, and only small models
+  (dimensions, shard boundaries, centroids) are broadcast.
+
   `mode` is one section: `Exact()` scores every pair as blocked matrix
-  products (memory: the corpus plus one block); `Lsh(...)` scores only pairs
+  products (a block of one shard against one shard); `Lsh(...)` scores only pairs
   that share a random-hyperplane bucket in one of its rounds; `Partition(...)`
   (faster and more accurate on clustered embeddings) scores each node against
   the members of its nearest k-means regions. Each section holds its own
@@ -94,6 +98,7 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
                undirected: bool = _DEFAULTS.undirected,
                mode: Union[Mode, str] = _DEFAULTS.mode,
                num_shards: int = _DEFAULTS.num_shards,
+               memory_budget_mb: int = _DEFAULTS.memory_budget_mb,
                read_batch_size: int = _DEFAULTS.read_batch_size,
                embedding_signature: str = _DEFAULTS.embedding_signature,
                embedding_output: Optional[str] = None):
@@ -118,7 +123,12 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
       mode: `Exact()`, `Lsh(...)` or `Partition(...)` (from
         `tfx_nsl.components.graph_builder`), a mode name for its defaults,
         or the JSON of one section, e.g. '{"partition": {"probes": 12}}'.
-      num_shards: edge files; 0 picks one per 50,000 nodes.
+      num_shards: node shards, one edge file each; 0 picks one per 50,000
+        nodes (at most 256). Raised where a shard's vectors would take more
+        than a quarter of `memory_budget_mb`.
+      memory_budget_mb: MiB of vectors one unit of work may hold: a shard
+        takes at most a quarter, the files a worker keeps loaded at most
+        half; see docs/design.md for a worker's peak memory.
       read_batch_size: examples per decoded batch.
       embedding_signature: the embedding model's signature.
       embedding_output: the signature output holding the embedding; may be
@@ -137,7 +147,8 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
         id_feature=id_feature, similarity=similarity,
         similarity_threshold=similarity_threshold,
         max_neighbors=max_neighbors, undirected=undirected, mode=mode,
-        num_shards=num_shards, read_batch_size=read_batch_size,
+        num_shards=num_shards, memory_budget_mb=memory_budget_mb,
+        read_batch_size=read_batch_size,
         embedding_signature=embedding_signature,
         embedding_output=embedding_output)
     spec = GraphBuilderSpec(

@@ -1,35 +1,34 @@
 """GraphBuilder executor: embeddings -> similarity graph, as one Beam pipeline.
 
-Stages (each element is a batch of arrays, never one Python object per pair):
-  read     TFXIO RecordBatches (or RunInference outputs) -> EmbeddingBatch,
-           stored per bundle as files beside the output
-  corpus   all batch files -> one id-sorted, validated, normalized corpus,
-           stored once as a file beside the output; only its path and size
-           travel through the runner. The steps that run per bundle load it
-           once per worker process. (As elements, the batches and the corpus
-           would be held whole in the heap of one runner process, e.g. by
-           Flink's grouping, and as a side input the corpus would be sent to
-           the SDK workers again for every bundle on portable runners such as
-           Flink, Spark and Dataflow, which cache no side inputs across
-           bundles.)
-  score    exact: fixed index ranges of query rows, one matrix product per
-           chunk against the corpus; lsh: one matrix product per bucket;
-           partition: the nodes of one k-means partition against the
-           members of the partitions nearest to them
-  merge    edges keyed by source shard: dedupe (max weight; LSH only, the
-           other modes never meet a pair twice), top-k per source, reverse
-           edges if undirected (not needed for exact graphs without a top-k,
-           symmetric by construction), then sorted TSV shards; statistics
-           merged from per-shard parts, the recall estimate from the edges
-           of a fixed sample of sources.
+No step holds the corpus or the edge list; the steps that need many nodes
+read them from files beside the output, so only paths and small models
+travel as side inputs (portable runners such as Flink, Spark and Dataflow
+send side inputs to the SDK workers again for every bundle). Each element
+is a batch of arrays, never one Python object per pair.
+
+  read      TFXIO RecordBatches (or RunInference outputs) -> EmbeddingBatch,
+            stored per bundle as batch files, each with its Summary
+  plan      the merged Summaries -> the dimensions and the id boundaries of
+            the node shards (corpus.py)
+  shard     each batch file validated on its own, its rows routed to their
+            id-range shard; each shard sorted by id and stored as one file
+  score     exact: a block of one shard's rows against one shard;
+            lsh: the rows of one (round, bucket) grouped, one matrix product
+            per bucket piece; partition: k-means centroids from a capped
+            sample, nodes shuffled to groups of neighbouring partitions,
+            each group scored against the groups its nodes probe
+  merge     edges keyed by source shard: dedupe (max weight; LSH only, the
+            other modes never meet a pair twice), top-k per source, reverse
+            edges if undirected (not needed for exact graphs without a
+            top-k, symmetric by construction), then sorted TSV shards
+  stats     per-shard parts merged by a combiner (counts, degree histogram,
+            a spanning forest for isolated nodes and components); recall on
+            a fixed sample of queries against their exact top-k, computed
+            shard by shard and merged by a combiner
 """
 import collections
-import functools
-import io
 import json
 import os
-import threading
-import uuid
 from typing import Any, Dict, List
 
 from absl import logging
@@ -48,6 +47,7 @@ from tfx.utils import path_utils
 
 from tfx_nsl import beam_executor
 from tfx_nsl import graph_io
+from tfx_nsl.components.graph_builder import corpus
 from tfx_nsl.components.graph_builder import graph_core
 from tfx_nsl.components.graph_builder.params import EXACT
 from tfx_nsl.components.graph_builder.params import GraphBuilderParams
@@ -60,16 +60,19 @@ _CORPUS_DIR = '.corpus'  # Removed when the pipeline is done.
 _EXAMPLES_NAMED_IN_LOGS = 5
 _NO_EXAMPLES = ('GraphBuilder found no examples in splits {splits}; nothing to '
                 'build a graph from')
-
-# ids: object array of str; lengths: [n, num_features] int (-1: missing);
-# flats: per feature, the concatenated values of the rows that have it.
-EmbeddingBatch = collections.namedtuple('EmbeddingBatch',
-                                        ['ids', 'lengths', 'flats'])
-Corpus = collections.namedtuple('Corpus', ['ids', 'vectors'])
-# What the runner carries of a stored corpus.
-CorpusInfo = collections.namedtuple('CorpusInfo', ['path', 'num_nodes'])
 # Rows a read bundle holds before it stores them.
 _STORE_ROWS = 1 << 18
+# Queries of one partition-mode product batch.
+_MAX_BLOCK_QUERIES = 8192
+# k-means sample: points per centroid, and the most rows of the sample.
+_SAMPLE_PER_CENTROID = 32
+_REJECTED = 'rejected'
+# Candidate edges a top-k merge buffers before it cuts them down.
+_MIN_COMPACT_EDGES = 1 << 20
+GroupFile = collections.namedtuple('GroupFile', ['group', 'path'])
+# The k-means model of partition mode: centroids and the group of each.
+PartitionModel = collections.namedtuple('PartitionModel',
+                                        ['centroids', 'group_of'])
 
 
 # Beam counters (namespace NAMESPACE), also written to stats.json.
@@ -167,7 +170,7 @@ class _ExtractFeatures(beam.DoFn):
       feature_lengths, flat = _lengths_and_flat(column, record_batch.num_rows)
       lengths.append(feature_lengths)
       flats.append(flat)
-    yield EmbeddingBatch(ids, np.stack(lengths, axis=1), flats)
+    yield corpus.EmbeddingBatch(ids, np.stack(lengths, axis=1), flats)
 
 
 class _KeyById(beam.DoFn):
@@ -214,47 +217,16 @@ def _rows_to_batch(rows):
   ids = np.array([r[0] for r in rows], object)
   lengths = np.array([[len(r[1])] for r in rows], np.int64)
   flat = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0)
-  return EmbeddingBatch(ids, lengths, [flat.astype(np.float32)])
+  return corpus.EmbeddingBatch(ids, lengths, [flat.astype(np.float32)])
 
 
-def _store_arrays(directory, prefix, **arrays) -> str:
-  """Writes numpy `arrays` to a new .npz file in `directory`; its path."""
-  path = os.path.join(directory, f'{prefix}-{uuid.uuid4().hex}.npz')
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)  # Callers pass no object arrays: no pickle.
-  with tf.io.gfile.GFile(path, 'wb') as f:
-    f.write(buffer.getvalue())
-  return path
-
-
-def _load_arrays(path):
-  with tf.io.gfile.GFile(path, 'rb') as f:
-    return np.load(io.BytesIO(f.read()))
-
-
-def store_batches(batches, directory) -> str:
-  """Stores EmbeddingBatches (one feature layout) as one file; its path."""
-  ids = np.concatenate([b.ids for b in batches])
-  unusable = np.equal(ids, None)
-  return _store_arrays(
-      directory, 'batch', ids=np.where(unusable, '', ids).astype(str),
-      unusable=unusable,
-      lengths=np.concatenate([b.lengths for b in batches]),
-      **{f'flat{f}': np.concatenate([b.flats[f] for b in batches])
-         for f in range(len(batches[0].flats))})
-
-
-def load_batch(path) -> EmbeddingBatch:
-  stored = _load_arrays(path)
-  ids = stored['ids'].astype(object)
-  ids[stored['unusable']] = None
-  lengths = stored['lengths']
-  return EmbeddingBatch(ids, lengths, [stored[f'flat{f}']
-                                       for f in range(lengths.shape[1])])
+def _cache_bytes(params):
+  """Bytes of shard and group files a worker keeps loaded."""
+  return params.memory_budget_mb * 2**20 // 2
 
 
 class _StoreBatches(beam.DoFn):
-  """EmbeddingBatches -> paths of files that hold them, a few per bundle."""
+  """EmbeddingBatches -> Staged batch files, a few per bundle."""
 
   def __init__(self, directory):
     self._directory = directory
@@ -276,221 +248,302 @@ class _StoreBatches(beam.DoFn):
       yield GlobalWindows.windowed_value(self._store())
 
   def _store(self):
-    path = store_batches(self._batches, self._directory)
+    batch = corpus.concat_batches(self._batches)
     self._batches, self._rows = [], 0
-    return path
+    return corpus.Staged(corpus.store_batch(batch, self._directory),
+                         corpus.summarize(batch))
 
 
-def _matrix(batch, dims, keep):
-  """[kept rows, sum(dims)] from a batch's per-feature flat values."""
-  columns = []
-  for f, d in enumerate(dims):
-    lengths = np.maximum(batch.lengths[:, f], 0)
-    offsets = np.cumsum(lengths) - lengths
-    columns.append(batch.flats[f][offsets[keep][:, None] + np.arange(d)])
-  return np.concatenate(columns, axis=1)
+class _Summarize(beam.CombineFn):
+  """Staged files -> one Summary (counts and a bounded id sample)."""
+
+  def create_accumulator(self):
+    return corpus.Summary(0, [], [])
+
+  def add_input(self, accumulator, staged):
+    return corpus.merge_summaries([accumulator, staged.summary])
+
+  def merge_accumulators(self, accumulators):
+    return corpus.merge_summaries(accumulators)
+
+  def extract_output(self, accumulator):
+    return accumulator
 
 
-class _BuildCorpus(beam.DoFn):
-  """All batch files -> one validated Corpus sorted by id, stored in
-  `directory`; yields its CorpusInfo."""
+def _features(params):
+  # With an embedding model, its output is the one "feature".
+  return params.embedding_features or [
+      f'model output {params.embedding_output or params.embedding_signature}']
 
-  def __init__(self, params, directory):
+
+def _plan(summary, params):
+  try:
+    plan = corpus.plan(summary, _features(params), params.num_shards,
+                       params.memory_budget_mb * 2**20)
+  except ValueError as e:
+    raise ValueError(f'{e} of splits {params.splits}') from None
+  logging.info('GraphBuilder: %d examples, %d dimensions, %d node shards',
+               summary.num_rows, sum(plan.dims), len(plan.boundaries) + 1)
+  return plan
+
+
+_WHY_LEFT_OUT = {
+    'missing_embedding': 'lack one of the embedding features {features}',
+    'wrong_dimension': 'have embedding lengths other than {dims}',
+    'non_finite_embedding': 'have NaN or infinite embedding values',
+    'zero_embedding': 'have an all-zero embedding (no direction for cosine)',
+    'embedding_too_large': (f'have an embedding norm above '
+                            f'{graph_core.MAX_DOT_NORM:.3g}, whose dot '
+                            'products overflow float32 (scale the embeddings '
+                            'down)'),
+}
+
+
+class _Validate(beam.DoFn):
+  """A staged batch file -> its usable rows, keyed by node shard; the
+  rejections are counted, named in the log (first few) and, as counts,
+  sent to the 'rejected' output."""
+
+  def __init__(self, params):
     self._params = params
-    self._directory = directory
+    self._logged = collections.Counter()
 
-  def process(self, paths: List[str]):
-    corpus = self.build([load_batch(p) for p in sorted(paths)])
-    path = store_corpus(corpus, self._directory)
-    _remember_corpus(path, corpus)
-    yield CorpusInfo(path, len(corpus.ids))
-
-  def build(self, batches: List[EmbeddingBatch]) -> Corpus:
-    params = self._params
-    batches = [b for b in batches if len(b.ids)]
-    if not batches:
-      raise ValueError(_NO_EXAMPLES.format(splits=params.splits))
-    lengths = np.concatenate([b.lengths for b in batches])
-    ids = np.concatenate([b.ids for b in batches])
-    unusable_id = np.equal(ids, None)  # Named in the log when read.
-    _counter('unusable_id').inc(int(unusable_id.sum()))
-    present = lengths >= 0
-    missing = ~present.all(axis=1) | unusable_id
-    # With an embedding model, its output is the one "feature".
-    features = params.embedding_features or [
-        f'model output {params.embedding_output or params.embedding_signature}']
-    dims = []
-    for f, feature in enumerate(features):
-      values, counts = np.unique(lengths[present[:, f], f], return_counts=True)
-      if not len(values):
-        raise ValueError(f'embedding feature {feature!r} is in none of the '
-                         f'examples of splits {params.splits}')
-      # The most common length is the dimension; ties go to the larger one.
-      dims.append(int(values[np.lexsort((values, counts))[-1]]))
-    wrong_dim = ~missing & (lengths != np.array(dims)).any(axis=1)
-    self._report('missing_embedding', ids[missing & ~unusable_id],
-                 f'lack one of the embedding features {features}')
-    self._report('wrong_dimension', ids[wrong_dim],
-                 f'have embedding lengths other than {dims}')
-    keep = ~missing & ~wrong_dim
-    keep_per_batch = np.split(keep, np.cumsum([len(b.ids) for b in batches])[:-1])
-    vectors = np.concatenate([_matrix(b, dims, k)
-                              for b, k in zip(batches, keep_per_batch)])
-    ids = ids[keep]
-    vectors, usable = graph_core.prepare_vectors(vectors, params.similarity)
-    nonfinite = ~np.isfinite(vectors).all(axis=1)
-    self._report('non_finite_embedding', ids[nonfinite],
-                 'have NaN or infinite embedding values')
-    if params.similarity == graph_core.COSINE:
-      self._report('zero_embedding', ids[~usable & ~nonfinite],
-                   'have an all-zero embedding (no direction for cosine)')
-    else:
-      self._report('embedding_too_large', ids[~usable & ~nonfinite],
-                   f'have an embedding norm above '
-                   f'{graph_core.MAX_DOT_NORM:.3g}, whose dot products '
-                   'overflow float32 (scale the embeddings down)')
-    ids, vectors = ids[usable], vectors[usable]
-    if not len(ids):
-      raise ValueError(
-          f'GraphBuilder: none of the {len(keep)} examples of splits '
-          f'{params.splits} is usable: {int(unusable_id.sum())} have an '
-          f'unusable id feature {params.id_feature!r}, '
-          f'{int((missing & ~unusable_id).sum())} lack an embedding feature, '
-          f'{int(wrong_dim.sum())} have the wrong dimension and '
-          f'{int((~usable).sum())} are not finite, all zero or too large (see the log '
-          'for examples of each)')
-    order = np.argsort(ids, kind='stable')
-    ids, vectors = ids[order], vectors[order]
-    duplicated = ids[1:][ids[1:] == ids[:-1]]
-    if len(duplicated) and all(d.startswith(graph_io.DERIVED_ID_PREFIX)
-                               for d in duplicated):
-      raise ValueError(
-          f'{len(duplicated)} examples in splits {params.splits} have neither '
-          f'an id feature {params.id_feature!r} nor different bytes from '
-          f'another example (identical records), e.g. '
-          f'{sorted(set(duplicated.tolist()))[:_EXAMPLES_NAMED_IN_LOGS]}; '
-          'graph nodes must be unique: give the examples ids or drop the '
-          'copies')
-    if len(duplicated):
-      raise ValueError(
-          f'{len(duplicated)} duplicate example ids in splits {params.splits}, '
-          f'e.g. {sorted(set(duplicated.tolist()))[:_EXAMPLES_NAMED_IN_LOGS]}; '
-          f'graph nodes must be unique: fix the {params.id_feature!r} feature')
-    _counter('nodes').inc(len(ids))
-    logging.info('GraphBuilder corpus: %d nodes, %d dimensions', len(ids),
-                 vectors.shape[1])
-    return Corpus(ids, np.ascontiguousarray(vectors))
-
-  def _report(self, name, ids, what):
-    _counter(name).inc(len(ids))
-    if len(ids):
-      logging.warning('GraphBuilder left out %d examples that %s, e.g. %s',
-                      len(ids), what, ids[:_EXAMPLES_NAMED_IN_LOGS].tolist())
+  def process(self, staged, plan):
+    batch = corpus.load_batch(staged.path)
+    ids, vectors, rejected = corpus.validate(batch, plan.dims,
+                                             self._params.similarity)
+    for name, left_out in rejected.items():
+      _counter(name).inc(len(left_out))
+      if len(left_out):
+        yield beam.pvalue.TaggedOutput(_REJECTED, (name, len(left_out)))
+      # Unusable ids were named when they were read.
+      if (len(left_out) and name in _WHY_LEFT_OUT and
+          self._logged[name] < _EXAMPLES_NAMED_IN_LOGS):
+        self._logged[name] += 1
+        logging.warning(
+            'GraphBuilder left out %d examples that %s, e.g. %s',
+            len(left_out), _WHY_LEFT_OUT[name].format(
+                features=_features(self._params), dims=plan.dims),
+            left_out[:_EXAMPLES_NAMED_IN_LOGS].tolist())
+    yield from corpus.route(ids, vectors, plan.boundaries)
 
 
-def _num_shards(params, num_nodes):
-  return params.num_shards or max(1, min(256, num_nodes // 50_000))
+def _store_shard(keyed, directory, params):
+  shard, parts = keyed
+  ids, vectors = corpus.sort_shard(list(parts), graph_io.DERIVED_ID_PREFIX,
+                                   params.id_feature)
+  _counter('nodes').inc(len(ids))
+  return corpus.ShardFile(shard, corpus.store_arrays(
+      directory, f'shard{shard}', ids=ids, vectors=vectors), len(ids))
 
 
-def _by_shard(edges, num_nodes, num_shards):
-  shard = edges.src * num_shards // max(1, num_nodes)
+def _layout(shard_files, plan, rejected, params):
+  """The node shards' Layout; none without examples (_finish_stats says so)."""
+  if plan is None:
+    return
+  layout = corpus.Layout.of(shard_files, len(plan.boundaries) + 1)
+  if not layout.num_nodes:
+    rejected = collections.Counter(rejected)
+    raise ValueError(
+        f'GraphBuilder: none of the {sum(rejected.values())} examples of '
+        f'splits {params.splits} is usable: {rejected["unusable_id"]} have '
+        f'an unusable id feature {params.id_feature!r}, '
+        f'{rejected["missing_embedding"]} lack an embedding feature, '
+        f'{rejected["wrong_dimension"]} have the wrong dimension and '
+        f'{sum(rejected[n] for n in corpus.REJECTIONS[3:])} are not finite, '
+        'all zero or too large (see the log for examples of each)')
+  logging.info('GraphBuilder corpus: %d nodes in %d shards',
+               layout.num_nodes, layout.num_shards)
+  yield layout
+
+
+def _by_shard(edges, layout):
+  shard = layout.shard_of(edges.src)
   for s in np.unique(shard):
-    mask = shard == s
-    yield int(s), graph_core.Edges(*(a[mask] for a in edges))
+    yield int(s), graph_core.take(edges, shard == s)
 
 
-class _ScoreRange(beam.DoFn):
-  """Exact: a fixed range of query rows against the whole corpus."""
+def _shards(layout):
+  return [s for s, f in enumerate(layout.files) if f is not None]
+
+
+def _exact_units(layout, params):
+  """(query shard, first row, end row, corpus shard): each ordered pair of
+  shards (each unordered one, with its diagonal, without a top-k)."""
+  every_pair = params.max_neighbors is None
+  block = params.mode.block_size
+  for i in _shards(layout):
+    count = int(layout.offsets[i + 1] - layout.offsets[i])
+    for start in range(0, count, block):
+      for j in _shards(layout):
+        if j >= i or not every_pair:
+          yield i, start, min(count, start + block), j
+
+
+class _ScoreExact(beam.DoFn):
+  """Exact: a block of one shard's rows against one shard."""
 
   def __init__(self, params):
     self._params = params
 
-  def process(self, index_range, info):
-    corpus = load_corpus(info.path)
-    start, end = index_range
-    num = len(corpus.ids)
-    if self._params.max_neighbors is None:
-      edges = graph_core.pair_edges(start, end, corpus.vectors,
-                                    self._params.similarity_threshold)
+  def process(self, unit, layout):
+    params, capacity = self._params, _cache_bytes(self._params)
+    i, start, end, j = unit
+    rows = slice(start, end)
+    query_ids, query_names, queries = layout.nodes(i, capacity)
+    col_ids, col_names, columns = layout.nodes(j, capacity)
+    if params.max_neighbors is not None:
+      edges = graph_core.cross_edges(
+          query_ids[rows], queries[rows], col_ids, columns,
+          params.max_neighbors, params.similarity_threshold, col_names)
+      pairs = (end - start) * len(col_ids)
+    elif i == j:
+      edges = graph_core.pair_edges(start, end, queries,
+                                    params.similarity_threshold,
+                                    offset=query_ids[0], names=query_names)
+      num = len(query_ids)
       pairs = (end - start) * (num - 1) - (start + end - 1) * (end - start) // 2
     else:
-      edges = graph_core.exact_edges(
-          np.arange(start, end), corpus.vectors, self._params.max_neighbors,
-          self._params.similarity_threshold)
-      pairs = (end - start) * num
+      edges = graph_core.cross_pair_edges(
+          query_ids[rows], queries[rows], query_names[rows], col_ids, columns,
+          col_names, params.similarity_threshold)
+      pairs = (end - start) * len(col_ids)
     _counter('scored_pairs').inc(pairs)
-    yield from _by_shard(edges, len(corpus.ids),
-                         _num_shards(self._params, len(corpus.ids)))
+    yield from _by_shard(edges, layout)
 
 
-class _ScoreBucket(beam.DoFn):
-  """LSH: all pairs of one bucket as one matrix product."""
+class _LshCodes(beam.DoFn):
+  """LSH: one shard's rows, keyed by (round, bucket code)."""
 
   def __init__(self, params):
     self._params = params
 
-  def process(self, members, info):
-    corpus = load_corpus(info.path)
-    edges = graph_core.bucket_edges(members, corpus.vectors,
-                                    self._params.max_neighbors,
-                                    self._params.similarity_threshold)
-    _counter('scored_pairs').inc(len(members) ** 2)
-    yield from _by_shard(edges, len(corpus.ids),
-                         _num_shards(self._params, len(corpus.ids)))
+  def process(self, shard, layout):
+    mode = self._params.mode
+    ids, names, vectors = layout.nodes(shard, _cache_bytes(self._params))
+    for round_index in range(mode.rounds):
+      codes, projections = graph_core.lsh_codes(vectors, mode.splits,
+                                                mode.seed + round_index)
+      order = np.argsort(codes, kind='stable')
+      bounds = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0, True])
+      for a, b in zip(bounds[:-1], bounds[1:]):
+        rows = order[a:b]
+        yield ((round_index, int(codes[rows[0]])),
+               (ids[rows], names[rows], vectors[rows], projections[rows]))
 
 
-class _ScoreBlock(beam.DoFn):
-  """Partition: the nodes of one partition, each against the members of
-  its `probes` nearest partitions, as matrix products."""
+def _score_bucket(keyed, layout, params):
+  """LSH: the pieces of one bucket, one matrix product each."""
+  _, parts = keyed
+  ids, names, vectors, projections = (np.concatenate(a) for a in zip(*parts))
+  pieces = graph_core.bucket_pieces(np.zeros(len(ids), np.int64), projections,
+                                    ids, params.mode.max_bucket_size)
+  _counter('lsh_buckets').inc(len(pieces))
+  _counter('scored_pairs').inc(sum(len(p) ** 2 for p in pieces))
+  edges = graph_core.concat_edges([
+      graph_core.bucket_edges(ids[p], vectors[p], params.max_neighbors,
+                              params.similarity_threshold, names[p])
+      for p in pieces])
+  yield from _by_shard(edges, layout)
+
+
+def _num_partitions(layout, params):
+  return max(1, layout.num_nodes // params.mode.size)
+
+
+def _sample_size(layout, dim, params):
+  """Rows of the k-means sample: enough per centroid, within a quarter of
+  the memory budget."""
+  return min(_SAMPLE_PER_CENTROID * _num_partitions(layout, params),
+             params.memory_budget_mb * 2**20 // 4 // (4 * dim))
+
+
+def _kmeans_sample(shard, layout, params):
+  """One shard's part of the k-means sample: rows whose seeded id hash
+  falls below the sampling rate, so the sample does not depend on the
+  sharding."""
+  ids, names, vectors = layout.nodes(shard, _cache_bytes(params))
+  rate = _sample_size(layout, vectors.shape[1], params) / layout.num_nodes
+  keep = corpus.id_hash(names, params.mode.seed) < rate * 2.0**32
+  yield ids[keep], vectors[keep]
+
+
+def _partition_model(samples, layout, params):
+  # In node order, so the k-means does not depend on the order of shards.
+  ids, sample = (np.concatenate(a) for a in zip(*samples))
+  sample = sample[np.argsort(ids)]
+  centroids = graph_core.partition_centroids(
+      sample, _num_partitions(layout, params), params.mode.seed)
+  _counter('partitions').inc(len(centroids))
+  return PartitionModel(centroids, graph_core.partition_groups(
+      centroids, params.mode.seed))
+
+
+class _Assign(beam.DoFn):
+  """Partition: one shard's rows with their probes, keyed by the group of
+  their nearest partition."""
+
+  def __init__(self, params):
+    self._params = params
+
+  def process(self, shard, layout, model):
+    ids, names, vectors = layout.nodes(shard, _cache_bytes(self._params))
+    probes = graph_core.nearest_partitions(vectors, model.centroids,
+                                           self._params.mode.probes)
+    group = model.group_of[probes[:, 0]]
+    order = np.argsort(group, kind='stable')
+    bounds = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0, True])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+      rows = order[a:b]
+      yield int(group[rows[0]]), (ids[rows], names[rows], vectors[rows],
+                                  probes[rows])
+
+
+def _store_group(keyed, directory):
+  """One group's nodes, stored by (nearest partition, index): the members
+  of partition partitions[i] are rows bounds[i]:bounds[i + 1]."""
+  group, parts = keyed
+  ids, names, vectors, probes = (np.concatenate(a) for a in zip(*parts))
+  order = np.lexsort((ids, probes[:, 0]))
+  partitions, bounds = np.unique(probes[order, 0], return_index=True)
+  return GroupFile(group, corpus.store_arrays(
+      directory, f'group{group}', ids=ids[order], names=names[order],
+      vectors=vectors[order], probes=probes[order], partitions=partitions,
+      bounds=np.r_[bounds, len(ids)]))
+
+
+class _ScoreGroup(beam.DoFn):
+  """Partition: the nodes of one group of partitions, each against the
+  members of the partitions it probes, read from their groups' files."""
 
   def __init__(self, params, threads):
     self._params = params
     self._threads = threads
 
-  def process(self, block, info, parts):
-    corpus = load_corpus(info.path)
-    queries, query_probes = block
-    # Many small products: one BLAS thread each is several times faster
-    # than BLAS threads contending for the cores (OpenBLAS: the limit is
-    # process-wide), so threads score several partitions at once instead.
-    with threadpoolctl.threadpool_limits(1, user_api='blas'):
-      edges, pairs = graph_core.block_edges(
-          queries, query_probes, parts, corpus.vectors,
-          self._params.max_neighbors, self._params.similarity_threshold,
-          threads=self._threads)
-    _counter('scored_pairs').inc(pairs)
-    yield from _by_shard(edges, len(corpus.ids),
-                         _num_shards(self._params, len(corpus.ids)))
-
-
-def store_corpus(corpus, directory) -> str:
-  """Writes `corpus` to a new file in `directory`; returns its path."""
-  return _store_arrays(directory, 'corpus', ids=corpus.ids.astype(str),
-                       vectors=corpus.vectors)
-
-
-# The corpus this process loaded last: every bundle of a job on this worker
-# uses the same one, and the next job's replaces it.
-_loaded_corpus = {}
-_loaded_corpus_lock = threading.RLock()
-
-
-def load_corpus(path) -> Corpus:
-  """The corpus stored at `path`, read once per process."""
-  with _loaded_corpus_lock:
-    corpus = _loaded_corpus.get(path)
-    if corpus is None:
-      stored = _load_arrays(path)
-      corpus = _remember_corpus(path, Corpus(stored['ids'].astype(object),
-                                             stored['vectors']))
-    return corpus
-
-
-def _remember_corpus(path, corpus):
-  with _loaded_corpus_lock:
-    _loaded_corpus.clear()
-    _loaded_corpus[path] = corpus
-  return corpus
+  def process(self, group_file, layout, model, group_files):
+    params, capacity = self._params, _cache_bytes(self._params)
+    own = corpus.CACHE.load(group_file.path, capacity)
+    members = {}
+    for group in np.unique(model.group_of[np.unique(own['probes'])]):
+      stored = corpus.CACHE.load(group_files[group], capacity)
+      bounds = stored['bounds']
+      for i, partition in enumerate(stored['partitions']):
+        rows = slice(bounds[i], bounds[i + 1])
+        members[partition] = (stored['ids'][rows], stored['vectors'][rows],
+                              stored['names'][rows])
+    empty = (np.zeros(0, np.int64), None, None)
+    for start in range(0, len(own['ids']), _MAX_BLOCK_QUERIES):
+      rows = slice(start, start + _MAX_BLOCK_QUERIES)
+      # Many small products: one BLAS thread each is several times faster
+      # than BLAS threads contending for the cores (OpenBLAS: the limit is
+      # process-wide), so threads score several partitions at once instead.
+      with threadpoolctl.threadpool_limits(1, user_api='blas'):
+        edges, pairs = graph_core.block_edges(
+            own['ids'][rows], own['vectors'][rows], own['probes'][rows],
+            lambda p: members.get(p, empty), params.max_neighbors,
+            params.similarity_threshold, threads=self._threads)
+      _counter('scored_pairs').inc(pairs)
+      yield from _by_shard(edges, layout)
 
 
 def _single_local_worker(pipeline):
@@ -511,46 +564,13 @@ def _scoring_threads(pipeline):
   return os.cpu_count() or 1
 
 
-def _partitioning(info, params):
-  corpus = load_corpus(info.path)
-  num_partitions = max(1, info.num_nodes // params.mode.size)
-  centroids = graph_core.partition_centroids(corpus.vectors, num_partitions,
-                                             params.mode.seed)
-  probes = graph_core.nearest_partitions(corpus.vectors, centroids,
-                                         params.mode.probes)
-  _counter('partitions').inc(len(centroids))
-  return graph_core.partitioning(probes, centroids, params.mode.seed)
-
-
-def _query_ranges(info, params):
-  for start in range(0, info.num_nodes, params.mode.block_size):
-    yield start, min(info.num_nodes, start + params.mode.block_size)
-
-
-def _lsh_buckets(info, params):
-  vectors = load_corpus(info.path).vectors
-  for round_index in range(params.mode.rounds):
-    buckets = graph_core.lsh_buckets(
-        vectors, params.mode.splits, params.mode.seed + round_index,
-        params.mode.max_bucket_size)
-    _counter('lsh_buckets').inc(len(buckets))
-    yield from buckets
-
-
-def _merge_shard(keyed, max_neighbors, dedupe):
-  shard, parts = keyed
-  edges = graph_core.concat_edges(list(parts))
-  if dedupe:
-    edges = graph_core.dedupe_max(edges)
-  return shard, graph_core.top_k_per_source(edges, max_neighbors)
-
-
-def _reverse_by_shard(keyed, info, params):
-  _, edges = keyed
-  reverse = graph_core.Edges(edges.tgt, edges.src, edges.weight)
+def _reverse_by_shard(keyed, layout, params):
+  shard, edges = keyed
+  _, names, _ = layout.nodes(shard, _cache_bytes(params))
+  reverse = graph_core.Edges(edges.tgt, edges.src, edges.weight,
+                             names[edges.src - layout.offsets[shard]])
   for part in (edges, reverse):
-    yield from _by_shard(part, info.num_nodes,
-                         _num_shards(params, info.num_nodes))
+    yield from _by_shard(part, layout)
 
 
 def _dedupe_shard(keyed):
@@ -559,42 +579,38 @@ def _dedupe_shard(keyed):
       graph_core.dedupe_max(graph_core.concat_edges(list(parts))), None)
 
 
-# What a written shard reports for the statistics: its StatsPart, and the
-# file with its (source, target) pairs for the connected components.
-_Written = collections.namedtuple('_Written', ['shards', 'part', 'pair_files'])
+# What written shards report for the statistics.
+_Written = collections.namedtuple('_Written', ['shards', 'part'])
 
 
 class _WriteShard(beam.DoFn):
   """Writes one shard's edges as sorted NSL TSV lines."""
 
-  def __init__(self, output_dir, pairs_dir, params):
+  def __init__(self, output_dir, params):
     self._output_dir = output_dir
-    self._pairs_dir = pairs_dir
     self._params = params
 
-  def process(self, keyed, info):
-    ids = load_corpus(info.path).ids
+  def process(self, keyed, layout):
     shard, edges = keyed
-    num_shards = _num_shards(self._params, info.num_nodes)
+    _, names, _ = layout.nodes(shard, _cache_bytes(self._params))
     path = os.path.join(self._output_dir,
-                        graph_io.edge_shard_name(shard, num_shards))
+                        graph_io.edge_shard_name(shard, layout.num_shards))
+    sources = corpus.decode_ids(names[edges.src - layout.offsets[shard]])
+    targets = (corpus.decode_ids(edges.tgt_id) if edges.tgt_id is not None
+               else [])
     with tf.io.gfile.GFile(path, 'w') as f:
       f.write(''.join(map(graph_io.EDGE_LINE.__mod__, zip(
-          ids[edges.src], ids[edges.tgt], edges.weight.tolist()))))
+          sources, targets, edges.weight.tolist()))))
     _counter('edges_written').inc(len(edges.src))
-    pairs = _store_arrays(self._pairs_dir, f'pairs{shard}',
-                          src=edges.src.astype(np.int32),
-                          tgt=edges.tgt.astype(np.int32))
-    yield _Written({shard}, graph_core.stats_part(info.num_nodes, edges),
-                   [pairs])
+    yield _Written({shard}, graph_core.stats_part(edges))
 
 
 class _MergeWritten(beam.CombineFn):
-  """_Written of every shard -> one; small enough for any runner (the parts
-  hold counts and a bit per node, the pairs stay in their files)."""
+  """_Written of every shard -> one; bounded: counts, a degree histogram and
+  a spanning forest of at most MAX_FOREST_NODES nodes."""
 
   def create_accumulator(self):
-    return _Written(set(), graph_core.StatsPart(0, {}, None), [])
+    return _Written(set(), graph_core.stats_part(graph_core.empty_edges()))
 
   def add_input(self, accumulator, written):
     return self.merge_accumulators([accumulator, written])
@@ -603,71 +619,113 @@ class _MergeWritten(beam.CombineFn):
     accumulators = list(accumulators)
     return _Written(
         set().union(*(a.shards for a in accumulators)),
-        graph_core.merge_stats_parts(a.part for a in accumulators),
-        sorted(f for a in accumulators for f in a.pair_files))
+        graph_core.merge_stats_parts(a.part for a in accumulators))
 
   def extract_output(self, accumulator):
     return accumulator
 
 
-def _finish(written, info, sampled_recall, output_dir, params):
+def _finish(written, layout, sampled_recall, output_dir):
   """After all shards are written: empty files for shards without edges (so
   readers see every shard) and the graph statistics."""
-  if info is None:  # No examples; _finish_stats reports it.
+  if layout is None:  # No examples; _finish_stats reports it.
     return
-  num_shards = _num_shards(params, info.num_nodes)
-  for shard in set(range(num_shards)) - written.shards:
+  for shard in set(range(layout.num_shards)) - written.shards:
     with tf.io.gfile.GFile(os.path.join(
-        output_dir, graph_io.edge_shard_name(shard, num_shards)), 'w'):
+        output_dir, graph_io.edge_shard_name(shard, layout.num_shards)), 'w'):
       pass
-  components = None
-  if written.part.num_edges <= graph_core.MAX_COMPONENTS_EDGES:
-    pairs = [_load_arrays(path) for path in written.pair_files]
-    components = graph_core.connected_components(
-        info.num_nodes,
-        np.concatenate([p['src'] for p in pairs] + [np.zeros(0, np.int32)]),
-        np.concatenate([p['tgt'] for p in pairs] + [np.zeros(0, np.int32)]))
-  stats = graph_core.final_stats(info.num_nodes, written.part, components)
+  stats = graph_core.final_stats(layout.num_nodes, written.part)
+  if stats['connected_components'] is None:
+    logging.warning('GraphBuilder: more than %d nodes are on edges; the '
+                    'statistics leave out isolated nodes and components',
+                    graph_core.MAX_FOREST_NODES)
   if sampled_recall is not None:
     stats['estimated_recall_at_k'] = sampled_recall
   with tf.io.gfile.GFile(os.path.join(output_dir, _PARTIAL_STATS), 'w') as f:
     json.dump(stats, f)
 
 
-def _recall_sample(num_nodes, params):
-  """The fixed node sample of the recall estimate, sorted."""
-  return _sample_of(num_nodes, params.mode.seed,
-                    min(params.mode.recall_sample_size, num_nodes))
+def _recall_sample(layout, params):
+  """The fixed node sample of the recall estimate, sorted; O(sample) memory
+  (Generator.choice draws a small sample without permuting all nodes)."""
+  size = min(params.mode.recall_sample_size, layout.num_nodes)
+  return np.sort(np.random.default_rng(params.mode.seed).choice(
+      layout.num_nodes, size, replace=False))
 
 
-@functools.lru_cache(maxsize=4)
-def _sample_of(num_nodes, seed, size):
-  # Drawn once per process, not once per shard: choice() without
-  # replacement permutes all num_nodes indices. Read-only for callers.
-  sample = np.sort(np.random.RandomState(seed).choice(num_nodes, size,
-                                                      replace=False))
-  sample.flags.writeable = False
-  return sample
+def _sample_queries(shard, layout, params):
+  """The recall sample's nodes in one shard: (indices, vectors)."""
+  ids, _, vectors = layout.nodes(shard, _cache_bytes(params))
+  keep = np.isin(ids, _recall_sample(layout, params))
+  if keep.any():
+    yield ids[keep], vectors[keep]
 
 
-def _sample_edges(keyed, info, params):
+def _exact_for_sample(shard, layout, queries, params):
+  """The sample's exact neighbors among one shard's nodes."""
+  ids, _, vectors = layout.nodes(shard, _cache_bytes(params))
+  sample_ids, sample_vectors = queries
+  yield graph_core.cross_edges(sample_ids, sample_vectors, ids, vectors,
+                               params.max_neighbors,
+                               params.similarity_threshold)
+
+
+class _TopK(beam.CombineFn):
+  """Edges -> their top-k per source (after a dedupe keeping each pair's
+  largest weight, if asked). The accumulator is a list of parts, cut down
+  to the top-k once it holds twice as many edges as its last cut (and at
+  least _MIN_COMPACT_EDGES): merges stay linear in the edges however many
+  units scored them, and no accumulator holds more than a few times the
+  sources' top-k."""
+
+  def __init__(self, max_neighbors, dedupe=False):
+    self._k = max_neighbors
+    self._dedupe = dedupe
+
+  def _cut(self, parts):
+    edges = graph_core.concat_edges(parts)
+    if self._dedupe:
+      edges = graph_core.dedupe_max(edges)
+    return [graph_core.top_k_per_source(edges, self._k)]
+
+  def _maybe_cut(self, parts):
+    sizes = [len(p.src) for p in parts]
+    if len(parts) > 1 and sum(sizes) > max(_MIN_COMPACT_EDGES, 2 * sizes[0]):
+      return self._cut(parts)
+    return parts
+
+  def create_accumulator(self):
+    return []
+
+  def add_input(self, accumulator, edges):
+    return self._maybe_cut(accumulator + [edges])
+
+  def merge_accumulators(self, accumulators):
+    return self._maybe_cut([p for a in accumulators for p in a])
+
+  def extract_output(self, accumulator):
+    return self._cut(accumulator)[0]
+
+
+def _sample_edges(keyed, layout, params):
   """One shard's edges from the recall sample's sources."""
   _, edges = keyed
-  mask = np.isin(edges.src, _recall_sample(info.num_nodes, params))
+  mask = np.isin(edges.src, _recall_sample(layout, params))
   if mask.any():
-    yield graph_core.Edges(*(a[mask] for a in edges))
+    yield graph_core.Edges(*(a[mask] for a in edges[:3]))
 
 
-def _sampled_recall(found_parts, info, params):
+def _sampled_recall(found_parts, exact, layout, params):
   """Recall of the approximate top-k against exact, on a fixed node sample."""
-  if info is None:  # No examples; _finish_stats reports it.
+  if layout is None:  # No examples; _finish_stats reports it.
     return None
-  sample = _recall_sample(info.num_nodes, params)
-  exact = graph_core.exact_edges(sample, load_corpus(info.path).vectors,
-                                 params.max_neighbors,
-                                 params.similarity_threshold)
   return graph_core.recall_at_k(graph_core.concat_edges(found_parts), exact,
-                                sample)
+                                _recall_sample(layout, params))
+
+
+def _concat_queries(parts):
+  return (np.concatenate([p[0] for p in parts] + [np.zeros(0, np.int64)]),
+          np.concatenate([p[1] for p in parts]) if parts else None)
 
 
 class Executor(beam_executor.BeamExecutor):
@@ -689,80 +747,124 @@ class Executor(beam_executor.BeamExecutor):
     corpus_dir = os.path.join(output_dir, _CORPUS_DIR)
     tf.io.gfile.makedirs(corpus_dir)
 
-    # The stored batches, corpus and pairs go, whether the job succeeds
+    # The stored batches, shards and groups go, whether the job succeeds
     # or not.
     try:
       with self._make_beam_pipeline() as pipeline:
-        batches = [self._read_split(pipeline, examples, model, split, params)
-                   for split in params.splits]
-        # Without defaults (one stage fewer): no input at all yields no
-        # corpus, and _finish_stats says so.
-        if len(batches) > 1:
-          batches = batches | 'Flatten' >> beam.Flatten()
-        else:
-          batches, = batches
-        corpus = (batches
-                  | 'StoreBatches' >> beam.ParDo(_StoreBatches(corpus_dir))
-                  | 'CollectBatches' >> (
-                      beam.combiners.ToList().without_defaults())
-                  | 'BuildCorpus' >> beam.ParDo(_BuildCorpus(params,
-                                                             corpus_dir)))
-        info = beam.pvalue.AsSingleton(corpus, default_value=None)
-        extra_side = []
-        if params.mode.NAME == EXACT:
-          work = corpus | 'QueryRanges' >> beam.FlatMap(_query_ranges, params)
-          scorer = _ScoreRange(params)
-        elif params.mode.NAME == LSH:
-          work = corpus | 'LshBuckets' >> beam.FlatMap(_lsh_buckets, params)
-          scorer = _ScoreBucket(params)
-        else:
-          parts = corpus | 'Partition' >> beam.Map(_partitioning, params)
-          work = parts | 'Blocks' >> beam.FlatMap(graph_core.partition_blocks)
-          scorer = _ScoreBlock(params, _scoring_threads(pipeline))
-          extra_side = [beam.pvalue.AsSingleton(parts)]
-        if not _single_local_worker(pipeline):
+        layout_pc = self._corpus(pipeline, examples, model, params,
+                                 corpus_dir)
+        layout = beam.pvalue.AsSingleton(layout_pc, default_value=None)
+        spread = not _single_local_worker(pipeline)
+        shards = layout_pc | 'Shards' >> beam.FlatMap(_shards)
+        if spread:
           # Spreads the units of work over the workers (else they would stay
-          # fused with the one step that made them); a single local worker has
-          # nothing to spread them to.
-          work = work | 'Distribute' >> beam.Reshuffle()
-        candidates = (work
-                      | 'Score' >> beam.ParDo(scorer, info, *extra_side)
-                      | 'GroupCandidates' >> beam.GroupByKey()
-                      # Only LSH rounds meet a pair twice; exact and
-                      # partition modes score each (query, node) pair once.
-                      | 'TopK' >> beam.Map(_merge_shard, params.max_neighbors,
-                                           params.mode.NAME == LSH))
+          # fused with the one step that made them); a single local worker
+          # has nothing to spread them to.
+          shards = shards | 'DistributeShards' >> beam.Reshuffle()
+        scored = self._score(pipeline, layout_pc, layout, shards, params,
+                             corpus_dir, spread)
+        # Only LSH rounds meet a pair twice; exact and partition modes score
+        # each (query, node) pair once.
+        candidates = scored | 'TopK' >> beam.CombinePerKey(
+            _TopK(params.max_neighbors, dedupe=params.mode.NAME == LSH))
         recall = None
         if params.mode.NAME != EXACT:
           recall = beam.pvalue.AsSingleton(
-              candidates
-              | 'SampleForRecall' >> beam.FlatMap(_sample_edges, info, params)
-              | 'CollectForRecall' >> beam.combiners.ToList()
-              | 'Recall' >> beam.Map(_sampled_recall, info, params))
+              self._recall(candidates, layout, shards, params))
         final = candidates
-        # Without a top-k, exact edges come out symmetric (pair_edges).
+        # Without a top-k, exact edges come out symmetric.
         symmetric = params.mode.NAME == EXACT and params.max_neighbors is None
         if params.undirected and not symmetric:
           final = (candidates
-                   | 'AddReverse' >> beam.FlatMap(_reverse_by_shard, info,
+                   | 'AddReverse' >> beam.FlatMap(_reverse_by_shard, layout,
                                                   params)
                    | 'GroupUndirected' >> beam.GroupByKey()
                    | 'Dedupe' >> beam.Map(_dedupe_shard))
         _ = (final
-             | 'Write' >> beam.ParDo(
-                 _WriteShard(output_dir, corpus_dir, params), info)
+             | 'Write' >> beam.ParDo(_WriteShard(output_dir, params), layout)
              # With defaults: a graph without edges still gets its files.
              | 'MergeWritten' >> beam.CombineGlobally(_MergeWritten())
-             | 'Finish' >> beam.Map(_finish, info, recall, output_dir, params))
+             | 'Finish' >> beam.Map(_finish, layout, recall, output_dir))
     finally:
-      with _loaded_corpus_lock:  # This process may have been a worker.
-        _loaded_corpus.clear()
+      corpus.CACHE.clear()  # This process may have been a worker.
       tf.io.gfile.rmtree(corpus_dir)
     stats = self._finish_stats(pipeline.result, output_dir, params)
     graph.set_int_custom_property('num_nodes', stats['num_nodes'])
     graph.set_int_custom_property('num_edges', stats['num_edges'])
     logging.info('GraphBuilder wrote %d nodes, %d edges to %s',
                  stats['num_nodes'], stats['num_edges'], output_dir)
+
+  def _corpus(self, pipeline, examples, model, params, corpus_dir):
+    """Reads the splits and stores the node shards; their Layout."""
+    batches = [self._read_split(pipeline, examples, model, split, params)
+               for split in params.splits]
+    if len(batches) > 1:
+      batches = batches | 'Flatten' >> beam.Flatten()
+    else:
+      batches, = batches
+    staged = batches | 'StoreBatches' >> beam.ParDo(_StoreBatches(corpus_dir))
+    # Without defaults: no input at all yields no plan, and _finish_stats
+    # says so.
+    plan = beam.pvalue.AsSingleton(
+        staged
+        | 'Summarize' >> beam.CombineGlobally(_Summarize()).without_defaults()
+        | 'Plan' >> beam.Map(_plan, params), default_value=None)
+    validated = staged | 'Validate' >> beam.ParDo(
+        _Validate(params), plan).with_outputs(_REJECTED, main='rows')
+    rejected = beam.pvalue.AsDict(
+        validated[_REJECTED] | 'CountRejected' >> beam.CombinePerKey(sum))
+    return (validated.rows
+            | 'GroupNodes' >> beam.GroupByKey()
+            | 'StoreShards' >> beam.Map(_store_shard, corpus_dir, params)
+            | 'CollectShards' >> beam.combiners.ToList()
+            | 'Layout' >> beam.FlatMap(_layout, plan, rejected, params))
+
+  def _score(self, pipeline, layout_pc, layout, shards, params, corpus_dir,
+             spread):
+    """(source shard, Edges) candidates of the mode."""
+    def distribute(work, name):
+      return work | f'Distribute{name}' >> beam.Reshuffle() if spread else work
+
+    if params.mode.NAME == EXACT:
+      units = layout_pc | 'ExactUnits' >> beam.FlatMap(_exact_units, params)
+      return (distribute(units, 'Units')
+              | 'Score' >> beam.ParDo(_ScoreExact(params), layout))
+    if params.mode.NAME == LSH:
+      return (shards
+              | 'LshCodes' >> beam.ParDo(_LshCodes(params), layout)
+              | 'GroupBuckets' >> beam.GroupByKey()
+              | 'Score' >> beam.FlatMap(_score_bucket, layout, params))
+    model = beam.pvalue.AsSingleton(
+        shards
+        | 'KmeansSample' >> beam.FlatMap(_kmeans_sample, layout, params)
+        | 'CollectSample' >> beam.combiners.ToList()
+        | 'Kmeans' >> beam.Map(_partition_model, layout, params))
+    groups = (shards
+              | 'Assign' >> beam.ParDo(_Assign(params), layout, model)
+              | 'GroupPartitions' >> beam.GroupByKey()
+              | 'StoreGroups' >> beam.Map(_store_group, corpus_dir))
+    group_files = beam.pvalue.AsDict(groups)
+    return (distribute(groups, 'Groups')
+            | 'Score' >> beam.ParDo(
+                _ScoreGroup(params, _scoring_threads(pipeline)), layout,
+                model, group_files))
+
+  def _recall(self, candidates, layout, shards, params):
+    """Recall of the found top-k on a fixed sample of sources."""
+    queries = beam.pvalue.AsSingleton(
+        shards
+        | 'SampleQueries' >> beam.FlatMap(_sample_queries, layout, params)
+        | 'CollectQueries' >> beam.combiners.ToList()
+        | 'Queries' >> beam.Map(_concat_queries))
+    exact = beam.pvalue.AsSingleton(
+        shards
+        | 'ExactForSample' >> beam.FlatMap(_exact_for_sample, layout,
+                                           queries, params)
+        | 'MergeExact' >> beam.CombineGlobally(_TopK(params.max_neighbors)))
+    return (candidates
+            | 'SampleForRecall' >> beam.FlatMap(_sample_edges, layout, params)
+            | 'CollectForRecall' >> beam.combiners.ToList()
+            | 'Recall' >> beam.Map(_sampled_recall, exact, layout, params))
 
   def _read_split(self, pipeline, examples, model, split, params):
     pattern = io_utils.all_files_pattern(

@@ -4,8 +4,9 @@ Nodes are indices into a corpus sorted by example id, so "ascending index"
 means "ascending id" and every tie of equal scores is broken the same way on
 every runner. Equal vectors need not give equal scores: a blocked float32
 product may round them one ulp apart, and then that, not the id, orders them.
-Edges travel as three parallel arrays (source index, target index, weight)
-rather than one Python object per edge.
+Edges travel as parallel arrays (source index, target index, weight and,
+between workers that do not hold the whole corpus, the targets' ids) rather
+than one Python object per edge.
 """
 import collections
 from concurrent import futures
@@ -24,7 +25,10 @@ MAX_CHUNK_ENTRIES = 1 << 25
 _TOP_K_SAMPLE = 4096
 _MAX_CANDIDATES_PER_K = 64
 
-Edges = collections.namedtuple('Edges', ['src', 'tgt', 'weight'])
+# tgt_id: the targets' ids as UTF-8 bytes, so that the worker writing a
+# source's edges needs no other shard's ids; None where the caller holds them.
+Edges = collections.namedtuple('Edges', ['src', 'tgt', 'weight', 'tgt_id'],
+                               defaults=(None,))
 
 
 def empty_edges():
@@ -32,11 +36,18 @@ def empty_edges():
                np.zeros(0, np.float32))
 
 
+def take(edges, index):
+  """The edges at `index` (a mask or positions)."""
+  return Edges(*(None if a is None else a[index] for a in edges))
+
+
 def concat_edges(parts):
   parts = [p for p in parts if len(p.src)]
   if not parts:
     return empty_edges()
-  return Edges(*(np.concatenate(a) for a in zip(*parts)))
+  named = all(p.tgt_id is not None for p in parts)
+  return Edges(*(np.concatenate(a) for a in zip(*(p[:3] for p in parts))),
+               np.concatenate([p.tgt_id for p in parts]) if named else None)
 
 
 # Dot products of vectors longer than this overflow float32.
@@ -94,7 +105,8 @@ def _top_k_lower_bound(scores, k):
   return np.partition(sample, sample.shape[1] - k, axis=1)[:, -k]
 
 
-def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold):
+def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold,
+                     col_names=None):
   """Edges row -> col with score >= threshold, at most `max_neighbors` a row.
 
   Args:
@@ -104,6 +116,7 @@ def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold):
     max_neighbors: None for all neighbors above the threshold (NSL's
       semantics), else the top-k by (score desc, node index asc).
     threshold: minimum similarity.
+    col_names: the columns' ids, for the edges' tgt_id (None: no ids).
 
   Exact, and cheap when k is small against the row length: one comparison
   pass with a per-row lower bound of the k-th score (from a column sample)
@@ -124,7 +137,8 @@ def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold):
       rows, cols = _ties_top_k(scores, k, threshold)
   weights = scores[rows, cols]
   edges = Edges(row_ids[rows].astype(np.int64), col_ids[cols].astype(np.int64),
-                weights.astype(np.float32))
+                weights.astype(np.float32),
+                None if col_names is None else col_names[cols])
   return top_k_per_source(edges, max_neighbors)
 
 
@@ -160,56 +174,60 @@ def _ties_top_k(scores, k, threshold):
 
 def top_k_per_source(edges, max_neighbors):
   """Sorts by (src, weight desc, tgt) and keeps `max_neighbors` per source."""
-  order = np.lexsort((edges.tgt, -edges.weight, edges.src))
-  edges = Edges(*(a[order] for a in edges))
+  edges = take(edges, np.lexsort((edges.tgt, -edges.weight, edges.src)))
   if max_neighbors is None or not len(edges.src):
     return edges
   starts = np.flatnonzero(np.r_[True, edges.src[1:] != edges.src[:-1]])
   rank = np.arange(len(edges.src)) - np.repeat(starts, np.diff(
       np.r_[starts, len(edges.src)]))
-  keep = rank < max_neighbors
-  return Edges(*(a[keep] for a in edges))
+  return take(edges, rank < max_neighbors)
 
 
 def dedupe_max(edges):
   """One edge per (src, tgt), keeping the largest weight (as NSL does)."""
   if not len(edges.src):
     return edges
-  order = np.lexsort((-edges.weight, edges.tgt, edges.src))
-  edges = Edges(*(a[order] for a in edges))
+  edges = take(edges, np.lexsort((-edges.weight, edges.tgt, edges.src)))
   first = np.r_[True, (edges.src[1:] != edges.src[:-1]) |
                 (edges.tgt[1:] != edges.tgt[:-1])]
-  return Edges(*(a[first] for a in edges))
+  return take(edges, first)
 
 
 def chunk_rows(num_corpus, max_entries=MAX_CHUNK_ENTRIES):
   return max(1, min(num_corpus, max_entries // max(1, num_corpus)))
 
 
-def exact_edges(query_ids, corpus, max_neighbors, threshold,
-                max_entries=MAX_CHUNK_ENTRIES):
-  """Edges from the corpus rows `query_ids` to their neighbors in `corpus`.
-
-  One matrix product per chunk of query rows; memory is the corpus plus one
-  chunk of scores, never N x N.
-  """
-  step = chunk_rows(len(corpus), max_entries)
-  all_ids = np.arange(len(corpus))
+def cross_edges(query_ids, queries, col_ids, columns, max_neighbors,
+                threshold, col_names=None, max_entries=MAX_CHUNK_ENTRIES):
+  """Edges from the `queries` (node indices `query_ids`) to their neighbors
+  among `columns` (node indices `col_ids`, sorted): one matrix product per
+  chunk of queries; memory is the columns plus one chunk of scores."""
+  step = chunk_rows(len(columns), max_entries)
   parts = []
   for start in range(0, len(query_ids), step):
-    rows = query_ids[start:start + step]
-    scores = corpus[rows] @ corpus.T
-    parts.append(select_neighbors(scores, rows, all_ids, max_neighbors,
-                                  threshold))
+    scores = queries[start:start + step] @ columns.T
+    parts.append(select_neighbors(scores, query_ids[start:start + step],
+                                  col_ids, max_neighbors, threshold,
+                                  col_names))
   return concat_edges(parts)
 
 
-def pair_edges(start, end, corpus, threshold, max_entries=MAX_CHUNK_ENTRIES):
+def exact_edges(query_ids, corpus, max_neighbors, threshold,
+                max_entries=MAX_CHUNK_ENTRIES):
+  """Edges from the corpus rows `query_ids` to their neighbors in `corpus`."""
+  return cross_edges(query_ids, corpus[query_ids], np.arange(len(corpus)),
+                     corpus, max_neighbors, threshold,
+                     max_entries=max_entries)
+
+
+def pair_edges(start, end, corpus, threshold, max_entries=MAX_CHUNK_ENTRIES,
+               offset=0, names=None):
   """Every pair {i, j} with i in [start, end), j > i and similarity >=
   threshold, as both directed edges: NSL's semantics (all neighbors above
   the threshold, no top-k), each pair scored once, as NSL scores it. Half
   the products of `exact_edges`, and the edges come out symmetric, so no
-  reverse-edge pass is needed."""
+  reverse-edge pass is needed. `corpus` row r is node `offset + r`, named
+  names[r] (None: no ids)."""
   parts = []
   step = chunk_rows(len(corpus) - start, max_entries)
   for a in range(start, end, step):
@@ -220,41 +238,74 @@ def pair_edges(start, end, corpus, threshold, max_entries=MAX_CHUNK_ENTRIES):
     rows, cols = _sparse_nonzero(scores >= threshold)
     src, tgt = rows + a, cols + a
     weights = scores[rows, cols].astype(np.float32)
-    parts.append(Edges(np.r_[src, tgt], np.r_[tgt, src],
-                       np.r_[weights, weights]))
+    parts.append(Edges(np.r_[src, tgt] + offset, np.r_[tgt, src] + offset,
+                       np.r_[weights, weights],
+                       None if names is None else names[np.r_[tgt, src]]))
   return concat_edges(parts)
 
 
-def lsh_buckets(corpus, num_splits, seed, max_bucket_size):
-  """Random-hyperplane LSH: lists of corpus indices sharing a bucket.
+def cross_pair_edges(query_ids, queries, query_names, col_ids, columns,
+                     col_names, threshold, max_entries=MAX_CHUNK_ENTRIES):
+  """pair_edges between two disjoint node sets: every pair (query, column)
+  with similarity >= threshold, as both directed edges, each scored once."""
+  parts = []
+  step = chunk_rows(len(columns), max_entries)
+  for a in range(0, len(query_ids), step):
+    scores = queries[a:a + step] @ columns.T
+    rows, cols = _sparse_nonzero(scores >= threshold)
+    weights = scores[rows, cols].astype(np.float32)
+    src, tgt = query_ids[a + rows], col_ids[cols]
+    parts.append(Edges(np.r_[src, tgt].astype(np.int64),
+                       np.r_[tgt, src].astype(np.int64),
+                       np.r_[weights, weights],
+                       np.r_[col_names[cols], query_names[a + rows]]))
+  return concat_edges(parts)
 
-  A bucket larger than `max_bucket_size` is cut into consecutive pieces by
-  its projection on one more random direction, so the cost of one bucket
-  stays bounded while near points still tend to stay together.
-  """
+
+def lsh_codes(vectors, num_splits, seed):
+  """Random-hyperplane LSH codes of `vectors` for one round (seed), and
+  their projections on one more random direction, which orders the members
+  of a bucket too large to score whole."""
   rng = np.random.RandomState(seed)
-  planes = rng.standard_normal((num_splits, corpus.shape[1])).astype(np.float32)
-  bits = (corpus @ planes.T) >= 0
+  planes = rng.standard_normal((num_splits, vectors.shape[1])).astype(
+      np.float32)
+  bits = (vectors @ planes.T) >= 0
   codes = bits.astype(np.int64) @ (1 << np.arange(num_splits, dtype=np.int64))
-  direction = rng.standard_normal(corpus.shape[1]).astype(np.float32)
-  order = np.lexsort((corpus @ direction, codes))
+  direction = rng.standard_normal(vectors.shape[1]).astype(np.float32)
+  return codes, vectors @ direction
+
+
+def bucket_pieces(codes, projections, ids, max_bucket_size):
+  """Buckets of rows sharing a code, as positions into the arrays, ascending
+  by node index `ids` within a bucket. A bucket larger than
+  `max_bucket_size` is cut into consecutive pieces by projection, so the cost
+  of one bucket stays bounded while near points still tend to stay
+  together. Singletons are dropped (they have no pair)."""
+  order = np.lexsort((ids, projections, codes))
   sorted_codes = codes[order]
   bounds = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1],
                                 True])
-  buckets = []
+  pieces = []
   for start, end in zip(bounds[:-1], bounds[1:]):
     for piece in range(start, end, max_bucket_size):
       members = order[piece:min(end, piece + max_bucket_size)]
       if len(members) > 1:
-        buckets.append(np.sort(members))
-  return buckets
+        pieces.append(members[np.argsort(ids[members], kind='stable')])
+  return pieces
 
 
-def bucket_edges(members, corpus, max_neighbors, threshold):
-  """All-pairs edges inside one LSH bucket, as one matrix product."""
-  vectors = corpus[members]
-  return select_neighbors(vectors @ vectors.T, members, members, max_neighbors,
-                          threshold)
+def lsh_buckets(corpus, num_splits, seed, max_bucket_size):
+  """The buckets of one LSH round over a whole corpus: lists of indices."""
+  codes, projections = lsh_codes(corpus, num_splits, seed)
+  return bucket_pieces(codes, projections, np.arange(len(corpus)),
+                       max_bucket_size)
+
+
+def bucket_edges(ids, vectors, max_neighbors, threshold, names=None):
+  """All-pairs edges inside one LSH bucket (node indices `ids`, sorted), as
+  one matrix product."""
+  return select_neighbors(vectors @ vectors.T, ids, ids, max_neighbors,
+                          threshold, names)
 
 
 def partition_centroids(corpus, num_partitions, seed, iterations=4):
@@ -296,51 +347,31 @@ def nearest_partitions(corpus, centroids, probes,
   return out
 
 
-Partitioning = collections.namedtuple('Partitioning',
-                                      ['probes', 'order', 'bounds', 'groups'])
-
 # Partitions whose nodes form one unit of work: neighbouring partitions
 # probe mostly the same partitions, so grouping them makes each per-partition
 # matrix product taller (small products are dominated by call overheads).
-PARTITIONS_PER_BLOCK = 8
-_MAX_BLOCK_QUERIES = 8192
+PARTITIONS_PER_GROUP = 8
 
 
-def partitioning(probes, centroids, seed=0):
-  """Members of each partition p (the nodes whose nearest centroid it is):
-  order[bounds[p]:bounds[p + 1]], ascending node indices; `groups`: lists of
-  neighbouring partitions (by k-means on the centroids)."""
-  primary = probes[:, 0]
-  num_partitions = len(centroids)
-  order = np.argsort(primary, kind='stable')
-  bounds = np.searchsorted(primary[order], np.arange(num_partitions + 1))
-  num_groups = max(1, num_partitions // PARTITIONS_PER_BLOCK)
-  group_of = np.argmax(centroids @ partition_centroids(
-      centroids, num_groups, seed).T, axis=1)
-  groups = [np.flatnonzero(group_of == g) for g in range(num_groups)]
-  return Partitioning(probes, order, bounds, [g for g in groups if len(g)])
+def partition_groups(centroids, seed=0):
+  """The group of each partition: groups of about PARTITIONS_PER_GROUP
+  neighbouring partitions (k-means on the centroids)."""
+  num_groups = max(1, len(centroids) // PARTITIONS_PER_GROUP)
+  return np.argmax(centroids @ partition_centroids(
+      centroids, num_groups, seed).T, axis=1).astype(np.int32)
 
 
-def partition_blocks(parts):
-  """Units of work of 'partition' mode: (queries: the nodes whose nearest
-  partition is in one group of neighbouring partitions, their probes
-  [len(queries), P]). A node is a query in exactly one block. Small: the
-  members of the probed partitions are looked up in `parts` by the scorer,
-  not shipped."""
-  for group in parts.groups:
-    queries = np.concatenate([parts.order[parts.bounds[p]:parts.bounds[p + 1]]
-                              for p in group])
-    for start in range(0, len(queries), _MAX_BLOCK_QUERIES):
-      chunk = queries[start:start + _MAX_BLOCK_QUERIES]
-      if len(chunk):
-        yield chunk, parts.probes[chunk]
-
-
-def block_edges(queries, query_probes, parts, corpus, max_neighbors,
+def block_edges(query_ids, queries, query_probes, members, max_neighbors,
                 threshold, max_entries=MAX_CHUNK_ENTRIES, threads=1):
   """Edges from each query to its neighbors among the members of the
   partitions its probes name: one matrix product per partition, against
   the queries that probe it. Returns (edges, pairs scored).
+
+  Args:
+    query_ids, queries, query_probes: the queries' node indices, vectors and
+      [len(queries), probes] partitions.
+    members: partition -> (node indices, sorted; vectors; ids or None) of
+      its members.
 
   The products are small, so `threads` score disjoint sets of partitions at
   once (numpy releases the GIL); the result does not depend on `threads`.
@@ -348,18 +379,14 @@ def block_edges(queries, query_probes, parts, corpus, max_neighbors,
   def score(partitions):
     edges, pairs = [], 0
     for partition in partitions:
-      candidates = parts.order[parts.bounds[partition]:
-                               parts.bounds[partition + 1]]
-      rows = queries[(query_probes == partition).any(axis=1)]
-      if not len(candidates) or not len(rows):
+      col_ids, columns, names = members(partition)
+      rows = np.flatnonzero((query_probes == partition).any(axis=1))
+      if not len(col_ids) or not len(rows):
         continue
-      vectors = corpus[candidates]
-      step = chunk_rows(len(candidates), max_entries)
-      for start in range(0, len(rows), step):
-        chunk = rows[start:start + step]
-        edges.append(select_neighbors(corpus[chunk] @ vectors.T, chunk,
-                                      candidates, max_neighbors, threshold))
-      pairs += len(rows) * len(candidates)
+      edges.append(cross_edges(query_ids[rows], queries[rows], col_ids,
+                               columns, max_neighbors, threshold, names,
+                               max_entries))
+      pairs += len(rows) * len(col_ids)
     # Each worker keeps only its own top-k: less to hold and to merge.
     return top_k_per_source(concat_edges(edges), max_neighbors), pairs
 
@@ -386,73 +413,90 @@ def recall_at_k(found, exact, sample):
 
 
 # Graph statistics in parts that merge: each shard of sources gives one, so
-# no process needs the edge list for them (components aside, see below).
-# degree_counts: {out-degree >= 1: sources with it}; touched: np.packbits of
-# the nodes on an edge (None: none).
+# no process needs the edge list for them. degree_counts: {out-degree >= 1:
+# sources with it}; forest: (roots, members), a spanning forest of the
+# edges seen, one (root, member) pair per non-root node on an edge (so at
+# most one pair per node, whatever the number of edges), or None once it
+# would hold more than MAX_FOREST_NODES nodes.
 StatsPart = collections.namedtuple('StatsPart',
-                                   ['num_edges', 'degree_counts', 'touched'])
-MAX_COMPONENTS_EDGES = 20_000_000
+                                   ['num_edges', 'degree_counts', 'forest'])
+MAX_FOREST_NODES = 20_000_000
+_NO_FOREST = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
-def stats_part(num_nodes, edges):
+def spanning_forest(src, tgt):
+  """A star per weakly connected component of the edges src -> tgt: (roots,
+  members), the root being the component's smallest node."""
+  from scipy.sparse import coo_matrix  # pylint: disable=g-import-not-at-top
+  from scipy.sparse.csgraph import connected_components  # pylint: disable=g-import-not-at-top
+  nodes = np.unique(np.r_[src, tgt]).astype(np.int64)
+  if not len(nodes):
+    return _NO_FOREST
+  adjacency = coo_matrix((np.ones(len(src), np.int8),
+                          (np.searchsorted(nodes, src),
+                           np.searchsorted(nodes, tgt))),
+                         shape=(len(nodes),) * 2)
+  _, labels = connected_components(adjacency, directed=True,
+                                   connection='weak')
+  # nodes ascend, so each label's first position holds its smallest node.
+  _, first = np.unique(labels, return_index=True)
+  not_root = np.ones(len(nodes), bool)
+  not_root[first] = False
+  return nodes[first][labels[not_root]], nodes[not_root]
+
+
+def stats_part(edges):
   """The statistics of one set of sources' edges (all edges of each)."""
   if not len(edges.src):
-    return StatsPart(0, {}, None)
-  histogram = np.bincount(np.bincount(edges.src))
-  touched = np.zeros(num_nodes, bool)
-  touched[edges.src] = True
-  touched[edges.tgt] = True
+    return StatsPart(0, {}, _NO_FOREST)
+  histogram = np.bincount(np.unique(edges.src, return_counts=True)[1])
   return StatsPart(len(edges.src),
                    {d: int(c) for d, c in enumerate(histogram) if d and c},
-                   np.packbits(touched))
+                   spanning_forest(edges.src, edges.tgt))
 
 
 def merge_stats_parts(parts):
-  num_edges, counts, touched = 0, collections.Counter(), None
+  num_edges, counts, forests = 0, collections.Counter(), []
   for part in parts:
     num_edges += part.num_edges
     counts.update(part.degree_counts)
-    if part.touched is not None:
-      touched = part.touched if touched is None else touched | part.touched
-  return StatsPart(num_edges, dict(counts), touched)
+    forests.append(part.forest)
+  forest = None
+  if all(f is not None for f in forests):
+    roots = np.concatenate([f[0] for f in forests] + [_NO_FOREST[0]])
+    if len(roots) < MAX_FOREST_NODES:
+      forest = spanning_forest(roots, np.concatenate(
+          [f[1] for f in forests] + [_NO_FOREST[1]]))
+  return StatsPart(num_edges, dict(counts), forest)
 
 
-def connected_components(num_nodes, src, tgt):
-  """(number of weakly connected components, size of the largest)."""
-  from scipy.sparse import coo_matrix  # pylint: disable=g-import-not-at-top
-  from scipy.sparse.csgraph import connected_components as components  # pylint: disable=g-import-not-at-top
-  adjacency = coo_matrix((np.ones(len(src), np.int8), (src, tgt)),
-                         shape=(num_nodes,) * 2)
-  count, labels = components(adjacency, directed=True, connection='weak')
-  return int(count), int(np.bincount(labels).max()) if num_nodes else 0
-
-
-def final_stats(num_nodes, part, components=None):
-  """Nodes, edges, out-degree histogram, isolated nodes and (when given, as
-  connected_components' answer) components."""
+def final_stats(num_nodes, part):
+  """Nodes, edges, out-degree histogram and, while the forest was kept,
+  isolated nodes and weakly connected components."""
   histogram = dict(part.degree_counts)
   without = num_nodes - sum(histogram.values())
   if without:
     histogram[0] = without
-  touched = 0 if part.touched is None else int(
-      np.unpackbits(part.touched)[:num_nodes].sum())
   stats = {
       'num_nodes': int(num_nodes),
       'num_edges': int(part.num_edges),
-      'isolated_nodes': int(num_nodes - touched),
       'out_degree_histogram': {str(d): histogram[d] for d in sorted(histogram)},
       'max_out_degree': max(histogram) if histogram else 0,
       'mean_out_degree': part.num_edges / num_nodes if num_nodes else 0.0,
   }
-  if components is None:
-    stats['connected_components'] = None  # too many edges to be cheap
-  else:
-    stats['connected_components'], stats['largest_component'] = components
+  if part.forest is None:  # more than MAX_FOREST_NODES nodes on edges
+    stats.update(isolated_nodes=None, connected_components=None)
+    return stats
+  roots, members = part.forest
+  touched = len(np.unique(np.r_[roots, members]))
+  sizes = np.unique(roots, return_counts=True)[1] + 1
+  stats['isolated_nodes'] = int(num_nodes - touched)
+  stats['connected_components'] = int(num_nodes - touched + len(sizes))
+  stats['largest_component'] = int(sizes.max()) if len(sizes) else int(
+      num_nodes > 0)
   return stats
 
 
-def graph_stats(num_nodes, edges, max_components_edges=MAX_COMPONENTS_EDGES):
+def graph_stats(num_nodes, edges):
   """final_stats of one edge list."""
-  components = (connected_components(num_nodes, edges.src, edges.tgt)
-                if len(edges.src) <= max_components_edges else None)
-  return final_stats(num_nodes, stats_part(num_nodes, edges), components)
+  return final_stats(num_nodes, stats_part(edges))

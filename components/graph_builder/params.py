@@ -19,8 +19,8 @@ COMPONENT = 'GraphBuilder'
 
 @dataclasses.dataclass(frozen=True)
 class Exact:
-  """Scores every pair, as blocked matrix products (memory: the corpus plus
-  one block).
+  """Scores every pair, as blocked matrix products: each unit of work is
+  `block_size` query rows of one node shard against one node shard.
 
   block_size: query rows per unit of Beam work.
   """
@@ -122,6 +122,7 @@ class GraphBuilderParams:
   undirected: bool = True
   mode: Any = dataclasses.field(default_factory=Exact)
   num_shards: int = 0
+  memory_budget_mb: int = 1024
   read_batch_size: int = 4096
   embedding_signature: str = constants.SERVING_SIGNATURE
   embedding_output: Optional[str] = None
@@ -146,6 +147,8 @@ class GraphBuilderParams:
     check.require('read_batch_size', lambda v: v >= 1, 'must be >= 1')
     check.require('num_shards', lambda v: v >= 0, 'must be >= 0 (0: one '
                   'shard per 50,000 nodes)')
+    check.require('memory_budget_mb', lambda v: v >= 64, 'must be >= 64 '
+                  '(MiB a unit of work may hold; more shards if lower)')
     check.require('splits', bool, 'name at least one split (or None for '
                   'the default)')
     check.require('id_feature', bool, 'a feature name')
