@@ -27,7 +27,7 @@ find_python310 = $(firstword $(foreach p,$(PYTHON) python3.10 \
         >/dev/null 2>&1 && echo $(p))))
 
 .PHONY: help install run test test-fast clean constraints chromium bench-graph bench-augment \
-  bench-quality bench-eval bench-engines kfp-compile engines-fetch flink-up spark-up engines-down \
+  bench-quality bench-eval bench-engines bench-scale kfp-compile engines-fetch flink-up spark-up engines-down \
   docs
 
 help:
@@ -36,7 +36,7 @@ help:
 	@echo "make test-fast   the test suite without the engine tests"
 	@echo "make run ENGINE=flink|spark   the pipeline's Beam steps on a local cluster"
 	@echo "make flink-up | spark-up | engines-down   local clusters (docs/engines.md)"
-	@echo "make bench-graph | bench-augment | bench-quality | bench-eval   benchmarks (docs/benchmarks.md)"
+	@echo "make bench-graph | bench-augment | bench-quality | bench-eval | bench-engines | bench-scale   benchmarks (docs/benchmarks.md)"
 	@echo "make kfp-compile  compile the Kubeflow/Vertex pipeline spec (KFP_IMAGE=..., KFP_PIPELINE_ROOT=gs://...)"
 	@echo "make docs   regenerate the component reference pages (docs/components/) from the docstrings"
 	@echo "make clean  remove $(OUTPUT_ROOT)/, build outputs and .venv"
@@ -106,6 +106,9 @@ bench-eval: $(STAMP)
 
 bench-engines: engines-fetch
 	$(PY) benchmarks/bench_engines.py $(BENCH_ARGS)
+
+bench-scale: engines-fetch
+	$(PY) benchmarks/bench_scale.py $(BENCH_ARGS)
 
 # Kubeflow: compile the pipeline into a KFP v2 spec (docs/kubeflow.md).
 KFP_IMAGE ?= tfx-nsl:0.1.0

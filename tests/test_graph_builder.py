@@ -575,3 +575,26 @@ def test_shards_follow_the_memory_budget():
   # Boundaries near the quartiles of the ids.
   quartiles = [int(b) for b in plan.boundaries]
   assert np.allclose(quartiles, [10_000, 20_000, 30_000], atol=600)
+
+
+@pytest.mark.parametrize('mode', [Exact(block_size=50), Lsh(splits=3, rounds=2),
+                                  Partition(size=40, probes=2)])
+def test_small_shuffle_elements_give_the_same_graph(tmp_path, monkeypatch,
+                                                    mode):
+  """Every element into a shuffle is cut to corpus.ELEMENT_BYTES (Flink's
+  pre-grouping fails on larger records); the cuts do not change the graph."""
+  from tfx_nsl.components.graph_builder import corpus
+  vectors = clustered_embeddings(300, 8, 6, 0.5, seed=14)
+  found = []
+  for element_bytes in (corpus.ELEMENT_BYTES, 600):
+    monkeypatch.setattr(corpus, 'ELEMENT_BYTES', element_bytes)
+    _, edges, stats = _run_executor(
+        tmp_path, {'train': _rows(vectors)}, name=f'e{element_bytes}',
+        embedding_features=['emb'], similarity_threshold=0.0,
+        max_neighbors=3, num_shards=3, mode=mode)
+    found.append((edges, stats['num_edges'], stats['connected_components']))
+  assert found[0] == found[1]
+  routed = list(corpus.route(corpus.encode_ids([f'{i:03d}' for i in range(50)]),
+                             np.zeros((50, 8), np.float32), np.array([b'020'])))
+  # 600 // (3 bytes of id + 32 of vector) = 17 rows an element
+  assert [len(r[1][0]) for r in routed] == [17, 3, 17, 13]

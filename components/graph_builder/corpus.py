@@ -40,7 +40,11 @@ Summary = collections.namedtuple('Summary',
 Plan = collections.namedtuple('Plan', ['dims', 'boundaries'])
 # One stored node shard.
 ShardFile = collections.namedtuple('ShardFile', ['shard', 'path', 'count'])
-ID_SAMPLE_SIZE = 1 << 15
+ID_SAMPLE_SIZE = 1 << 14  # ~400 KB: one element, as the summaries merge
+# Bytes of one element that goes into a shuffle: Flink's batch GroupByKey
+# pre-combines its input in a sort buffer of a few MB and fails on a larger
+# record ("Cannot write record to fresh sort buffer. Record too large").
+ELEMENT_BYTES = 1 << 20
 # Nodes of a shard when neither num_shards nor the memory budget asks for
 # more shards (and at most this many shards then).
 NODES_PER_SHARD = 50_000
@@ -163,12 +167,22 @@ def validate(batch: EmbeddingBatch, dims, similarity):
   return encode_ids(ids[usable]), vectors[usable], rejected
 
 
+def pieces(count, item_bytes):
+  """Slices of `count` items of `item_bytes` each, ELEMENT_BYTES a slice."""
+  step = max(1, ELEMENT_BYTES // max(1, item_bytes))
+  for start in range(0, count, step):
+    yield slice(start, min(count, start + step))
+
+
 def route(ids, vectors, boundaries):
-  """(shard, (ids, vectors)) for each shard the rows fall in."""
+  """(shard, (ids, vectors)) for each shard the rows fall in, in elements
+  of at most ELEMENT_BYTES."""
   shard = np.searchsorted(boundaries, ids, side='right')
   for s in np.unique(shard):
     mask = shard == s
-    yield int(s), (ids[mask], vectors[mask])
+    shard_ids, shard_vectors = ids[mask], vectors[mask]
+    for rows in pieces(len(shard_ids), ids.itemsize + vectors[0].nbytes):
+      yield int(s), (shard_ids[rows], shard_vectors[rows])
 
 
 def sort_shard(parts, derived_prefix, id_feature):

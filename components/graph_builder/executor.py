@@ -357,10 +357,38 @@ def _layout(shard_files, plan, rejected, params):
   yield layout
 
 
+def _edge_bytes(edges):
+  return 20 + (0 if edges.tgt_id is None else edges.tgt_id.itemsize)
+
+
 def _by_shard(edges, layout):
+  """(source shard, edges), in elements of at most corpus.ELEMENT_BYTES."""
   shard = layout.shard_of(edges.src)
   for s in np.unique(shard):
-    yield int(s), graph_core.take(edges, shard == s)
+    part = graph_core.take(edges, shard == s)
+    for rows in corpus.pieces(len(part.src), _edge_bytes(part)):
+      yield int(s), graph_core.take(part, rows)
+
+
+def _block_sources(params):
+  """Sources of one top-k merge: their top-k fits in one element."""
+  if params.max_neighbors is None:
+    return None
+  return max(1, corpus.ELEMENT_BYTES // (64 * params.max_neighbors))
+
+
+def _candidates(edges, layout, params):
+  """Scored edges keyed for the merge: by (source shard, block of
+  _block_sources sources) for a top-k, whose merged accumulators then stay
+  one small element each; by (source shard, 0) without one."""
+  block = _block_sources(params)
+  for shard, part in _by_shard(edges, layout):
+    if block is None:
+      yield (shard, 0), part
+      continue
+    blocks = part.src // block
+    for b in np.unique(blocks):
+      yield (shard, int(b)), graph_core.take(part, blocks == b)
 
 
 def _shards(layout):
@@ -409,7 +437,7 @@ class _ScoreExact(beam.DoFn):
           col_names, params.similarity_threshold)
       pairs = (end - start) * len(col_ids)
     _counter('scored_pairs').inc(pairs)
-    yield from _by_shard(edges, layout)
+    yield from _candidates(edges, layout, params)
 
 
 class _LshCodes(beam.DoFn):
@@ -426,10 +454,13 @@ class _LshCodes(beam.DoFn):
                                                 mode.seed + round_index)
       order = np.argsort(codes, kind='stable')
       bounds = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0, True])
+      row_bytes = names.itemsize + vectors[0].nbytes + 12
       for a, b in zip(bounds[:-1], bounds[1:]):
-        rows = order[a:b]
-        yield ((round_index, int(codes[rows[0]])),
-               (ids[rows], names[rows], vectors[rows], projections[rows]))
+        code = int(codes[order[a]])
+        for piece in corpus.pieces(b - a, row_bytes):
+          rows = order[a:b][piece]
+          yield ((round_index, code),
+                 (ids[rows], names[rows], vectors[rows], projections[rows]))
 
 
 def _score_bucket(keyed, layout, params):
@@ -444,7 +475,7 @@ def _score_bucket(keyed, layout, params):
       graph_core.bucket_edges(ids[p], vectors[p], params.max_neighbors,
                               params.similarity_threshold, names[p])
       for p in pieces])
-  yield from _by_shard(edges, layout)
+  yield from _candidates(edges, layout, params)
 
 
 def _num_partitions(layout, params):
@@ -458,20 +489,22 @@ def _sample_size(layout, dim, params):
              params.memory_budget_mb * 2**20 // 4 // (4 * dim))
 
 
-def _kmeans_sample(shard, layout, params):
-  """One shard's part of the k-means sample: rows whose seeded id hash
-  falls below the sampling rate, so the sample does not depend on the
-  sharding."""
+def _kmeans_sample(shard, layout, directory, params):
+  """One shard's part of the k-means sample, stored as a file (its path):
+  rows whose seeded id hash falls below the sampling rate, so the sample
+  does not depend on the sharding."""
   ids, names, vectors = layout.nodes(shard, _cache_bytes(params))
   rate = _sample_size(layout, vectors.shape[1], params) / layout.num_nodes
   keep = corpus.id_hash(names, params.mode.seed) < rate * 2.0**32
-  yield ids[keep], vectors[keep]
+  return corpus.store_arrays(directory, f'sample{shard}', ids=ids[keep],
+                             vectors=vectors[keep])
 
 
-def _partition_model(samples, layout, params):
+def _partition_model(sample_files, layout, params):
+  samples = [corpus.load_arrays(path) for path in sample_files]
   # In node order, so the k-means does not depend on the order of shards.
-  ids, sample = (np.concatenate(a) for a in zip(*samples))
-  sample = sample[np.argsort(ids)]
+  ids = np.concatenate([s['ids'] for s in samples])
+  sample = np.concatenate([s['vectors'] for s in samples])[np.argsort(ids)]
   centroids = graph_core.partition_centroids(
       sample, _num_partitions(layout, params), params.mode.seed)
   _counter('partitions').inc(len(centroids))
@@ -493,10 +526,12 @@ class _Assign(beam.DoFn):
     group = model.group_of[probes[:, 0]]
     order = np.argsort(group, kind='stable')
     bounds = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0, True])
+    row_bytes = names.itemsize + vectors[0].nbytes + 8 + probes[0].nbytes
     for a, b in zip(bounds[:-1], bounds[1:]):
-      rows = order[a:b]
-      yield int(group[rows[0]]), (ids[rows], names[rows], vectors[rows],
-                                  probes[rows])
+      for piece in corpus.pieces(b - a, row_bytes):
+        rows = order[a:b][piece]
+        yield int(group[rows[0]]), (ids[rows], names[rows], vectors[rows],
+                                    probes[rows])
 
 
 def _store_group(keyed, directory):
@@ -543,7 +578,7 @@ class _ScoreGroup(beam.DoFn):
             lambda p: members.get(p, empty), params.max_neighbors,
             params.similarity_threshold, threads=self._threads)
       _counter('scored_pairs').inc(pairs)
-      yield from _by_shard(edges, layout)
+      yield from _candidates(edges, layout, params)
 
 
 def _single_local_worker(pipeline):
@@ -564,8 +599,21 @@ def _scoring_threads(pipeline):
   return os.cpu_count() or 1
 
 
+def _merge_block(keyed, dedupe):
+  """Without a top-k: one (shard, 0) key's edges, deduped if asked."""
+  key, parts = keyed
+  edges = graph_core.concat_edges(list(parts))
+  return key, graph_core.dedupe_max(edges) if dedupe else edges
+
+
+def _to_shard(keyed, layout):
+  (shard, _), edges = keyed
+  del shard  # _by_shard finds it again, and cuts the edges into elements.
+  yield from _by_shard(edges, layout)
+
+
 def _reverse_by_shard(keyed, layout, params):
-  shard, edges = keyed
+  (shard, _), edges = keyed
   _, names, _ = layout.nodes(shard, _cache_bytes(params))
   reverse = graph_core.Edges(edges.tgt, edges.src, edges.weight,
                              names[edges.src - layout.offsets[shard]])
@@ -573,21 +621,27 @@ def _reverse_by_shard(keyed, layout, params):
     yield from _by_shard(part, layout)
 
 
-def _dedupe_shard(keyed):
+def _gather_shard(keyed, dedupe):
+  """One shard's edges, sorted by (source, weight desc, target)."""
   shard, parts = keyed
-  return shard, graph_core.top_k_per_source(
-      graph_core.dedupe_max(graph_core.concat_edges(list(parts))), None)
+  edges = graph_core.concat_edges(list(parts))
+  if dedupe:
+    edges = graph_core.dedupe_max(edges)
+  return shard, graph_core.top_k_per_source(edges, None)
 
 
-# What written shards report for the statistics.
-_Written = collections.namedtuple('_Written', ['shards', 'part'])
+# What written shards report for the statistics: edge count, out-degree
+# histogram, and the files holding each shard's spanning forest.
+_Written = collections.namedtuple('_Written', ['shards', 'part',
+                                               'forest_files'])
 
 
 class _WriteShard(beam.DoFn):
   """Writes one shard's edges as sorted NSL TSV lines."""
 
-  def __init__(self, output_dir, params):
+  def __init__(self, output_dir, forest_dir, params):
     self._output_dir = output_dir
+    self._forest_dir = forest_dir
     self._params = params
 
   def process(self, keyed, layout):
@@ -602,27 +656,47 @@ class _WriteShard(beam.DoFn):
       f.write(''.join(map(graph_io.EDGE_LINE.__mod__, zip(
           sources, targets, edges.weight.tolist()))))
     _counter('edges_written').inc(len(edges.src))
-    yield _Written({shard}, graph_core.stats_part(edges))
+    part = graph_core.stats_part(edges)
+    roots, members = part.forest
+    yield _Written({shard}, part._replace(forest=None), [corpus.store_arrays(
+        self._forest_dir, f'forest{shard}', roots=roots, members=members)])
 
 
 class _MergeWritten(beam.CombineFn):
-  """_Written of every shard -> one; bounded: counts, a degree histogram and
-  a spanning forest of at most MAX_FOREST_NODES nodes."""
+  """_Written of every shard -> one, small: counts, a degree histogram and
+  the paths of the forest files."""
 
   def create_accumulator(self):
-    return _Written(set(), graph_core.stats_part(graph_core.empty_edges()))
+    return _Written(set(), graph_core.StatsPart(0, {}, None), [])
 
   def add_input(self, accumulator, written):
     return self.merge_accumulators([accumulator, written])
 
   def merge_accumulators(self, accumulators):
     accumulators = list(accumulators)
-    return _Written(
-        set().union(*(a.shards for a in accumulators)),
-        graph_core.merge_stats_parts(a.part for a in accumulators))
+    num_edges, counts = 0, collections.Counter()
+    for a in accumulators:
+      num_edges += a.part.num_edges
+      counts.update(a.part.degree_counts)
+    return _Written(set().union(*(a.shards for a in accumulators)),
+                    graph_core.StatsPart(num_edges, dict(counts), None),
+                    sorted(f for a in accumulators for f in a.forest_files))
 
   def extract_output(self, accumulator):
     return accumulator
+
+
+def _merged_forest(paths):
+  """The shards' forests as one, merged a few files at a time: held in
+  memory, at most MAX_FOREST_NODES pairs (None past that)."""
+  forest = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+  for start in range(0, len(paths), 16):
+    stored = [corpus.load_arrays(p) for p in paths[start:start + 16]]
+    forest = graph_core.merge_forests(
+        [forest] + [(s['roots'], s['members']) for s in stored])
+    if forest is None:
+      break
+  return forest
 
 
 def _finish(written, layout, sampled_recall, output_dir):
@@ -634,7 +708,8 @@ def _finish(written, layout, sampled_recall, output_dir):
     with tf.io.gfile.GFile(os.path.join(
         output_dir, graph_io.edge_shard_name(shard, layout.num_shards)), 'w'):
       pass
-  stats = graph_core.final_stats(layout.num_nodes, written.part)
+  stats = graph_core.final_stats(layout.num_nodes, written.part._replace(
+      forest=_merged_forest(written.forest_files)))
   if stats['connected_components'] is None:
     logging.warning('GraphBuilder: more than %d nodes are on edges; the '
                     'statistics leave out isolated nodes and components',
@@ -703,6 +778,9 @@ class _TopK(beam.CombineFn):
   def merge_accumulators(self, accumulators):
     return self._maybe_cut([p for a in accumulators for p in a])
 
+  def compact(self, accumulator):
+    return self._cut(accumulator)
+
   def extract_output(self, accumulator):
     return self._cut(accumulator)[0]
 
@@ -765,23 +843,30 @@ class Executor(beam_executor.BeamExecutor):
                              corpus_dir, spread)
         # Only LSH rounds meet a pair twice; exact and partition modes score
         # each (query, node) pair once.
-        candidates = scored | 'TopK' >> beam.CombinePerKey(
-            _TopK(params.max_neighbors, dedupe=params.mode.NAME == LSH))
+        dedupe = params.mode.NAME == LSH
+        if params.max_neighbors is None:
+          candidates = (scored
+                        | 'GroupCandidates' >> beam.GroupByKey()
+                        | 'Merge' >> beam.Map(_merge_block, dedupe))
+        else:
+          candidates = scored | 'TopK' >> beam.CombinePerKey(
+              _TopK(params.max_neighbors, dedupe))
         recall = None
         if params.mode.NAME != EXACT:
           recall = beam.pvalue.AsSingleton(
               self._recall(candidates, layout, shards, params))
-        final = candidates
         # Without a top-k, exact edges come out symmetric.
         symmetric = params.mode.NAME == EXACT and params.max_neighbors is None
-        if params.undirected and not symmetric:
-          final = (candidates
-                   | 'AddReverse' >> beam.FlatMap(_reverse_by_shard, layout,
-                                                  params)
-                   | 'GroupUndirected' >> beam.GroupByKey()
-                   | 'Dedupe' >> beam.Map(_dedupe_shard))
+        reverse = params.undirected and not symmetric
+        final = (candidates
+                 | ('AddReverse' if reverse else 'ToShards') >> beam.FlatMap(
+                     _reverse_by_shard if reverse else _to_shard, layout,
+                     *([params] if reverse else []))
+                 | 'GroupShards' >> beam.GroupByKey()
+                 | 'Gather' >> beam.Map(_gather_shard, dedupe=reverse))
         _ = (final
-             | 'Write' >> beam.ParDo(_WriteShard(output_dir, params), layout)
+             | 'Write' >> beam.ParDo(
+                 _WriteShard(output_dir, corpus_dir, params), layout)
              # With defaults: a graph without edges still gets its files.
              | 'MergeWritten' >> beam.CombineGlobally(_MergeWritten())
              | 'Finish' >> beam.Map(_finish, layout, recall, output_dir))
@@ -836,7 +921,8 @@ class Executor(beam_executor.BeamExecutor):
               | 'Score' >> beam.FlatMap(_score_bucket, layout, params))
     model = beam.pvalue.AsSingleton(
         shards
-        | 'KmeansSample' >> beam.FlatMap(_kmeans_sample, layout, params)
+        | 'KmeansSample' >> beam.Map(_kmeans_sample, layout, corpus_dir,
+                                     params)
         | 'CollectSample' >> beam.combiners.ToList()
         | 'Kmeans' >> beam.Map(_partition_model, layout, params))
     groups = (shards

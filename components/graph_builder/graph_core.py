@@ -455,19 +455,26 @@ def stats_part(edges):
                    spanning_forest(edges.src, edges.tgt))
 
 
+def merge_forests(forests):
+  """One spanning forest of the union of `forests`; None if one of them is
+  None or it would pass MAX_FOREST_NODES nodes."""
+  forests = list(forests)
+  if any(f is None for f in forests):
+    return None
+  roots = np.concatenate([f[0] for f in forests] + [_NO_FOREST[0]])
+  if len(roots) >= MAX_FOREST_NODES:
+    return None
+  return spanning_forest(roots, np.concatenate(
+      [f[1] for f in forests] + [_NO_FOREST[1]]))
+
+
 def merge_stats_parts(parts):
   num_edges, counts, forests = 0, collections.Counter(), []
   for part in parts:
     num_edges += part.num_edges
     counts.update(part.degree_counts)
     forests.append(part.forest)
-  forest = None
-  if all(f is not None for f in forests):
-    roots = np.concatenate([f[0] for f in forests] + [_NO_FOREST[0]])
-    if len(roots) < MAX_FOREST_NODES:
-      forest = spanning_forest(roots, np.concatenate(
-          [f[1] for f in forests] + [_NO_FOREST[1]]))
-  return StatsPart(num_edges, dict(counts), forest)
+  return StatsPart(num_edges, dict(counts), merge_forests(forests))
 
 
 def final_stats(num_nodes, part):
