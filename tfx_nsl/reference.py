@@ -148,12 +148,12 @@ def pages():
   from tfx_nsl.components.graph_augmentation import component as augmentation
   from tfx_nsl.components.graph_augmentation import config as augment_config
   from tfx_nsl.components.graph_builder import component as builder
-  from tfx_nsl.components.graph_builder import executor as builder_exec
+  from tfx_nsl.components.graph_builder import params as builder_params
   from tfx_nsl.components.robustness_evaluator import component as evaluator
   from tfx_nsl.components.robustness_evaluator import tfma_module
   return {
       'graph_builder.md': render(
-          builder.GraphBuilder, builder_exec.COUNTERS, builder_exec.NAMESPACE,
+          builder.GraphBuilder, builder_params.COUNTERS, builder_params.NAMESPACE,
           extra=[('Modes', _mode_sections())]),
       'graph_augmentation.md': render(
           augmentation.GraphAugmentation, augment_config.COUNTERS,

@@ -12,19 +12,22 @@ is a batch of arrays, never one Python object per pair.
             the node shards (corpus.py)
   shard     each batch file validated on its own, its rows routed to their
             id-range shard; each shard sorted by id and stored as one file
-  score     exact: a block of one shard's rows against one shard;
+  score     (scoring.py) exact: a block of one shard's rows against one shard;
             lsh: the rows of one (round, bucket) grouped, one matrix product
             per bucket piece; partition: k-means centroids from a capped
             sample, nodes shuffled to groups of neighbouring partitions,
             each group scored against the groups its nodes probe
-  merge     edges keyed by source shard: dedupe (max weight; LSH only, the
-            other modes never meet a pair twice), top-k per source, reverse
-            edges if undirected (not needed for exact graphs without a
-            top-k, symmetric by construction), then sorted TSV shards
-  stats     per-shard parts merged by a combiner (counts, degree histogram,
-            a spanning forest for isolated nodes and components); recall on
-            a fixed sample of queries against their exact top-k, computed
-            shard by shard and merged by a combiner
+  merge     edges keyed by (source shard, block of sources): a top-k
+            combiner (after a dedupe keeping the largest weight: LSH only,
+            the other modes never meet a pair twice), whose accumulators
+            stay one small element each; then reverse edges if undirected
+            (not needed for exact graphs without a top-k, symmetric by
+            construction), grouped per shard and written as sorted TSV
+  stats     counts and the degree histogram merged by a combiner, each
+            shard's spanning forest stored as a file and merged a few at a
+            time at the end (isolated nodes, components); recall on a fixed
+            sample of queries against their exact top-k, computed shard by
+            shard and merged by a combiner
 """
 import collections
 import json
@@ -39,7 +42,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import tensorflow as tf
-import threadpoolctl
 from tfx.components.util import tfxio_utils
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
@@ -49,11 +51,12 @@ from tfx_nsl import beam_executor
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_builder import corpus
 from tfx_nsl.components.graph_builder import graph_core
+from tfx_nsl.components.graph_builder import scoring
 from tfx_nsl.components.graph_builder.params import EXACT
 from tfx_nsl.components.graph_builder.params import GraphBuilderParams
 from tfx_nsl.components.graph_builder.params import LSH
+from tfx_nsl.components.graph_builder.params import NAMESPACE
 
-NAMESPACE = 'tfx_nsl.GraphBuilder'
 _RAW_RECORD = '__raw_record__'
 _PARTIAL_STATS = '.stats-partial.json'
 _CORPUS_DIR = '.corpus'  # Removed when the pipeline is done.
@@ -62,47 +65,7 @@ _NO_EXAMPLES = ('GraphBuilder found no examples in splits {splits}; nothing to '
                 'build a graph from')
 # Rows a read bundle holds before it stores them.
 _STORE_ROWS = 1 << 18
-# Queries of one partition-mode product batch.
-_MAX_BLOCK_QUERIES = 8192
-# k-means sample: points per centroid, and the most rows of the sample.
-_SAMPLE_PER_CENTROID = 32
 _REJECTED = 'rejected'
-# Candidate edges a top-k merge buffers before it cuts them down.
-_MIN_COMPACT_EDGES = 1 << 20
-GroupFile = collections.namedtuple('GroupFile', ['group', 'path'])
-# The k-means model of partition mode: centroids and the group of each.
-PartitionModel = collections.namedtuple('PartitionModel',
-                                        ['centroids', 'group_of'])
-
-
-# Beam counters (namespace NAMESPACE), also written to stats.json.
-COUNTERS = {
-    'examples_read_<split>': 'examples read from that split',
-    'ids_derived_from_content': 'examples without the id feature, named by a '
-                                'digest of their bytes',
-    'unusable_id': 'examples whose id feature is unusable: several values, '
-                   'floats, the empty string, tabs or line breaks (left out, '
-                   'logged)',
-    'missing_embedding': 'examples lacking an embedding feature (left out)',
-    'wrong_dimension': 'embeddings of another length than the most common '
-                       'one (left out)',
-    'non_finite_embedding': 'embeddings with NaN or infinity (left out)',
-    'zero_embedding': 'all-zero embeddings, which have no cosine (left out)',
-    'embedding_too_large': "embeddings whose dot products overflow float32 "
-                           "(similarity 'dot' only; left out)",
-    'nodes': 'graph nodes',
-    'scored_pairs': 'similarities computed',
-    'lsh_buckets': 'LSH buckets scored (lsh mode)',
-    'partitions': 'k-means regions (partition mode)',
-    'edges_written': 'edges written to the edge files',
-}
-
-
-def _counter(name):
-  assert name in COUNTERS or name.startswith('examples_read_'), name
-  return beam.metrics.Metrics.counter(NAMESPACE, name)
-
-
 def _column(record_batch, name):
   index = record_batch.schema.get_field_index(name)
   return None if index < 0 else record_batch.column(index)
@@ -151,8 +114,8 @@ class _ExtractFeatures(beam.DoFn):
   def __init__(self, split, params):
     self._split = split
     self._params = params
-    self._read = _counter(f'examples_read_{split}')
-    self._derived = _counter('ids_derived_from_content')
+    self._read = scoring.counter(f'examples_read_{split}')
+    self._derived = scoring.counter('ids_derived_from_content')
 
   def process(self, record_batch: pa.RecordBatch):
     ids, derived = _ids_from(record_batch, self._params.id_feature)
@@ -182,8 +145,8 @@ class _KeyById(beam.DoFn):
 
   def __init__(self, split, params):
     self._id_feature = params.id_feature
-    self._read = _counter(f'examples_read_{split}')
-    self._derived = _counter('ids_derived_from_content')
+    self._read = scoring.counter(f'examples_read_{split}')
+    self._derived = scoring.counter('ids_derived_from_content')
     self._logged = 0
 
   def process(self, serialized):
@@ -218,11 +181,6 @@ def _rows_to_batch(rows):
   lengths = np.array([[len(r[1])] for r in rows], np.int64)
   flat = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0)
   return corpus.EmbeddingBatch(ids, lengths, [flat.astype(np.float32)])
-
-
-def _cache_bytes(params):
-  """Bytes of shard and group files a worker keeps loaded."""
-  return params.memory_budget_mb * 2**20 // 2
 
 
 class _StoreBatches(beam.DoFn):
@@ -313,7 +271,7 @@ class _Validate(beam.DoFn):
     ids, vectors, rejected = corpus.validate(batch, plan.dims,
                                              self._params.similarity)
     for name, left_out in rejected.items():
-      _counter(name).inc(len(left_out))
+      scoring.counter(name).inc(len(left_out))
       if len(left_out):
         yield beam.pvalue.TaggedOutput(_REJECTED, (name, len(left_out)))
       # Unusable ids were named when they were read.
@@ -332,7 +290,7 @@ def _store_shard(keyed, directory, params):
   shard, parts = keyed
   ids, vectors = corpus.sort_shard(list(parts), graph_io.DERIVED_ID_PREFIX,
                                    params.id_feature)
-  _counter('nodes').inc(len(ids))
+  scoring.counter('nodes').inc(len(ids))
   return corpus.ShardFile(shard, corpus.store_arrays(
       directory, f'shard{shard}', ids=ids, vectors=vectors), len(ids))
 
@@ -355,230 +313,6 @@ def _layout(shard_files, plan, rejected, params):
   logging.info('GraphBuilder corpus: %d nodes in %d shards',
                layout.num_nodes, layout.num_shards)
   yield layout
-
-
-def _edge_bytes(edges):
-  return 20 + (0 if edges.tgt_id is None else edges.tgt_id.itemsize)
-
-
-def _by_shard(edges, layout):
-  """(source shard, edges), in elements of at most corpus.ELEMENT_BYTES."""
-  shard = layout.shard_of(edges.src)
-  for s in np.unique(shard):
-    part = graph_core.take(edges, shard == s)
-    for rows in corpus.pieces(len(part.src), _edge_bytes(part)):
-      yield int(s), graph_core.take(part, rows)
-
-
-def _block_sources(params):
-  """Sources of one top-k merge: their top-k fits in one element."""
-  if params.max_neighbors is None:
-    return None
-  return max(1, corpus.ELEMENT_BYTES // (64 * params.max_neighbors))
-
-
-def _candidates(edges, layout, params):
-  """Scored edges keyed for the merge: by (source shard, block of
-  _block_sources sources) for a top-k, whose merged accumulators then stay
-  one small element each; by (source shard, 0) without one."""
-  block = _block_sources(params)
-  for shard, part in _by_shard(edges, layout):
-    if block is None:
-      yield (shard, 0), part
-      continue
-    blocks = part.src // block
-    for b in np.unique(blocks):
-      yield (shard, int(b)), graph_core.take(part, blocks == b)
-
-
-def _shards(layout):
-  return [s for s, f in enumerate(layout.files) if f is not None]
-
-
-def _exact_units(layout, params):
-  """(query shard, first row, end row, corpus shard): each ordered pair of
-  shards (each unordered one, with its diagonal, without a top-k)."""
-  every_pair = params.max_neighbors is None
-  block = params.mode.block_size
-  for i in _shards(layout):
-    count = int(layout.offsets[i + 1] - layout.offsets[i])
-    for start in range(0, count, block):
-      for j in _shards(layout):
-        if j >= i or not every_pair:
-          yield i, start, min(count, start + block), j
-
-
-class _ScoreExact(beam.DoFn):
-  """Exact: a block of one shard's rows against one shard."""
-
-  def __init__(self, params):
-    self._params = params
-
-  def process(self, unit, layout):
-    params, capacity = self._params, _cache_bytes(self._params)
-    i, start, end, j = unit
-    rows = slice(start, end)
-    query_ids, query_names, queries = layout.nodes(i, capacity)
-    col_ids, col_names, columns = layout.nodes(j, capacity)
-    if params.max_neighbors is not None:
-      edges = graph_core.cross_edges(
-          query_ids[rows], queries[rows], col_ids, columns,
-          params.max_neighbors, params.similarity_threshold, col_names)
-      pairs = (end - start) * len(col_ids)
-    elif i == j:
-      edges = graph_core.pair_edges(start, end, queries,
-                                    params.similarity_threshold,
-                                    offset=query_ids[0], names=query_names)
-      num = len(query_ids)
-      pairs = (end - start) * (num - 1) - (start + end - 1) * (end - start) // 2
-    else:
-      edges = graph_core.cross_pair_edges(
-          query_ids[rows], queries[rows], query_names[rows], col_ids, columns,
-          col_names, params.similarity_threshold)
-      pairs = (end - start) * len(col_ids)
-    _counter('scored_pairs').inc(pairs)
-    yield from _candidates(edges, layout, params)
-
-
-class _LshCodes(beam.DoFn):
-  """LSH: one shard's rows, keyed by (round, bucket code)."""
-
-  def __init__(self, params):
-    self._params = params
-
-  def process(self, shard, layout):
-    mode = self._params.mode
-    ids, names, vectors = layout.nodes(shard, _cache_bytes(self._params))
-    for round_index in range(mode.rounds):
-      codes, projections = graph_core.lsh_codes(vectors, mode.splits,
-                                                mode.seed + round_index)
-      order = np.argsort(codes, kind='stable')
-      bounds = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0, True])
-      row_bytes = names.itemsize + vectors[0].nbytes + 12
-      for a, b in zip(bounds[:-1], bounds[1:]):
-        code = int(codes[order[a]])
-        for piece in corpus.pieces(b - a, row_bytes):
-          rows = order[a:b][piece]
-          yield ((round_index, code),
-                 (ids[rows], names[rows], vectors[rows], projections[rows]))
-
-
-def _score_bucket(keyed, layout, params):
-  """LSH: the pieces of one bucket, one matrix product each."""
-  _, parts = keyed
-  ids, names, vectors, projections = (np.concatenate(a) for a in zip(*parts))
-  pieces = graph_core.bucket_pieces(np.zeros(len(ids), np.int64), projections,
-                                    ids, params.mode.max_bucket_size)
-  _counter('lsh_buckets').inc(len(pieces))
-  _counter('scored_pairs').inc(sum(len(p) ** 2 for p in pieces))
-  edges = graph_core.concat_edges([
-      graph_core.bucket_edges(ids[p], vectors[p], params.max_neighbors,
-                              params.similarity_threshold, names[p])
-      for p in pieces])
-  yield from _candidates(edges, layout, params)
-
-
-def _num_partitions(layout, params):
-  return max(1, layout.num_nodes // params.mode.size)
-
-
-def _sample_size(layout, dim, params):
-  """Rows of the k-means sample: enough per centroid, within a quarter of
-  the memory budget."""
-  return min(_SAMPLE_PER_CENTROID * _num_partitions(layout, params),
-             params.memory_budget_mb * 2**20 // 4 // (4 * dim))
-
-
-def _kmeans_sample(shard, layout, directory, params):
-  """One shard's part of the k-means sample, stored as a file (its path):
-  rows whose seeded id hash falls below the sampling rate, so the sample
-  does not depend on the sharding."""
-  ids, names, vectors = layout.nodes(shard, _cache_bytes(params))
-  rate = _sample_size(layout, vectors.shape[1], params) / layout.num_nodes
-  keep = corpus.id_hash(names, params.mode.seed) < rate * 2.0**32
-  return corpus.store_arrays(directory, f'sample{shard}', ids=ids[keep],
-                             vectors=vectors[keep])
-
-
-def _partition_model(sample_files, layout, params):
-  samples = [corpus.load_arrays(path) for path in sample_files]
-  # In node order, so the k-means does not depend on the order of shards.
-  ids = np.concatenate([s['ids'] for s in samples])
-  sample = np.concatenate([s['vectors'] for s in samples])[np.argsort(ids)]
-  centroids = graph_core.partition_centroids(
-      sample, _num_partitions(layout, params), params.mode.seed)
-  _counter('partitions').inc(len(centroids))
-  return PartitionModel(centroids, graph_core.partition_groups(
-      centroids, params.mode.seed))
-
-
-class _Assign(beam.DoFn):
-  """Partition: one shard's rows with their probes, keyed by the group of
-  their nearest partition."""
-
-  def __init__(self, params):
-    self._params = params
-
-  def process(self, shard, layout, model):
-    ids, names, vectors = layout.nodes(shard, _cache_bytes(self._params))
-    probes = graph_core.nearest_partitions(vectors, model.centroids,
-                                           self._params.mode.probes)
-    group = model.group_of[probes[:, 0]]
-    order = np.argsort(group, kind='stable')
-    bounds = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0, True])
-    row_bytes = names.itemsize + vectors[0].nbytes + 8 + probes[0].nbytes
-    for a, b in zip(bounds[:-1], bounds[1:]):
-      for piece in corpus.pieces(b - a, row_bytes):
-        rows = order[a:b][piece]
-        yield int(group[rows[0]]), (ids[rows], names[rows], vectors[rows],
-                                    probes[rows])
-
-
-def _store_group(keyed, directory):
-  """One group's nodes, stored by (nearest partition, index): the members
-  of partition partitions[i] are rows bounds[i]:bounds[i + 1]."""
-  group, parts = keyed
-  ids, names, vectors, probes = (np.concatenate(a) for a in zip(*parts))
-  order = np.lexsort((ids, probes[:, 0]))
-  partitions, bounds = np.unique(probes[order, 0], return_index=True)
-  return GroupFile(group, corpus.store_arrays(
-      directory, f'group{group}', ids=ids[order], names=names[order],
-      vectors=vectors[order], probes=probes[order], partitions=partitions,
-      bounds=np.r_[bounds, len(ids)]))
-
-
-class _ScoreGroup(beam.DoFn):
-  """Partition: the nodes of one group of partitions, each against the
-  members of the partitions it probes, read from their groups' files."""
-
-  def __init__(self, params, threads):
-    self._params = params
-    self._threads = threads
-
-  def process(self, group_file, layout, model, group_files):
-    params, capacity = self._params, _cache_bytes(self._params)
-    own = corpus.CACHE.load(group_file.path, capacity)
-    members = {}
-    for group in np.unique(model.group_of[np.unique(own['probes'])]):
-      stored = corpus.CACHE.load(group_files[group], capacity)
-      bounds = stored['bounds']
-      for i, partition in enumerate(stored['partitions']):
-        rows = slice(bounds[i], bounds[i + 1])
-        members[partition] = (stored['ids'][rows], stored['vectors'][rows],
-                              stored['names'][rows])
-    empty = (np.zeros(0, np.int64), None, None)
-    for start in range(0, len(own['ids']), _MAX_BLOCK_QUERIES):
-      rows = slice(start, start + _MAX_BLOCK_QUERIES)
-      # Many small products: one BLAS thread each is several times faster
-      # than BLAS threads contending for the cores (OpenBLAS: the limit is
-      # process-wide), so threads score several partitions at once instead.
-      with threadpoolctl.threadpool_limits(1, user_api='blas'):
-        edges, pairs = graph_core.block_edges(
-            own['ids'][rows], own['vectors'][rows], own['probes'][rows],
-            lambda p: members.get(p, empty), params.max_neighbors,
-            params.similarity_threshold, threads=self._threads)
-      _counter('scored_pairs').inc(pairs)
-      yield from _candidates(edges, layout, params)
 
 
 def _single_local_worker(pipeline):
@@ -608,17 +342,17 @@ def _merge_block(keyed, dedupe):
 
 def _to_shard(keyed, layout):
   (shard, _), edges = keyed
-  del shard  # _by_shard finds it again, and cuts the edges into elements.
-  yield from _by_shard(edges, layout)
+  del shard  # scoring.by_shard finds it again, and cuts the edges into elements.
+  yield from scoring.by_shard(edges, layout)
 
 
 def _reverse_by_shard(keyed, layout, params):
   (shard, _), edges = keyed
-  _, names, _ = layout.nodes(shard, _cache_bytes(params))
+  _, names, _ = layout.nodes(shard, scoring.cache_bytes(params))
   reverse = graph_core.Edges(edges.tgt, edges.src, edges.weight,
                              names[edges.src - layout.offsets[shard]])
   for part in (edges, reverse):
-    yield from _by_shard(part, layout)
+    yield from scoring.by_shard(part, layout)
 
 
 def _gather_shard(keyed, dedupe):
@@ -646,7 +380,7 @@ class _WriteShard(beam.DoFn):
 
   def process(self, keyed, layout):
     shard, edges = keyed
-    _, names, _ = layout.nodes(shard, _cache_bytes(self._params))
+    _, names, _ = layout.nodes(shard, scoring.cache_bytes(self._params))
     path = os.path.join(self._output_dir,
                         graph_io.edge_shard_name(shard, layout.num_shards))
     sources = corpus.decode_ids(names[edges.src - layout.offsets[shard]])
@@ -655,7 +389,7 @@ class _WriteShard(beam.DoFn):
     with tf.io.gfile.GFile(path, 'w') as f:
       f.write(''.join(map(graph_io.EDGE_LINE.__mod__, zip(
           sources, targets, edges.weight.tolist()))))
-    _counter('edges_written').inc(len(edges.src))
+    scoring.counter('edges_written').inc(len(edges.src))
     part = graph_core.stats_part(edges)
     roots, members = part.forest
     yield _Written({shard}, part._replace(forest=None), [corpus.store_arrays(
@@ -720,92 +454,6 @@ def _finish(written, layout, sampled_recall, output_dir):
     json.dump(stats, f)
 
 
-def _recall_sample(layout, params):
-  """The fixed node sample of the recall estimate, sorted; O(sample) memory
-  (Generator.choice draws a small sample without permuting all nodes)."""
-  size = min(params.mode.recall_sample_size, layout.num_nodes)
-  return np.sort(np.random.default_rng(params.mode.seed).choice(
-      layout.num_nodes, size, replace=False))
-
-
-def _sample_queries(shard, layout, params):
-  """The recall sample's nodes in one shard: (indices, vectors)."""
-  ids, _, vectors = layout.nodes(shard, _cache_bytes(params))
-  keep = np.isin(ids, _recall_sample(layout, params))
-  if keep.any():
-    yield ids[keep], vectors[keep]
-
-
-def _exact_for_sample(shard, layout, queries, params):
-  """The sample's exact neighbors among one shard's nodes."""
-  ids, _, vectors = layout.nodes(shard, _cache_bytes(params))
-  sample_ids, sample_vectors = queries
-  yield graph_core.cross_edges(sample_ids, sample_vectors, ids, vectors,
-                               params.max_neighbors,
-                               params.similarity_threshold)
-
-
-class _TopK(beam.CombineFn):
-  """Edges -> their top-k per source (after a dedupe keeping each pair's
-  largest weight, if asked). The accumulator is a list of parts, cut down
-  to the top-k once it holds twice as many edges as its last cut (and at
-  least _MIN_COMPACT_EDGES): merges stay linear in the edges however many
-  units scored them, and no accumulator holds more than a few times the
-  sources' top-k."""
-
-  def __init__(self, max_neighbors, dedupe=False):
-    self._k = max_neighbors
-    self._dedupe = dedupe
-
-  def _cut(self, parts):
-    edges = graph_core.concat_edges(parts)
-    if self._dedupe:
-      edges = graph_core.dedupe_max(edges)
-    return [graph_core.top_k_per_source(edges, self._k)]
-
-  def _maybe_cut(self, parts):
-    sizes = [len(p.src) for p in parts]
-    if len(parts) > 1 and sum(sizes) > max(_MIN_COMPACT_EDGES, 2 * sizes[0]):
-      return self._cut(parts)
-    return parts
-
-  def create_accumulator(self):
-    return []
-
-  def add_input(self, accumulator, edges):
-    return self._maybe_cut(accumulator + [edges])
-
-  def merge_accumulators(self, accumulators):
-    return self._maybe_cut([p for a in accumulators for p in a])
-
-  def compact(self, accumulator):
-    return self._cut(accumulator)
-
-  def extract_output(self, accumulator):
-    return self._cut(accumulator)[0]
-
-
-def _sample_edges(keyed, layout, params):
-  """One shard's edges from the recall sample's sources."""
-  _, edges = keyed
-  mask = np.isin(edges.src, _recall_sample(layout, params))
-  if mask.any():
-    yield graph_core.Edges(*(a[mask] for a in edges[:3]))
-
-
-def _sampled_recall(found_parts, exact, layout, params):
-  """Recall of the approximate top-k against exact, on a fixed node sample."""
-  if layout is None:  # No examples; _finish_stats reports it.
-    return None
-  return graph_core.recall_at_k(graph_core.concat_edges(found_parts), exact,
-                                _recall_sample(layout, params))
-
-
-def _concat_queries(parts):
-  return (np.concatenate([p[0] for p in parts] + [np.zeros(0, np.int64)]),
-          np.concatenate([p[1] for p in parts]) if parts else None)
-
-
 class Executor(beam_executor.BeamExecutor):
   """Builds a similarity graph from example embeddings with Beam."""
 
@@ -833,7 +481,7 @@ class Executor(beam_executor.BeamExecutor):
                                  corpus_dir)
         layout = beam.pvalue.AsSingleton(layout_pc, default_value=None)
         spread = not _single_local_worker(pipeline)
-        shards = layout_pc | 'Shards' >> beam.FlatMap(_shards)
+        shards = layout_pc | 'Shards' >> beam.FlatMap(scoring.shards_of)
         if spread:
           # Spreads the units of work over the workers (else they would stay
           # fused with the one step that made them); a single local worker
@@ -850,7 +498,7 @@ class Executor(beam_executor.BeamExecutor):
                         | 'Merge' >> beam.Map(_merge_block, dedupe))
         else:
           candidates = scored | 'TopK' >> beam.CombinePerKey(
-              _TopK(params.max_neighbors, dedupe))
+              scoring.TopK(params.max_neighbors, dedupe))
         recall = None
         if params.mode.NAME != EXACT:
           recall = beam.pvalue.AsSingleton(
@@ -911,46 +559,46 @@ class Executor(beam_executor.BeamExecutor):
       return work | f'Distribute{name}' >> beam.Reshuffle() if spread else work
 
     if params.mode.NAME == EXACT:
-      units = layout_pc | 'ExactUnits' >> beam.FlatMap(_exact_units, params)
+      units = layout_pc | 'ExactUnits' >> beam.FlatMap(scoring.exact_units, params)
       return (distribute(units, 'Units')
-              | 'Score' >> beam.ParDo(_ScoreExact(params), layout))
+              | 'Score' >> beam.ParDo(scoring.ScoreExact(params), layout))
     if params.mode.NAME == LSH:
       return (shards
-              | 'LshCodes' >> beam.ParDo(_LshCodes(params), layout)
+              | 'LshCodes' >> beam.ParDo(scoring.LshCodes(params), layout)
               | 'GroupBuckets' >> beam.GroupByKey()
-              | 'Score' >> beam.FlatMap(_score_bucket, layout, params))
+              | 'Score' >> beam.FlatMap(scoring.score_bucket, layout, params))
     model = beam.pvalue.AsSingleton(
         shards
-        | 'KmeansSample' >> beam.Map(_kmeans_sample, layout, corpus_dir,
+        | 'KmeansSample' >> beam.Map(scoring.kmeans_sample, layout, corpus_dir,
                                      params)
         | 'CollectSample' >> beam.combiners.ToList()
-        | 'Kmeans' >> beam.Map(_partition_model, layout, params))
+        | 'Kmeans' >> beam.Map(scoring.partition_model, layout, params))
     groups = (shards
-              | 'Assign' >> beam.ParDo(_Assign(params), layout, model)
+              | 'Assign' >> beam.ParDo(scoring.Assign(params), layout, model)
               | 'GroupPartitions' >> beam.GroupByKey()
-              | 'StoreGroups' >> beam.Map(_store_group, corpus_dir))
+              | 'StoreGroups' >> beam.Map(scoring.store_group, corpus_dir))
     group_files = beam.pvalue.AsDict(groups)
     return (distribute(groups, 'Groups')
             | 'Score' >> beam.ParDo(
-                _ScoreGroup(params, _scoring_threads(pipeline)), layout,
+                scoring.ScoreGroup(params, _scoring_threads(pipeline)), layout,
                 model, group_files))
 
   def _recall(self, candidates, layout, shards, params):
     """Recall of the found top-k on a fixed sample of sources."""
     queries = beam.pvalue.AsSingleton(
         shards
-        | 'SampleQueries' >> beam.FlatMap(_sample_queries, layout, params)
+        | 'SampleQueries' >> beam.FlatMap(scoring.sample_queries, layout, params)
         | 'CollectQueries' >> beam.combiners.ToList()
-        | 'Queries' >> beam.Map(_concat_queries))
+        | 'Queries' >> beam.Map(scoring.concat_queries))
     exact = beam.pvalue.AsSingleton(
         shards
-        | 'ExactForSample' >> beam.FlatMap(_exact_for_sample, layout,
+        | 'ExactForSample' >> beam.FlatMap(scoring.exact_for_sample, layout,
                                            queries, params)
-        | 'MergeExact' >> beam.CombineGlobally(_TopK(params.max_neighbors)))
+        | 'MergeExact' >> beam.CombineGlobally(scoring.TopK(params.max_neighbors)))
     return (candidates
-            | 'SampleForRecall' >> beam.FlatMap(_sample_edges, layout, params)
+            | 'SampleForRecall' >> beam.FlatMap(scoring.sample_edges, layout, params)
             | 'CollectForRecall' >> beam.combiners.ToList()
-            | 'Recall' >> beam.Map(_sampled_recall, exact, layout, params))
+            | 'Recall' >> beam.Map(scoring.sampled_recall, exact, layout, params))
 
   def _read_split(self, pipeline, examples, model, split, params):
     pattern = io_utils.all_files_pattern(

@@ -15,6 +15,29 @@ from tfx_nsl import parameters
 from tfx_nsl.components.graph_builder import graph_core
 
 COMPONENT = 'GraphBuilder'
+NAMESPACE = 'tfx_nsl.GraphBuilder'
+
+# Beam counters (namespace NAMESPACE), also written to stats.json.
+COUNTERS = {
+    'examples_read_<split>': 'examples read from that split',
+    'ids_derived_from_content': 'examples without the id feature, named by a '
+                                'digest of their bytes',
+    'unusable_id': 'examples whose id feature is unusable: several values, '
+                   'floats, the empty string, tabs or line breaks (left out, '
+                   'logged)',
+    'missing_embedding': 'examples lacking an embedding feature (left out)',
+    'wrong_dimension': 'embeddings of another length than the most common '
+                       'one (left out)',
+    'non_finite_embedding': 'embeddings with NaN or infinity (left out)',
+    'zero_embedding': 'all-zero embeddings, which have no cosine (left out)',
+    'embedding_too_large': "embeddings whose dot products overflow float32 "
+                           "(similarity 'dot' only; left out)",
+    'nodes': 'graph nodes',
+    'scored_pairs': 'similarities computed',
+    'lsh_buckets': 'LSH buckets scored (lsh mode)',
+    'partitions': 'k-means regions (partition mode)',
+    'edges_written': 'edges written to the edge files',
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,350 @@
+"""GraphBuilder's scoring steps, per mode, and the recall estimate: Beam
+functions over the stored node shards (corpus.py) and graph_core's kernels.
+
+Every step reads the nodes it needs from shard or group files through a
+bounded per-process cache, and emits edges in elements of at most
+corpus.ELEMENT_BYTES, keyed for the top-k merge.
+"""
+import collections
+
+import apache_beam as beam
+import numpy as np
+import threadpoolctl
+
+from tfx_nsl.components.graph_builder import corpus
+from tfx_nsl.components.graph_builder import graph_core
+from tfx_nsl.components.graph_builder.params import COUNTERS
+from tfx_nsl.components.graph_builder.params import NAMESPACE
+
+
+def counter(name):
+  assert name in COUNTERS or name.startswith('examples_read_'), name
+  return beam.metrics.Metrics.counter(NAMESPACE, name)
+
+
+# Queries of one partition-mode product batch.
+_MAX_BLOCK_QUERIES = 8192
+# k-means sample: points per centroid, and the most rows of the sample.
+_SAMPLE_PER_CENTROID = 32
+# Candidate edges a top-k merge buffers before it cuts them down.
+_MIN_COMPACT_EDGES = 1 << 20
+GroupFile = collections.namedtuple('GroupFile', ['group', 'path'])
+# The k-means model of partition mode: centroids and the group of each.
+PartitionModel = collections.namedtuple('PartitionModel',
+                                        ['centroids', 'group_of'])
+
+
+
+def cache_bytes(params):
+  """Bytes of shard and group files a worker keeps loaded."""
+  return params.memory_budget_mb * 2**20 // 2
+
+
+def _edge_bytes(edges):
+  return 20 + (0 if edges.tgt_id is None else edges.tgt_id.itemsize)
+
+
+def by_shard(edges, layout):
+  """(source shard, edges), in elements of at most corpus.ELEMENT_BYTES."""
+  shard = layout.shard_of(edges.src)
+  for s in np.unique(shard):
+    part = graph_core.take(edges, shard == s)
+    for rows in corpus.pieces(len(part.src), _edge_bytes(part)):
+      yield int(s), graph_core.take(part, rows)
+
+
+def _block_sources(params):
+  """Sources of one top-k merge: their top-k fits in one element."""
+  if params.max_neighbors is None:
+    return None
+  return max(1, corpus.ELEMENT_BYTES // (64 * params.max_neighbors))
+
+
+def _candidates(edges, layout, params):
+  """Scored edges keyed for the merge: by (source shard, block of
+  _block_sources sources) for a top-k, whose merged accumulators then stay
+  one small element each; by (source shard, 0) without one."""
+  block = _block_sources(params)
+  for shard, part in by_shard(edges, layout):
+    if block is None:
+      yield (shard, 0), part
+      continue
+    blocks = part.src // block
+    for b in np.unique(blocks):
+      yield (shard, int(b)), graph_core.take(part, blocks == b)
+
+
+def shards_of(layout):
+  return [s for s, f in enumerate(layout.files) if f is not None]
+
+
+def exact_units(layout, params):
+  """(query shard, first row, end row, corpus shard): each ordered pair of
+  shards (each unordered one, with its diagonal, without a top-k)."""
+  every_pair = params.max_neighbors is None
+  block = params.mode.block_size
+  for i in shards_of(layout):
+    count = int(layout.offsets[i + 1] - layout.offsets[i])
+    for start in range(0, count, block):
+      for j in shards_of(layout):
+        if j >= i or not every_pair:
+          yield i, start, min(count, start + block), j
+
+
+class ScoreExact(beam.DoFn):
+  """Exact: a block of one shard's rows against one shard."""
+
+  def __init__(self, params):
+    self._params = params
+
+  def process(self, unit, layout):
+    params, capacity = self._params, cache_bytes(self._params)
+    i, start, end, j = unit
+    rows = slice(start, end)
+    query_ids, query_names, queries = layout.nodes(i, capacity)
+    col_ids, col_names, columns = layout.nodes(j, capacity)
+    if params.max_neighbors is not None:
+      edges = graph_core.cross_edges(
+          query_ids[rows], queries[rows], col_ids, columns,
+          params.max_neighbors, params.similarity_threshold, col_names)
+      pairs = (end - start) * len(col_ids)
+    elif i == j:
+      edges = graph_core.pair_edges(start, end, queries,
+                                    params.similarity_threshold,
+                                    offset=query_ids[0], names=query_names)
+      num = len(query_ids)
+      pairs = (end - start) * (num - 1) - (start + end - 1) * (end - start) // 2
+    else:
+      edges = graph_core.cross_pair_edges(
+          query_ids[rows], queries[rows], query_names[rows], col_ids, columns,
+          col_names, params.similarity_threshold)
+      pairs = (end - start) * len(col_ids)
+    counter('scored_pairs').inc(pairs)
+    yield from _candidates(edges, layout, params)
+
+
+class LshCodes(beam.DoFn):
+  """LSH: one shard's rows, keyed by (round, bucket code)."""
+
+  def __init__(self, params):
+    self._params = params
+
+  def process(self, shard, layout):
+    mode = self._params.mode
+    ids, names, vectors = layout.nodes(shard, cache_bytes(self._params))
+    for round_index in range(mode.rounds):
+      codes, projections = graph_core.lsh_codes(vectors, mode.splits,
+                                                mode.seed + round_index)
+      order = np.argsort(codes, kind='stable')
+      bounds = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0, True])
+      row_bytes = names.itemsize + vectors[0].nbytes + 12
+      for a, b in zip(bounds[:-1], bounds[1:]):
+        code = int(codes[order[a]])
+        for piece in corpus.pieces(b - a, row_bytes):
+          rows = order[a:b][piece]
+          yield ((round_index, code),
+                 (ids[rows], names[rows], vectors[rows], projections[rows]))
+
+
+def score_bucket(keyed, layout, params):
+  """LSH: the pieces of one bucket, one matrix product each."""
+  _, parts = keyed
+  ids, names, vectors, projections = (np.concatenate(a) for a in zip(*parts))
+  pieces = graph_core.bucket_pieces(np.zeros(len(ids), np.int64), projections,
+                                    ids, params.mode.max_bucket_size)
+  counter('lsh_buckets').inc(len(pieces))
+  counter('scored_pairs').inc(sum(len(p) ** 2 for p in pieces))
+  edges = graph_core.concat_edges([
+      graph_core.bucket_edges(ids[p], vectors[p], params.max_neighbors,
+                              params.similarity_threshold, names[p])
+      for p in pieces])
+  yield from _candidates(edges, layout, params)
+
+
+def _num_partitions(layout, params):
+  return max(1, layout.num_nodes // params.mode.size)
+
+
+def _sample_size(layout, dim, params):
+  """Rows of the k-means sample: enough per centroid, within a quarter of
+  the memory budget."""
+  return min(_SAMPLE_PER_CENTROID * _num_partitions(layout, params),
+             params.memory_budget_mb * 2**20 // 4 // (4 * dim))
+
+
+def kmeans_sample(shard, layout, directory, params):
+  """One shard's part of the k-means sample, stored as a file (its path):
+  rows whose seeded id hash falls below the sampling rate, so the sample
+  does not depend on the sharding."""
+  ids, names, vectors = layout.nodes(shard, cache_bytes(params))
+  rate = _sample_size(layout, vectors.shape[1], params) / layout.num_nodes
+  keep = corpus.id_hash(names, params.mode.seed) < rate * 2.0**32
+  return corpus.store_arrays(directory, f'sample{shard}', ids=ids[keep],
+                             vectors=vectors[keep])
+
+
+def partition_model(sample_files, layout, params):
+  samples = [corpus.load_arrays(path) for path in sample_files]
+  # In node order, so the k-means does not depend on the order of shards.
+  ids = np.concatenate([s['ids'] for s in samples])
+  sample = np.concatenate([s['vectors'] for s in samples])[np.argsort(ids)]
+  centroids = graph_core.partition_centroids(
+      sample, _num_partitions(layout, params), params.mode.seed)
+  counter('partitions').inc(len(centroids))
+  return PartitionModel(centroids, graph_core.partition_groups(
+      centroids, params.mode.seed))
+
+
+class Assign(beam.DoFn):
+  """Partition: one shard's rows with their probes, keyed by the group of
+  their nearest partition."""
+
+  def __init__(self, params):
+    self._params = params
+
+  def process(self, shard, layout, model):
+    ids, names, vectors = layout.nodes(shard, cache_bytes(self._params))
+    probes = graph_core.nearest_partitions(vectors, model.centroids,
+                                           self._params.mode.probes)
+    group = model.group_of[probes[:, 0]]
+    order = np.argsort(group, kind='stable')
+    bounds = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0, True])
+    row_bytes = names.itemsize + vectors[0].nbytes + 8 + probes[0].nbytes
+    for a, b in zip(bounds[:-1], bounds[1:]):
+      for piece in corpus.pieces(b - a, row_bytes):
+        rows = order[a:b][piece]
+        yield int(group[rows[0]]), (ids[rows], names[rows], vectors[rows],
+                                    probes[rows])
+
+
+def store_group(keyed, directory):
+  """One group's nodes, stored by (nearest partition, index): the members
+  of partition partitions[i] are rows bounds[i]:bounds[i + 1]."""
+  group, parts = keyed
+  ids, names, vectors, probes = (np.concatenate(a) for a in zip(*parts))
+  order = np.lexsort((ids, probes[:, 0]))
+  partitions, bounds = np.unique(probes[order, 0], return_index=True)
+  return GroupFile(group, corpus.store_arrays(
+      directory, f'group{group}', ids=ids[order], names=names[order],
+      vectors=vectors[order], probes=probes[order], partitions=partitions,
+      bounds=np.r_[bounds, len(ids)]))
+
+
+class ScoreGroup(beam.DoFn):
+  """Partition: the nodes of one group of partitions, each against the
+  members of the partitions it probes, read from their groups' files."""
+
+  def __init__(self, params, threads):
+    self._params = params
+    self._threads = threads
+
+  def process(self, group_file, layout, model, group_files):
+    params, capacity = self._params, cache_bytes(self._params)
+    own = corpus.CACHE.load(group_file.path, capacity)
+    members = {}
+    for group in np.unique(model.group_of[np.unique(own['probes'])]):
+      stored = corpus.CACHE.load(group_files[group], capacity)
+      bounds = stored['bounds']
+      for i, partition in enumerate(stored['partitions']):
+        rows = slice(bounds[i], bounds[i + 1])
+        members[partition] = (stored['ids'][rows], stored['vectors'][rows],
+                              stored['names'][rows])
+    empty = (np.zeros(0, np.int64), None, None)
+    for start in range(0, len(own['ids']), _MAX_BLOCK_QUERIES):
+      rows = slice(start, start + _MAX_BLOCK_QUERIES)
+      # Many small products: one BLAS thread each is several times faster
+      # than BLAS threads contending for the cores (OpenBLAS: the limit is
+      # process-wide), so threads score several partitions at once instead.
+      with threadpoolctl.threadpool_limits(1, user_api='blas'):
+        edges, pairs = graph_core.block_edges(
+            own['ids'][rows], own['vectors'][rows], own['probes'][rows],
+            lambda p: members.get(p, empty), params.max_neighbors,
+            params.similarity_threshold, threads=self._threads)
+      counter('scored_pairs').inc(pairs)
+      yield from _candidates(edges, layout, params)
+
+
+def recall_sample(layout, params):
+  """The fixed node sample of the recall estimate, sorted; O(sample) memory
+  (Generator.choice draws a small sample without permuting all nodes)."""
+  size = min(params.mode.recall_sample_size, layout.num_nodes)
+  return np.sort(np.random.default_rng(params.mode.seed).choice(
+      layout.num_nodes, size, replace=False))
+
+
+def sample_queries(shard, layout, params):
+  """The recall sample's nodes in one shard: (indices, vectors)."""
+  ids, _, vectors = layout.nodes(shard, cache_bytes(params))
+  keep = np.isin(ids, recall_sample(layout, params))
+  if keep.any():
+    yield ids[keep], vectors[keep]
+
+
+def exact_for_sample(shard, layout, queries, params):
+  """The sample's exact neighbors among one shard's nodes."""
+  ids, _, vectors = layout.nodes(shard, cache_bytes(params))
+  sample_ids, sample_vectors = queries
+  yield graph_core.cross_edges(sample_ids, sample_vectors, ids, vectors,
+                               params.max_neighbors,
+                               params.similarity_threshold)
+
+
+class TopK(beam.CombineFn):
+  """Edges -> their top-k per source (after a dedupe keeping each pair's
+  largest weight, if asked). The accumulator is a list of parts, cut down
+  to the top-k once it holds twice as many edges as its last cut (and at
+  least _MIN_COMPACT_EDGES): merges stay linear in the edges however many
+  units scored them, and no accumulator holds more than a few times the
+  sources' top-k."""
+
+  def __init__(self, max_neighbors, dedupe=False):
+    self._k = max_neighbors
+    self._dedupe = dedupe
+
+  def _cut(self, parts):
+    edges = graph_core.concat_edges(parts)
+    if self._dedupe:
+      edges = graph_core.dedupe_max(edges)
+    return [graph_core.top_k_per_source(edges, self._k)]
+
+  def _maybe_cut(self, parts):
+    sizes = [len(p.src) for p in parts]
+    if len(parts) > 1 and sum(sizes) > max(_MIN_COMPACT_EDGES, 2 * sizes[0]):
+      return self._cut(parts)
+    return parts
+
+  def create_accumulator(self):
+    return []
+
+  def add_input(self, accumulator, edges):
+    return self._maybe_cut(accumulator + [edges])
+
+  def merge_accumulators(self, accumulators):
+    return self._maybe_cut([p for a in accumulators for p in a])
+
+  def compact(self, accumulator):
+    return self._cut(accumulator)
+
+  def extract_output(self, accumulator):
+    return self._cut(accumulator)[0]
+
+
+def sample_edges(keyed, layout, params):
+  """One shard's edges from the recall sample's sources."""
+  _, edges = keyed
+  mask = np.isin(edges.src, recall_sample(layout, params))
+  if mask.any():
+    yield graph_core.Edges(*(a[mask] for a in edges[:3]))
+
+
+def sampled_recall(found_parts, exact, layout, params):
+  """Recall of the approximate top-k against exact, on a fixed node sample."""
+  if layout is None:  # No examples; _finish_stats reports it.
+    return None
+  return graph_core.recall_at_k(graph_core.concat_edges(found_parts), exact,
+                                recall_sample(layout, params))
+
+
+def concat_queries(parts):
+  return (np.concatenate([p[0] for p in parts] + [np.zeros(0, np.int64)]),
+          np.concatenate([p[1] for p in parts]) if parts else None)
