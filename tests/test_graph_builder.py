@@ -598,3 +598,13 @@ def test_small_shuffle_elements_give_the_same_graph(tmp_path, monkeypatch,
                              np.zeros((50, 8), np.float32), np.array([b'020'])))
   # 600 // (3 bytes of id + 32 of vector) = 17 rows an element
   assert [len(r[1][0]) for r in routed] == [17, 3, 17, 13]
+
+
+def test_duplicate_ids_meet_in_one_shard(tmp_path):
+  """Shards are id ranges, so copies of an id always meet and are found,
+  however many shards there are."""
+  rows = _rows(np.random.RandomState(15).rand(60, 4))
+  rows[5]['id'] = rows[50]['id']
+  with pytest.raises(Exception, match='1 duplicate example ids.*n0050'):
+    _run_executor(tmp_path, {'train': rows[:30], 'unlabeled': rows[30:]},
+                  embedding_features=['emb'], num_shards=6)
