@@ -120,6 +120,45 @@ def _flink_bytes(engines):
           'tasks': len(vertices)}
 
 
+def kmeans_sweep(data_dir, settings, k):
+  """Partition mode's kernels in this process on the benchmark's data.npy,
+  for each `size,probes,iterations,points_per_centroid`: recall@k of 1,000
+  sampled nodes against their exact top-k, k-means and assignment seconds,
+  pairs scored per node. Not the component (no Beam, no files)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tfx_nsl.components.graph_builder import graph_core as g  # pylint: disable=g-import-not-at-top
+  x, _ = g.prepare_vectors(np.load(os.path.join(data_dir, 'data.npy')),
+                           g.COSINE)
+  sample = np.sort(np.random.RandomState(1).choice(len(x), 1000,
+                                                   replace=False))
+  exact = g.exact_edges(sample, x, k, -1.0)
+  rows = []
+  for setting in settings:
+    size, probes, iterations, per = map(int, setting.split(','))
+    start = time.time()
+    num = len(x) // size
+    points = x[np.sort(np.random.RandomState(0).choice(
+        len(x), min(len(x), per * num), replace=False))]
+    centroids = g.partition_centroids(points, num, 0, iterations=iterations)
+    kmeans_s = time.time() - start
+    probed = g.nearest_partitions(x, centroids, probes)
+    assign_s = time.time() - start - kmeans_s
+    order = np.argsort(probed[:, 0], kind='stable')
+    bounds = np.searchsorted(probed[order, 0], np.arange(num + 1))
+    members = {p: (order[bounds[p]:bounds[p + 1]],
+                   x[order[bounds[p]:bounds[p + 1]]], None)
+               for p in range(num)}
+    edges, pairs = g.block_edges(sample, x[sample], probed[sample],
+                                 members.get, k, -1.0)
+    rows.append({'size': size, 'probes': probes, 'iterations': iterations,
+                 'points_per_centroid': per,
+                 'recall_at_k': g.recall_at_k(edges, exact, sample),
+                 'kmeans_s': kmeans_s, 'assign_s': assign_s,
+                 'pairs_per_node': pairs / len(sample)})
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--engine', default='flink',
@@ -133,6 +172,10 @@ def main():
   parser.add_argument('--interval', type=float, default=1.0)
   parser.add_argument('--work-dir', default='/tmp/tfx_nsl_bench_scale')
   parser.add_argument('--output', default=None, help='results JSON path')
+  parser.add_argument('--kmeans-sweep', default='',
+                      help='instead of the component: space-separated '
+                      'size,probes,iterations,points_per_centroid settings '
+                      "of partition mode's kernels, run in this process")
   args = parser.parse_args()
   from tfx_nsl import engines  # pylint: disable=g-import-not-at-top
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -144,6 +187,12 @@ def main():
                                    shards=args.input_files)
   data['prepare_s'] = time.time() - start
   print('data', json.dumps(data), flush=True)
+  if args.kmeans_sweep:
+    rows = kmeans_sweep(data_dir, args.kmeans_sweep.split(), args.k)
+    if args.output:
+      with open(args.output, 'w') as f:
+        json.dump({'data': data, 'sweep': rows}, f, indent=1)
+    return
   spec = {'examples': os.path.join(data_dir, 'examples'),
           'graph_out': os.path.join(work, f'graph-{args.engine}'),
           'params': {'similarity_threshold': -1.0, 'max_neighbors': args.k,

@@ -24,8 +24,6 @@ def counter(name):
 
 # Queries of one partition-mode product batch.
 _MAX_BLOCK_QUERIES = 8192
-# k-means sample: points per centroid, and the most rows of the sample.
-_SAMPLE_PER_CENTROID = 32
 # Candidate edges a top-k merge buffers before it cuts them down.
 _MIN_COMPACT_EDGES = 1 << 20
 GroupFile = collections.namedtuple('GroupFile', ['group', 'path'])
@@ -168,7 +166,8 @@ def _num_partitions(layout, params):
 def _sample_size(layout, dim, params):
   """Rows of the k-means sample: enough per centroid, within a quarter of
   the memory budget."""
-  return min(_SAMPLE_PER_CENTROID * _num_partitions(layout, params),
+  return min(graph_core.KMEANS_POINTS_PER_CENTROID *
+             _num_partitions(layout, params),
              params.memory_budget_mb * 2**20 // 4 // (4 * dim))
 
 
