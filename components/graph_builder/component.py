@@ -65,7 +65,8 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
   Outputs:
     graph: `edges-*.tsv` shards (`source<TAB>target<TAB>weight`, readable
       by `nsl.tools`) and `stats.json` (nodes, edges, degree histogram,
-      isolated nodes, connected components, the examples left out and why,
+      isolated nodes and weakly connected components (null past 20M nodes
+      on edges), the recall estimate, the examples left out and why,
       the counters, the parameters used); custom properties `num_nodes` and
       `num_edges`.
 
