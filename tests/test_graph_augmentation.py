@@ -206,6 +206,9 @@ def test_example_id_kinds():
   # GraphBuilder and GraphAugmentation alike (both call graph_io.node_id).
   assert _node(_example('')) is None
   assert graph_io.node_id([b''], b'rec') is None
+  # numpy's fixed-width strings (GraphBuilder's shards) drop a trailing NUL.
+  assert graph_io.node_id([b'a\x00'], b'rec') is None
+  assert graph_io.node_id([b'a\x00b'], b'rec') is None
   bad = tf.train.Example()
   bad.features.feature['id'].bytes_list.value.append(b'\xff')
   assert _node(bad) is None

@@ -452,6 +452,10 @@ def test_loaded_files_stay_within_the_cache_capacity(tmp_path):
   cache.load(paths[2], 10_000)  # 12,000 bytes: the oldest goes
   assert cache.load(paths[0], 10_000) is not first
   np.testing.assert_array_equal(cache.load(paths[2], 1)['v'], 2)
+  # Several go at once, from the middle of the order too.
+  for path in paths:
+    cache.load(path, 100_000)
+  assert len(cache.load(paths[0], 4_000)) == 1
 
 
 def test_stored_batches_keep_unusable_ids(tmp_path):
@@ -499,6 +503,18 @@ def test_graph_stats_merge_from_shards():
     assert stats['connected_components'] == count
     assert stats['largest_component'] == np.bincount(labels).max()
     assert stats['isolated_nodes'] == 400 - len(np.unique(np.r_[src, tgt]))
+
+
+def test_forest_cap_counts_each_node_once(monkeypatch):
+  # 16 nodes, 15 forest pairs, under a cap of 16; the parts repeat nodes
+  # (the hub, and each node in two parts): 28 pairs in all.
+  monkeypatch.setattr(graph_core, 'MAX_FOREST_NODES', 16)
+  parts = [graph_core.stats_part(graph_core.Edges(
+      np.array([s, s + 1]), np.array([0, 0]), np.ones(2, np.float32)))
+           for s in range(1, 15)]
+  stats = graph_core.final_stats(16, graph_core.merge_stats_parts(parts))
+  assert stats['connected_components'] == 1
+  assert stats['isolated_nodes'] == 0
 
 
 def test_stats_drop_components_past_the_forest_cap(monkeypatch):

@@ -68,8 +68,8 @@ def node_id(values, serialized):
   example's bytes (docs/design.md), the same way in GraphBuilder and
   GraphAugmentation so their graphs join (when both read the same records).
   Anything else (several values, floats, undecodable bytes, the empty
-  string, a tab or line break, which the TSV format cannot hold) is no
-  usable id: None.
+  string, a tab or line break, which the TSV format cannot hold, or a NUL
+  character, which numpy's fixed-width strings drop) is no usable id: None.
   """
   if not values:
     return derive_example_id(serialized)
@@ -81,7 +81,7 @@ def node_id(values, serialized):
       text = value.decode('utf-8')
     except UnicodeDecodeError:
       return None
-    if not text or '\t' in text or '\n' in text or '\r' in text:
+    if not text or any(c in text for c in '\t\n\r\x00'):
       return None
     return text
   if isinstance(value, int):

@@ -35,7 +35,7 @@ COUNTERS = {
     'examples_read': 'examples read, all splits',
     'examples_without_id': 'examples whose id feature is unusable: several '
                            'values, floats, bad UTF-8, the empty string, '
-                           'tabs or line breaks (kept, no neighbors)',
+                           'tabs, line breaks or NUL (kept, no neighbors)',
     'ids_derived_from_content': 'examples without the id feature, named by a '
                                 'digest of their bytes as GraphBuilder does',
     'edge_lines_read': 'lines of the graph files',

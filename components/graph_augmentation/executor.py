@@ -79,7 +79,7 @@ class _ReadExamples(beam.DoFn):
       logging.warning(
           'GraphAugmentation: example %s of split %r (named by its digest) '
           'has an unusable id feature %r: %s (one bytes or int64 value '
-          'without tabs or line breaks expected); it gets no neighbors and '
+          'without tabs, line breaks or NUL expected); it gets no neighbors and '
           'cannot be one.', graph_io.derive_example_id(serialized),
           self._split, self._route.id_feature,
           graph_io.describe_example_id(example, self._route.id_feature))

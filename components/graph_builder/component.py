@@ -77,7 +77,7 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
     embedding feature, with an embedding of another length, with NaN or
     infinite values, all zeros (cosine) or too large for float32 dot
     products (dot), and examples whose id is unusable (several values,
-    floats, the empty string, tabs or line breaks) are left out, counted
+    floats, the empty string, tabs, line breaks or NUL) are left out, counted
     (`missing_embedding`, `wrong_dimension`, `non_finite_embedding`,
     `zero_embedding`, `embedding_too_large`, `unusable_id`) and named in
     the log (first 5).
@@ -113,7 +113,7 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
       splits: splits whose examples become nodes; default: train, plus
         unlabeled when the examples have it.
       id_feature: feature naming each example: one non-empty bytes (UTF-8,
-        no tabs or line breaks) or int64 value; an example without it is named by a
+        no tabs, line breaks or NUL) or int64 value; an example without it is named by a
         digest of its record, others with an unusable id are left out
         (counted, logged).
       similarity: 'cosine' (NSL's) or 'dot'.

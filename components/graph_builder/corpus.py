@@ -38,9 +38,10 @@ Summary = collections.namedtuple('Summary',
                                  ['num_rows', 'length_counts', 'id_sample'])
 # What every step needs of the corpus before it is sharded.
 Plan = collections.namedtuple('Plan', ['dims', 'boundaries'])
-# One stored node shard.
-ShardFile = collections.namedtuple('ShardFile', ['shard', 'path', 'count'])
-ID_SAMPLE_SIZE = 1 << 14  # ~400 KB: one element, as the summaries merge
+# One stored node shard; id_bytes: the width of its ids.
+ShardFile = collections.namedtuple('ShardFile',
+                                   ['shard', 'path', 'count', 'id_bytes'])
+ID_SAMPLE_SIZE = 1 << 14  # ~400 KB with short ids: one element
 # Bytes of one element that goes into a shuffle: Flink's batch GroupByKey
 # pre-combines its input in a sort buffer of a few MB and fails on a larger
 # record ("Cannot write record to fresh sort buffer. Record too large").
@@ -185,7 +186,7 @@ def route(ids, vectors, boundaries):
       yield int(s), (shard_ids[rows], shard_vectors[rows])
 
 
-def sort_shard(parts, derived_prefix, id_feature):
+def sort_shard(parts, derived_prefix, id_feature, splits):
   """One shard's routed parts -> (ids, vectors) sorted by id; duplicate ids
   (all in one shard, as shards are id ranges) are an error."""
   ids = np.concatenate([p[0] for p in parts])
@@ -195,13 +196,15 @@ def sort_shard(parts, derived_prefix, id_feature):
   duplicated = sorted(set(decode_ids(ids[1:][ids[1:] == ids[:-1]])))
   if duplicated and all(d.startswith(derived_prefix) for d in duplicated):
     raise ValueError(
-        f'{len(duplicated)} examples have neither an id feature '
+        f'{len(duplicated)} examples of splits {splits} have neither an id '
+        f'feature '
         f'{id_feature!r} nor different bytes from another example (identical '
         f'records), e.g. {duplicated[:5]}; graph nodes must be unique: give '
         'the examples ids or drop the copies')
   if duplicated:
     raise ValueError(
-        f'{len(duplicated)} duplicate example ids, e.g. {duplicated[:5]}; '
+        f'{len(duplicated)} duplicate example ids in splits {splits}, e.g. '
+        f'{duplicated[:5]}; '
         f'graph nodes must be unique: fix the {id_feature!r} feature')
   return ids, vectors
 
@@ -267,7 +270,7 @@ class FileCache:
         arrays = load_arrays(path)
       self._files[path] = arrays
       total = 0
-      for key in reversed(self._files):
+      for key in list(reversed(self._files)):  # newest first
         total += sum(a.nbytes for a in self._files[key].values())
         if total > capacity and key != path:
           del self._files[key]
@@ -281,16 +284,19 @@ class FileCache:
 CACHE = FileCache()
 
 
-class Layout(collections.namedtuple('Layout', ['files', 'offsets'])):
+class Layout(collections.namedtuple('Layout',
+                                    ['files', 'offsets', 'id_bytes'])):
   """The stored node shards: files[s] (None: empty) and offsets[s], the
-  index of shard s's first node (offsets[-1]: the number of nodes)."""
+  index of shard s's first node (offsets[-1]: the number of nodes);
+  id_bytes: the widest id."""
 
   @classmethod
   def of(cls, shard_files, num_shards):
     files, counts = [None] * num_shards, np.zeros(num_shards, np.int64)
     for f in shard_files:
       files[f.shard], counts[f.shard] = f.path, f.count
-    return cls(tuple(files), np.r_[0, np.cumsum(counts)])
+    return cls(tuple(files), np.r_[0, np.cumsum(counts)],
+               max([f.id_bytes for f in shard_files] + [1]))
 
   @property
   def num_nodes(self):

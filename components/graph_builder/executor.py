@@ -63,8 +63,8 @@ _CORPUS_DIR = '.corpus'  # Removed when the pipeline is done.
 _EXAMPLES_NAMED_IN_LOGS = 5
 _NO_EXAMPLES = ('GraphBuilder found no examples in splits {splits}; nothing to '
                 'build a graph from')
-# Rows a read bundle holds before it stores them.
-_STORE_ROWS = 1 << 18
+# Embedding bytes a read bundle holds before it stores them.
+_STORE_BYTES = 64 << 20
 _REJECTED = 'rejected'
 def _column(record_batch, name):
   index = record_batch.schema.get_field_index(name)
@@ -75,7 +75,7 @@ def _warn_unusable_id(serialized, id_feature, values):
   logging.warning(
       'GraphBuilder left out example %s (named by its digest): its id '
       'feature %r holds %s, not one int64 or one non-empty UTF-8 value '
-      'without tabs or line breaks',
+      'without tabs, line breaks or NUL',
       graph_io.derive_example_id(serialized), id_feature, values)
 
 
@@ -189,16 +189,16 @@ class _StoreBatches(beam.DoFn):
   def __init__(self, directory):
     self._directory = directory
     self._batches = []
-    self._rows = 0
+    self._bytes = 0
 
   def start_bundle(self):
-    self._batches, self._rows = [], 0
+    self._batches, self._bytes = [], 0
 
   def process(self, batch):
     if len(batch.ids):
       self._batches.append(batch)
-      self._rows += len(batch.ids)
-    if self._rows >= _STORE_ROWS:
+      self._bytes += sum(flat.nbytes for flat in batch.flats)
+    if self._bytes >= _STORE_BYTES:
       yield self._store()
 
   def finish_bundle(self):
@@ -207,7 +207,7 @@ class _StoreBatches(beam.DoFn):
 
   def _store(self):
     batch = corpus.concat_batches(self._batches)
-    self._batches, self._rows = [], 0
+    self._batches, self._bytes = [], 0
     return corpus.Staged(corpus.store_batch(batch, self._directory),
                          corpus.summarize(batch))
 
@@ -289,10 +289,11 @@ class _Validate(beam.DoFn):
 def _store_shard(keyed, directory, params):
   shard, parts = keyed
   ids, vectors = corpus.sort_shard(list(parts), graph_io.DERIVED_ID_PREFIX,
-                                   params.id_feature)
+                                   params.id_feature, params.splits)
   scoring.counter('nodes').inc(len(ids))
   return corpus.ShardFile(shard, corpus.store_arrays(
-      directory, f'shard{shard}', ids=ids, vectors=vectors), len(ids))
+      directory, f'shard{shard}', ids=ids, vectors=vectors), len(ids),
+                          ids.itemsize)
 
 
 def _layout(shard_files, plan, rejected, params):

@@ -471,11 +471,12 @@ def merge_forests(forests):
   forests = list(forests)
   if any(f is None for f in forests):
     return None
-  roots = np.concatenate([f[0] for f in forests] + [_NO_FOREST[0]])
-  if len(roots) >= MAX_FOREST_NODES:
-    return None
-  return spanning_forest(roots, np.concatenate(
-      [f[1] for f in forests] + [_NO_FOREST[1]]))
+  forest = spanning_forest(
+      np.concatenate([f[0] for f in forests] + [_NO_FOREST[0]]),
+      np.concatenate([f[1] for f in forests] + [_NO_FOREST[1]]))
+  # A node has one pair in a forest: the pairs count the nodes on edges
+  # (less the components), however often the parts repeat a node.
+  return None if len(forest[0]) >= MAX_FOREST_NODES else forest
 
 
 def merge_stats_parts(parts):

@@ -23,7 +23,7 @@ COUNTERS = {
     'ids_derived_from_content': 'examples without the id feature, named by a '
                                 'digest of their bytes',
     'unusable_id': 'examples whose id feature is unusable: several values, '
-                   'floats, the empty string, tabs or line breaks (left out, '
+                   'floats, the empty string, tabs, line breaks or NUL (left out, '
                    'logged)',
     'missing_embedding': 'examples lacking an embedding feature (left out)',
     'wrong_dimension': 'embeddings of another length than the most common '

@@ -51,18 +51,20 @@ def by_shard(edges, layout):
       yield int(s), graph_core.take(part, rows)
 
 
-def _block_sources(params):
-  """Sources of one top-k merge: their top-k fits in one element."""
+def _block_sources(layout, params):
+  """Sources of one top-k merge, the same for every step of a run: their
+  top-k fits in one element."""
   if params.max_neighbors is None:
     return None
-  return max(1, corpus.ELEMENT_BYTES // (64 * params.max_neighbors))
+  return max(1, corpus.ELEMENT_BYTES // (
+      2 * (20 + layout.id_bytes) * params.max_neighbors))
 
 
 def _candidates(edges, layout, params):
   """Scored edges keyed for the merge: by (source shard, block of
   _block_sources sources) for a top-k, whose merged accumulators then stay
   one small element each; by (source shard, 0) without one."""
-  block = _block_sources(params)
+  block = _block_sources(layout, params)
   for shard, part in by_shard(edges, layout):
     if block is None:
       yield (shard, 0), part
@@ -242,6 +244,8 @@ class ScoreGroup(beam.DoFn):
     own = corpus.CACHE.load(group_file.path, capacity)
     members = {}
     for group in np.unique(model.group_of[np.unique(own['probes'])]):
+      if group not in group_files:  # probed, but no node's nearest
+        continue
       stored = corpus.CACHE.load(group_files[group], capacity)
       bounds = stored['bounds']
       for i, partition in enumerate(stored['partitions']):
@@ -291,10 +295,10 @@ def exact_for_sample(shard, layout, queries, params):
 class TopK(beam.CombineFn):
   """Edges -> their top-k per source (after a dedupe keeping each pair's
   largest weight, if asked). The accumulator is a list of parts, cut down
-  to the top-k once it holds twice as many edges as its last cut (and at
-  least _MIN_COMPACT_EDGES): merges stay linear in the edges however many
-  units scored them, and no accumulator holds more than a few times the
-  sources' top-k."""
+  to the top-k once it holds twice as many edges as its last cut and at
+  least _MIN_COMPACT_EDGES (about 30 MB): merges stay linear in the edges
+  however many units scored them. compact() cuts it, so what goes into the
+  shuffle is the top-k alone."""
 
   def __init__(self, max_neighbors, dedupe=False):
     self._k = max_neighbors
