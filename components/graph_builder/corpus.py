@@ -175,15 +175,26 @@ def pieces(count, item_bytes):
     yield slice(start, min(count, start + step))
 
 
+def runs(keys, item_bytes):
+  """(key, positions) for each distinct key, the positions in input order,
+  in pieces of at most ELEMENT_BYTES."""
+  if not len(keys):
+    return
+  order = np.argsort(keys, kind='stable')
+  ordered = keys[order]
+  bounds = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])
+  for a, b in zip(bounds[:-1], bounds[1:]):
+    for piece in pieces(b - a, item_bytes):
+      yield ordered[a], order[a:b][piece]
+
+
 def route(ids, vectors, boundaries):
   """(shard, (ids, vectors)) for each shard the rows fall in, in elements
   of at most ELEMENT_BYTES."""
-  shard = np.searchsorted(boundaries, ids, side='right')
-  for s in np.unique(shard):
-    mask = shard == s
-    shard_ids, shard_vectors = ids[mask], vectors[mask]
-    for rows in pieces(len(shard_ids), ids.itemsize + vectors[0].nbytes):
-      yield int(s), (shard_ids[rows], shard_vectors[rows])
+  shards = np.searchsorted(boundaries, ids, side='right')
+  for shard, rows in runs(shards, ids.itemsize + vectors.shape[1] *
+                          vectors.itemsize):
+    yield int(shard), (ids[rows], vectors[rows])
 
 
 def sort_shard(parts, derived_prefix, id_feature, splits):

@@ -237,7 +237,7 @@ def _features(params):
 def _plan(summary, params):
   try:
     plan = corpus.plan(summary, _features(params), params.num_shards,
-                       params.memory_budget_mb * 2**20)
+                       params.memory_budget_bytes)
   except ValueError as e:
     raise ValueError(f'{e} of splits {params.splits}') from None
   logging.info('GraphBuilder: %d examples, %d dimensions, %d node shards',

@@ -176,6 +176,10 @@ class GraphBuilderParams:
                   'the default)')
     check.require('id_feature', bool, 'a feature name')
 
+  @property
+  def memory_budget_bytes(self) -> int:
+    return self.memory_budget_mb * 2**20
+
   @classmethod
   def from_exec_properties(cls, exec_properties: Dict[str, Any]):
     return parameters.from_exec_properties(cls, exec_properties)

@@ -32,10 +32,9 @@ PartitionModel = collections.namedtuple('PartitionModel',
                                         ['centroids', 'group_of'])
 
 
-
 def cache_bytes(params):
   """Bytes of shard and group files a worker keeps loaded."""
-  return params.memory_budget_mb * 2**20 // 2
+  return params.memory_budget_bytes // 2
 
 
 def _edge_bytes(edges):
@@ -44,11 +43,9 @@ def _edge_bytes(edges):
 
 def by_shard(edges, layout):
   """(source shard, edges), in elements of at most corpus.ELEMENT_BYTES."""
-  shard = layout.shard_of(edges.src)
-  for s in np.unique(shard):
-    part = graph_core.take(edges, shard == s)
-    for rows in corpus.pieces(len(part.src), _edge_bytes(part)):
-      yield int(s), graph_core.take(part, rows)
+  for shard, rows in corpus.runs(layout.shard_of(edges.src),
+                                 _edge_bytes(edges)):
+    yield int(shard), graph_core.take(edges, rows)
 
 
 def _block_sources(layout, params):
@@ -69,9 +66,8 @@ def _candidates(edges, layout, params):
     if block is None:
       yield (shard, 0), part
       continue
-    blocks = part.src // block
-    for b in np.unique(blocks):
-      yield (shard, int(b)), graph_core.take(part, blocks == b)
+    for b, rows in corpus.runs(part.src // block, _edge_bytes(part)):
+      yield (shard, int(b)), graph_core.take(part, rows)
 
 
 def shards_of(layout):
@@ -135,15 +131,10 @@ class LshCodes(beam.DoFn):
     for round_index in range(mode.rounds):
       codes, projections = graph_core.lsh_codes(vectors, mode.splits,
                                                 mode.seed + round_index)
-      order = np.argsort(codes, kind='stable')
-      bounds = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0, True])
       row_bytes = names.itemsize + vectors[0].nbytes + 12
-      for a, b in zip(bounds[:-1], bounds[1:]):
-        code = int(codes[order[a]])
-        for piece in corpus.pieces(b - a, row_bytes):
-          rows = order[a:b][piece]
-          yield ((round_index, code),
-                 (ids[rows], names[rows], vectors[rows], projections[rows]))
+      for code, rows in corpus.runs(codes, row_bytes):
+        yield ((round_index, int(code)),
+               (ids[rows], names[rows], vectors[rows], projections[rows]))
 
 
 def score_bucket(keyed, layout, params):
@@ -170,7 +161,7 @@ def _sample_size(layout, dim, params):
   the memory budget."""
   return min(graph_core.KMEANS_POINTS_PER_CENTROID *
              _num_partitions(layout, params),
-             params.memory_budget_mb * 2**20 // 4 // (4 * dim))
+             params.memory_budget_bytes // 4 // (4 * dim))
 
 
 def kmeans_sample(shard, layout, directory, params):
@@ -207,15 +198,9 @@ class Assign(beam.DoFn):
     ids, names, vectors = layout.nodes(shard, cache_bytes(self._params))
     probes = graph_core.nearest_partitions(vectors, model.centroids,
                                            self._params.mode.probes)
-    group = model.group_of[probes[:, 0]]
-    order = np.argsort(group, kind='stable')
-    bounds = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0, True])
     row_bytes = names.itemsize + vectors[0].nbytes + 8 + probes[0].nbytes
-    for a, b in zip(bounds[:-1], bounds[1:]):
-      for piece in corpus.pieces(b - a, row_bytes):
-        rows = order[a:b][piece]
-        yield int(group[rows[0]]), (ids[rows], names[rows], vectors[rows],
-                                    probes[rows])
+    for group, rows in corpus.runs(model.group_of[probes[:, 0]], row_bytes):
+      yield int(group), (ids[rows], names[rows], vectors[rows], probes[rows])
 
 
 def store_group(keyed, directory):
