@@ -624,3 +624,31 @@ def test_duplicate_ids_meet_in_one_shard(tmp_path):
   with pytest.raises(Exception, match='1 duplicate example ids.*n0050'):
     _run_executor(tmp_path, {'train': rows[:30], 'unlabeled': rows[30:]},
                   embedding_features=['emb'], num_shards=6)
+
+
+@pytest.mark.parametrize('undirected', [False, True])
+def test_lsh_without_top_k_dedupes_rounds_once(tmp_path, undirected):
+  """Without a top-k, LSH edges met in several rounds are merged once per
+  shard: the same edges as the kernels over the whole corpus, each once."""
+  vectors = clustered_embeddings(400, 8, 8, 0.4, seed=16)
+  mode = Lsh(splits=3, rounds=4, max_bucket_size=80)
+  graph, found, _ = _run_executor(
+      tmp_path, {'train': _rows(vectors)}, embedding_features=['emb'],
+      similarity_threshold=0.8, undirected=undirected, num_shards=3,
+      mode=mode)
+  corpus, _ = graph_core.prepare_vectors(vectors, graph_core.COSINE)
+  expected = graph_core.merge_edges(
+      [graph_core.bucket_edges(b, corpus[b], None, 0.8)
+       for r in range(mode.rounds)
+       for b in graph_core.lsh_buckets(corpus, mode.splits, mode.seed + r,
+                                       mode.max_bucket_size)], None, True)
+  pairs = {(f'n{s:04d}', f'n{t:04d}'): w
+           for s, t, w in zip(*expected[:3])}
+  if undirected:
+    pairs.update({(t, s): w for (s, t), w in list(pairs.items())})
+  assert len(pairs) > 100
+  assert found.keys() == pairs.keys()
+  for key, weight in pairs.items():
+    assert found[key] == pytest.approx(weight, abs=1e-6)
+  lines = [l for p in graph_io.edge_files(graph.uri) for l in open(p)]
+  assert len(lines) == len(found)  # each edge once

@@ -20,7 +20,8 @@ is a batch of arrays, never one Python object per pair.
   merge     edges keyed by (source shard, block of sources): a top-k
             combiner (after a dedupe keeping the largest weight: LSH only,
             the other modes never meet a pair twice), whose accumulators
-            stay one small element each; then reverse edges if undirected
+            stay one small element each (without a top-k, no merge until
+            the shard's edges meet); then reverse edges if undirected
             (not needed for exact graphs without a top-k, symmetric by
             construction), grouped per shard and written as sorted TSV
   stats     counts and the degree histogram merged by a combiner, each
@@ -334,16 +335,8 @@ def _scoring_threads(pipeline):
   return os.cpu_count() or 1
 
 
-def _merge_block(keyed, dedupe):
-  """Without a top-k: one (shard, 0) key's edges, deduped if asked."""
-  key, parts = keyed
-  edges = graph_core.concat_edges(list(parts))
-  return key, graph_core.dedupe_max(edges) if dedupe else edges
-
-
 def _to_shard(keyed, layout):
-  (shard, _), edges = keyed
-  del shard  # scoring.by_shard finds it again, and cuts the edges into elements.
+  _, edges = keyed  # by_shard finds the shard again.
   yield from scoring.by_shard(edges, layout)
 
 
@@ -359,10 +352,7 @@ def _reverse_by_shard(keyed, layout, params):
 def _gather_shard(keyed, dedupe):
   """One shard's edges, sorted by (source, weight desc, target)."""
   shard, parts = keyed
-  edges = graph_core.concat_edges(list(parts))
-  if dedupe:
-    edges = graph_core.dedupe_max(edges)
-  return shard, graph_core.top_k_per_source(edges, None)
+  return shard, graph_core.merge_edges(parts, None, dedupe)
 
 
 # What written shards report for the statistics: edge count, out-degree
@@ -409,12 +399,9 @@ class _MergeWritten(beam.CombineFn):
 
   def merge_accumulators(self, accumulators):
     accumulators = list(accumulators)
-    num_edges, counts = 0, collections.Counter()
-    for a in accumulators:
-      num_edges += a.part.num_edges
-      counts.update(a.part.degree_counts)
+    # The parts carry no forest (None): merging them only adds the counts.
     return _Written(set().union(*(a.shards for a in accumulators)),
-                    graph_core.StatsPart(num_edges, dict(counts), None),
+                    graph_core.merge_stats_parts(a.part for a in accumulators),
                     sorted(f for a in accumulators for f in a.forest_files))
 
   def extract_output(self, accumulator):
@@ -491,13 +478,11 @@ class Executor(beam_executor.BeamExecutor):
         scored = self._score(pipeline, layout_pc, layout, shards, params,
                              corpus_dir, spread)
         # Only LSH rounds meet a pair twice; exact and partition modes score
-        # each (query, node) pair once.
+        # each (query, node) pair once. Without a top-k, the edges are
+        # merged (and deduped) once, per shard, before they are written.
         dedupe = params.mode.NAME == LSH
-        if params.max_neighbors is None:
-          candidates = (scored
-                        | 'GroupCandidates' >> beam.GroupByKey()
-                        | 'Merge' >> beam.Map(_merge_block, dedupe))
-        else:
+        candidates = scored
+        if params.max_neighbors is not None:
           candidates = scored | 'TopK' >> beam.CombinePerKey(
               scoring.TopK(params.max_neighbors, dedupe))
         recall = None
@@ -512,7 +497,9 @@ class Executor(beam_executor.BeamExecutor):
                      _reverse_by_shard if reverse else _to_shard, layout,
                      *([params] if reverse else []))
                  | 'GroupShards' >> beam.GroupByKey()
-                 | 'Gather' >> beam.Map(_gather_shard, dedupe=reverse))
+                 | 'Gather' >> beam.Map(
+                     _gather_shard,
+                     dedupe=reverse or (dedupe and params.max_neighbors is None)))
         _ = (final
              | 'Write' >> beam.ParDo(
                  _WriteShard(output_dir, corpus_dir, params), layout)

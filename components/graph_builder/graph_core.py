@@ -193,6 +193,15 @@ def dedupe_max(edges):
   return take(edges, first)
 
 
+def merge_edges(parts, max_neighbors, dedupe):
+  """Parts as one edge list, sorted, top-k per source; with `dedupe`,
+  each (src, tgt) once, with its largest weight."""
+  edges = concat_edges(list(parts))
+  if dedupe:
+    edges = dedupe_max(edges)
+  return top_k_per_source(edges, max_neighbors)
+
+
 def chunk_rows(num_corpus, max_entries=MAX_CHUNK_ENTRIES):
   return max(1, min(num_corpus, max_entries // max(1, num_corpus)))
 

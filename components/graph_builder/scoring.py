@@ -290,10 +290,7 @@ class TopK(beam.CombineFn):
     self._dedupe = dedupe
 
   def _cut(self, parts):
-    edges = graph_core.concat_edges(parts)
-    if self._dedupe:
-      edges = graph_core.dedupe_max(edges)
-    return [graph_core.top_k_per_source(edges, self._k)]
+    return [graph_core.merge_edges(parts, self._k, self._dedupe)]
 
   def _maybe_cut(self, parts):
     sizes = [len(p.src) for p in parts]
