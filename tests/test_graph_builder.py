@@ -1,5 +1,6 @@
 """GraphBuilder: core math, the Beam executor, NSL equivalence, bad input."""
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -555,8 +556,10 @@ def test_many_node_shards_give_the_same_graph(tmp_path, mode, params):
     graphs.append((found, {k: v for k, v in stats.items()
                            if k not in ('counters', 'config')}))
   assert graphs[0][0].keys() == graphs[1][0].keys()
+  # Other shards, other blocks of the float32 products: a last-bit change
+  # can move a weight's 6th written decimal by one.
   for key, weight in graphs[0][0].items():
-    assert graphs[1][0][key] == pytest.approx(weight, abs=1e-6)
+    assert graphs[1][0][key] == pytest.approx(weight, abs=1.5e-6)
   assert graphs[0][1] == graphs[1][1]  # stats, recall included
   if mode.NAME == 'exact':
     expected = _brute_force_top_k(vectors.astype(np.float64),
@@ -597,8 +600,9 @@ def test_shards_follow_the_memory_budget():
                                   Partition(size=40, probes=2)])
 def test_small_shuffle_elements_give_the_same_graph(tmp_path, monkeypatch,
                                                     mode):
-  """Every element into a shuffle is cut to corpus.ELEMENT_BYTES (Flink's
-  pre-grouping fails on larger records); the cuts do not change the graph."""
+  """Every edge element into a shuffle is cut to corpus.ELEMENT_BYTES
+  (Flink's pre-grouping fails on larger records); the cuts do not change the
+  graph."""
   from tfx_nsl.components.graph_builder import corpus
   vectors = clustered_embeddings(300, 8, 6, 0.5, seed=14)
   found = []
@@ -610,10 +614,30 @@ def test_small_shuffle_elements_give_the_same_graph(tmp_path, monkeypatch,
         max_neighbors=3, num_shards=3, mode=mode)
     found.append((edges, stats['num_edges'], stats['connected_components']))
   assert found[0] == found[1]
-  routed = list(corpus.route(corpus.encode_ids([f'{i:03d}' for i in range(50)]),
-                             np.zeros((50, 8), np.float32), np.array([b'020'])))
-  # 600 // (3 bytes of id + 32 of vector) = 17 rows an element
-  assert [len(r[1][0]) for r in routed] == [17, 3, 17, 13]
+
+
+def test_routed_rows_travel_as_files(tmp_path):
+  """Rows into a GroupByKey are stored; the shuffle carries Runs (a path,
+  an offset and the fields: a few hundred bytes), which load back as the
+  rows, whatever their number."""
+  from tfx_nsl.components.graph_builder import corpus
+  ids = corpus.encode_ids([f'{i:05d}' for i in range(30_000)])
+  vectors = np.random.RandomState(3).rand(30_000, 64).astype(np.float32)
+  routed = list(corpus.route(ids[::-1], vectors[::-1], np.array([b'20000']),
+                             str(tmp_path)))
+  assert [shard for shard, _ in routed] == [0, 1]
+  assert all(len(pickle.dumps(run)) < 500 for _, run in routed)
+  assert len({run.path for _, run in routed}) == 1  # one file a call
+  for (shard, run), rows in zip(routed, (slice(0, 20_000),
+                                         slice(20_000, None))):
+    loaded = corpus.load_runs([run])
+    order = np.argsort(loaded['ids'])
+    np.testing.assert_array_equal(loaded['ids'][order], ids[rows])
+    np.testing.assert_array_equal(loaded['vectors'][order], vectors[rows])
+  # Two Runs of a key concatenate.
+  both = corpus.load_runs([routed[0][1], routed[1][1]])
+  assert both['vectors'].shape == (30_000, 64)
+  assert corpus.store_runs(str(tmp_path), 'none', ids[:0], ids=ids[:0]) == []
 
 
 def test_duplicate_ids_meet_in_one_shard(tmp_path):

@@ -4,7 +4,8 @@ No process ever holds the whole corpus. Read bundles store their rows as
 batch files and report a summary (row count, embedding lengths, a sample of
 ids); the merged summaries give the dimensions and the id boundaries of the
 node shards; each batch file is validated on its own and its rows are routed
-to their shards; each shard, sorted by id, becomes one file. A node's index
+to their shards (as stored Runs: a shuffle carries only where rows are);
+each shard, sorted by id, becomes one file. A node's index
 is its rank in the global id order: shard s's row r is node offsets[s] + r,
 so ties broken by index are broken by id on every runner.
 
@@ -175,33 +176,35 @@ def pieces(count, item_bytes):
     yield slice(start, min(count, start + step))
 
 
-def runs(keys, item_bytes):
+def runs(keys, item_bytes=None):
   """(key, positions) for each distinct key, the positions in input order,
-  in pieces of at most ELEMENT_BYTES."""
+  in pieces of at most ELEMENT_BYTES (whole runs without `item_bytes`)."""
   if not len(keys):
     return
   order = np.argsort(keys, kind='stable')
   ordered = keys[order]
   bounds = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])
   for a, b in zip(bounds[:-1], bounds[1:]):
+    if item_bytes is None:
+      yield ordered[a], order[a:b]
+      continue
     for piece in pieces(b - a, item_bytes):
       yield ordered[a], order[a:b][piece]
 
 
-def route(ids, vectors, boundaries):
-  """(shard, (ids, vectors)) for each shard the rows fall in, in elements
-  of at most ELEMENT_BYTES."""
+def route(ids, vectors, boundaries, directory):
+  """(shard, Run) for each shard the rows fall in."""
   shards = np.searchsorted(boundaries, ids, side='right')
-  for shard, rows in runs(shards, ids.itemsize + vectors.shape[1] *
-                          vectors.itemsize):
-    yield int(shard), (ids[rows], vectors[rows])
+  for shard, run in store_runs(directory, 'routed', shards, ids=ids,
+                               vectors=vectors):
+    yield int(shard), run
 
 
-def sort_shard(parts, derived_prefix, id_feature, splits):
-  """One shard's routed parts -> (ids, vectors) sorted by id; duplicate ids
+def sort_shard(runs_of_shard, derived_prefix, id_feature, splits):
+  """One shard's routed Runs -> (ids, vectors) sorted by id; duplicate ids
   (all in one shard, as shards are id ranges) are an error."""
-  ids = np.concatenate([p[0] for p in parts])
-  vectors = np.concatenate([p[1] for p in parts])
+  rows = load_runs(runs_of_shard)
+  ids, vectors = rows['ids'], rows['vectors']
   order = np.argsort(ids, kind='stable')
   ids, vectors = ids[order], np.ascontiguousarray(vectors[order])
   duplicated = sorted(set(decode_ids(ids[1:][ids[1:] == ids[:-1]])))
@@ -231,6 +234,52 @@ def store_arrays(directory, prefix, **arrays) -> str:
   with tf.io.gfile.GFile(path, 'wb') as f:
     f.write(buffer.getvalue())
   return path
+
+
+# Rows that go through a shuffle travel as files: a GroupByKey carries only
+# a Run, so no key's values (Flink pre-combines them into one record, whose
+# limit is its sort buffer, ~11 MB here) and no worker's heap grow with the
+# data. A Run: rows of one key at `offset` of the file at `path`, field by
+# field; fields: ((name, dtype, row shape, count), ...).
+Run = collections.namedtuple('Run', ['path', 'offset', 'fields'])
+
+
+def store_runs(directory, prefix, keys, **columns):
+  """The rows of `columns` (arrays of one length) grouped by `keys`, in one
+  new file; (key as a Python scalar, Run) for each distinct key."""
+  if not len(keys):
+    return []
+  path = os.path.join(directory, f'{prefix}-{uuid.uuid4().hex}.runs')
+  found, offset = [], 0
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    for key, rows in runs(keys):
+      fields, start = [], offset
+      for name, column in columns.items():
+        data = np.ascontiguousarray(column[rows])
+        f.write(data.tobytes())
+        offset += data.nbytes
+        fields.append((name, data.dtype.str, data.shape[1:], len(rows)))
+      found.append((key.item(), Run(path, start, tuple(fields))))
+  return found
+
+
+def load_runs(stored_runs):
+  """Runs of one key's rows -> {name: the rows of all, concatenated} (in no
+  particular order)."""
+  by_path = collections.defaultdict(list)
+  for run in stored_runs:
+    by_path[run.path].append(run)
+  parts = collections.defaultdict(list)
+  for path, found in sorted(by_path.items()):
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      for run in sorted(found, key=lambda r: r.offset):
+        f.seek(run.offset)
+        for name, dtype, shape, count in run.fields:
+          dtype = np.dtype(dtype)
+          size = count * dtype.itemsize * int(np.prod(shape))
+          parts[name].append(np.frombuffer(f.read(size), dtype).reshape(
+              (count,) + tuple(shape)))
+  return {name: np.concatenate(p) for name, p in parts.items()}
 
 
 def load_arrays(path):

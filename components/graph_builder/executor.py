@@ -263,8 +263,9 @@ class _Validate(beam.DoFn):
   rejections are counted, named in the log (first few) and, as counts,
   sent to the 'rejected' output."""
 
-  def __init__(self, params):
+  def __init__(self, params, directory):
     self._params = params
+    self._directory = directory
     self._logged = collections.Counter()
 
   def process(self, staged, plan):
@@ -284,12 +285,12 @@ class _Validate(beam.DoFn):
             len(left_out), _WHY_LEFT_OUT[name].format(
                 features=_features(self._params), dims=plan.dims),
             left_out[:_EXAMPLES_NAMED_IN_LOGS].tolist())
-    yield from corpus.route(ids, vectors, plan.boundaries)
+    yield from corpus.route(ids, vectors, plan.boundaries, self._directory)
 
 
 def _store_shard(keyed, directory, params):
-  shard, parts = keyed
-  ids, vectors = corpus.sort_shard(list(parts), graph_io.DERIVED_ID_PREFIX,
+  shard, shard_runs = keyed
+  ids, vectors = corpus.sort_shard(shard_runs, graph_io.DERIVED_ID_PREFIX,
                                    params.id_feature, params.splits)
   scoring.counter('nodes').inc(len(ids))
   return corpus.ShardFile(shard, corpus.store_arrays(
@@ -335,24 +336,29 @@ def _scoring_threads(pipeline):
   return os.cpu_count() or 1
 
 
-def _to_shard(keyed, layout):
-  _, edges = keyed  # by_shard finds the shard again.
-  yield from scoring.by_shard(edges, layout)
+def _to_shard(keyed, layout, directory):
+  """Edges keyed by their source shard, as stored Runs."""
+  _, edges = keyed
+  return corpus.store_runs(directory, 'edges', layout.shard_of(edges.src),
+                           **{name: column for name, column in
+                              edges._asdict().items() if column is not None})
 
 
-def _reverse_by_shard(keyed, layout, params):
+def _reverse_by_shard(keyed, layout, directory, params):
+  """Edges and their reverses keyed by their source shard, as stored Runs."""
   (shard, _), edges = keyed
   _, names, _ = layout.nodes(shard, scoring.cache_bytes(params))
-  reverse = graph_core.Edges(edges.tgt, edges.src, edges.weight,
-                             names[edges.src - layout.offsets[shard]])
-  for part in (edges, reverse):
-    yield from scoring.by_shard(part, layout)
+  both = graph_core.concat_edges([edges, graph_core.Edges(
+      edges.tgt, edges.src, edges.weight,
+      names[edges.src - layout.offsets[shard]])])
+  return _to_shard((None, both), layout, directory)
 
 
 def _gather_shard(keyed, dedupe):
   """One shard's edges, sorted by (source, weight desc, target)."""
-  shard, parts = keyed
-  return shard, graph_core.merge_edges(parts, None, dedupe)
+  shard, edge_runs = keyed
+  return shard, graph_core.merge_edges(
+      [graph_core.Edges(**corpus.load_runs(edge_runs))], None, dedupe)
 
 
 # What written shards report for the statistics: edge count, out-degree
@@ -495,7 +501,7 @@ class Executor(beam_executor.BeamExecutor):
         final = (candidates
                  | ('AddReverse' if reverse else 'ToShards') >> beam.FlatMap(
                      _reverse_by_shard if reverse else _to_shard, layout,
-                     *([params] if reverse else []))
+                     corpus_dir, *([params] if reverse else []))
                  | 'GroupShards' >> beam.GroupByKey()
                  | 'Gather' >> beam.Map(
                      _gather_shard,
@@ -531,7 +537,7 @@ class Executor(beam_executor.BeamExecutor):
         | 'Summarize' >> beam.CombineGlobally(_Summarize()).without_defaults()
         | 'Plan' >> beam.Map(_plan, params), default_value=None)
     validated = staged | 'Validate' >> beam.ParDo(
-        _Validate(params), plan).with_outputs(_REJECTED, main='rows')
+        _Validate(params, corpus_dir), plan).with_outputs(_REJECTED, main='rows')
     rejected = beam.pvalue.AsDict(
         validated[_REJECTED] | 'CountRejected' >> beam.CombinePerKey(sum))
     return (validated.rows
@@ -552,7 +558,8 @@ class Executor(beam_executor.BeamExecutor):
               | 'Score' >> beam.ParDo(scoring.ScoreExact(params), layout))
     if params.mode.NAME == LSH:
       return (shards
-              | 'LshCodes' >> beam.ParDo(scoring.LshCodes(params), layout)
+              | 'LshCodes' >> beam.ParDo(scoring.LshCodes(params, corpus_dir),
+                                         layout)
               | 'GroupBuckets' >> beam.GroupByKey()
               | 'Score' >> beam.FlatMap(scoring.score_bucket, layout, params))
     model = beam.pvalue.AsSingleton(
@@ -562,7 +569,8 @@ class Executor(beam_executor.BeamExecutor):
         | 'CollectSample' >> beam.combiners.ToList()
         | 'Kmeans' >> beam.Map(scoring.partition_model, layout, params))
     groups = (shards
-              | 'Assign' >> beam.ParDo(scoring.Assign(params), layout, model)
+              | 'Assign' >> beam.ParDo(scoring.Assign(params, corpus_dir),
+                                       layout, model)
               | 'GroupPartitions' >> beam.GroupByKey()
               | 'StoreGroups' >> beam.Map(scoring.store_group, corpus_dir))
     group_files = beam.pvalue.AsDict(groups)

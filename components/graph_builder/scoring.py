@@ -2,8 +2,9 @@
 functions over the stored node shards (corpus.py) and graph_core's kernels.
 
 Every step reads the nodes it needs from shard or group files through a
-bounded per-process cache, and emits edges in elements of at most
-corpus.ELEMENT_BYTES, keyed for the top-k merge.
+bounded per-process cache; rows into a GroupByKey travel as stored Runs
+(corpus.store_runs), and edges in elements of at most corpus.ELEMENT_BYTES,
+keyed for the top-k merge.
 """
 import collections
 
@@ -120,10 +121,11 @@ class ScoreExact(beam.DoFn):
 
 
 class LshCodes(beam.DoFn):
-  """LSH: one shard's rows, keyed by (round, bucket code)."""
+  """LSH: one shard's rows as stored Runs, keyed by (round, bucket code)."""
 
-  def __init__(self, params):
+  def __init__(self, params, directory):
     self._params = params
+    self._directory = directory
 
   def process(self, shard, layout):
     mode = self._params.mode
@@ -131,16 +133,18 @@ class LshCodes(beam.DoFn):
     for round_index in range(mode.rounds):
       codes, projections = graph_core.lsh_codes(vectors, mode.splits,
                                                 mode.seed + round_index)
-      row_bytes = names.itemsize + vectors[0].nbytes + 12
-      for code, rows in corpus.runs(codes, row_bytes):
-        yield ((round_index, int(code)),
-               (ids[rows], names[rows], vectors[rows], projections[rows]))
+      for code, run in corpus.store_runs(
+          self._directory, f'lsh{shard}', codes, ids=ids, names=names,
+          vectors=vectors, projections=projections):
+        yield (round_index, int(code)), run
 
 
 def score_bucket(keyed, layout, params):
   """LSH: the pieces of one bucket, one matrix product each."""
-  _, parts = keyed
-  ids, names, vectors, projections = (np.concatenate(a) for a in zip(*parts))
+  _, bucket_runs = keyed
+  rows = corpus.load_runs(bucket_runs)
+  ids, names, vectors, projections = (
+      rows[k] for k in ('ids', 'names', 'vectors', 'projections'))
   pieces = graph_core.bucket_pieces(np.zeros(len(ids), np.int64), projections,
                                     ids, params.mode.max_bucket_size)
   counter('lsh_buckets').inc(len(pieces))
@@ -188,26 +192,30 @@ def partition_model(sample_files, layout, params):
 
 
 class Assign(beam.DoFn):
-  """Partition: one shard's rows with their probes, keyed by the group of
-  their nearest partition."""
+  """Partition: one shard's rows with their probes as stored Runs, keyed by
+  the group of their nearest partition."""
 
-  def __init__(self, params):
+  def __init__(self, params, directory):
     self._params = params
+    self._directory = directory
 
   def process(self, shard, layout, model):
     ids, names, vectors = layout.nodes(shard, cache_bytes(self._params))
     probes = graph_core.nearest_partitions(vectors, model.centroids,
                                            self._params.mode.probes)
-    row_bytes = names.itemsize + vectors[0].nbytes + 8 + probes[0].nbytes
-    for group, rows in corpus.runs(model.group_of[probes[:, 0]], row_bytes):
-      yield int(group), (ids[rows], names[rows], vectors[rows], probes[rows])
+    for group, run in corpus.store_runs(
+        self._directory, f'assigned{shard}', model.group_of[probes[:, 0]],
+        ids=ids, names=names, vectors=vectors, probes=probes):
+      yield int(group), run
 
 
 def store_group(keyed, directory):
   """One group's nodes, stored by (nearest partition, index): the members
   of partition partitions[i] are rows bounds[i]:bounds[i + 1]."""
-  group, parts = keyed
-  ids, names, vectors, probes = (np.concatenate(a) for a in zip(*parts))
+  group, group_runs = keyed
+  rows = corpus.load_runs(group_runs)
+  ids, names, vectors, probes = (
+      rows[k] for k in ('ids', 'names', 'vectors', 'probes'))
   order = np.lexsort((ids, probes[:, 0]))
   partitions, bounds = np.unique(probes[order, 0], return_index=True)
   return GroupFile(group, corpus.store_arrays(
