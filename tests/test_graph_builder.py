@@ -1,4 +1,5 @@
 """GraphBuilder: core math, the Beam executor, NSL equivalence, bad input."""
+import collections
 import os
 import pickle
 
@@ -553,6 +554,10 @@ def test_many_node_shards_give_the_same_graph(tmp_path, mode, params):
                    '--direct_num_workers=2'], **params)
     assert len(graph_io.edge_files(graph.uri)) == shards
     assert stats['num_nodes'] == 700
+    if params.get('max_neighbors') and not params.get('undirected'):
+      # each source's top-k, once
+      assert max(collections.Counter(s for s, _ in found).values()) <= (
+          params['max_neighbors'])
     graphs.append((found, {k: v for k, v in stats.items()
                            if k not in ('counters', 'config')}))
   assert graphs[0][0].keys() == graphs[1][0].keys()

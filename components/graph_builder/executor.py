@@ -17,11 +17,14 @@ is a batch of arrays, never one Python object per pair.
             per bucket piece; partition: k-means centroids from a capped
             sample, nodes shuffled to groups of neighbouring partitions,
             each group scored against the groups its nodes probe
-  merge     edges keyed by (source shard, block of sources): a top-k
-            combiner (after a dedupe keeping the largest weight: LSH only,
-            the other modes never meet a pair twice), whose accumulators
-            stay one small element each (without a top-k, no merge until
-            the shard's edges meet); then reverse edges if undirected
+  merge     edges keyed by (source shard, block of sources): exact and
+            lsh meet a source in several units of work, so a top-k
+            combiner merges them (after a dedupe keeping the largest
+            weight: LSH only, the other modes never meet a pair twice);
+            partition scores each source once, its top-k is final (a
+            combiner would hold a bundle's share of the graph: Beam lifts
+            it into the producing worker); without a top-k, no merge until
+            the shard's edges meet; then reverse edges if undirected
             (not needed for exact graphs without a top-k, symmetric by
             construction), grouped per shard and written as sorted TSV
   stats     counts and the degree histogram merged by a combiner, each
@@ -57,6 +60,7 @@ from tfx_nsl.components.graph_builder.params import EXACT
 from tfx_nsl.components.graph_builder.params import GraphBuilderParams
 from tfx_nsl.components.graph_builder.params import LSH
 from tfx_nsl.components.graph_builder.params import NAMESPACE
+from tfx_nsl.components.graph_builder.params import PARTITION
 
 _RAW_RECORD = '__raw_record__'
 _PARTIAL_STATS = '.stats-partial.json'
@@ -483,12 +487,14 @@ class Executor(beam_executor.BeamExecutor):
           shards = shards | 'DistributeShards' >> beam.Reshuffle()
         scored = self._score(pipeline, layout_pc, layout, shards, params,
                              corpus_dir, spread)
-        # Only LSH rounds meet a pair twice; exact and partition modes score
-        # each (query, node) pair once. Without a top-k, the edges are
-        # merged (and deduped) once, per shard, before they are written.
+        # Exact units meet a source once per shard, LSH rounds meet it (and
+        # a pair) several times: their candidates go through a top-k
+        # combiner. Partition mode scores each source once, in its group,
+        # so its top-k is final. Without a top-k, the edges are merged (and
+        # deduped) once, per shard, before they are written.
         dedupe = params.mode.NAME == LSH
         candidates = scored
-        if params.max_neighbors is not None:
+        if params.max_neighbors is not None and params.mode.NAME != PARTITION:
           candidates = scored | 'TopK' >> beam.CombinePerKey(
               scoring.TopK(params.max_neighbors, dedupe))
         recall = None
