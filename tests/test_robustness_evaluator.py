@@ -1,4 +1,5 @@
 """RobustnessEvaluator: attack names, NSL attacks vs a direct FGSM, config."""
+import json
 import os
 
 import numpy as np
@@ -19,7 +20,7 @@ def test_attack_names_round_trip(name):
 
 @pytest.mark.parametrize('bad, message', [
     ('fgsm_linf', 'not an attack name'),
-    ('fgsm_l1_eps0.1', 'not an attack name'),
+    ('fgsm_l1_eps0.1', "attack 'fgsm_l1_eps0.1': attack norm must be one"),
     ('fgsm_linf_eps0', 'epsilon must be > 0'),
     ('fgsm_linf_eps0.1_rand', 'fgsm is one step'),
 ])
@@ -248,9 +249,10 @@ def test_raw_examples_with_transform_binary_head_and_the_users_metrics(
                   lower_bound={'value': 0.99}))))])],
       slicing_specs=[tfma.SlicingSpec(feature_keys=[tabular.CATEGORY])])
   caplog.set_level(logging.WARNING)
+  suite = 'autoattack-lite_linf_eps0.3'
   _, uri = tabular.evaluate(
       str(tmp_path), examples, model, 'binary', transform_graph=transform,
-      attacks=[attack], min_attacked_accuracy=0.1, eval_config=user)
+      attacks=[attack, suite], min_attacked_accuracy=0.1, eval_config=user)
   metrics = {}
   for result in tfma.load_metrics(uri):
     slice_key = tuple((c.column, c.int64_value)
@@ -274,6 +276,18 @@ def test_raw_examples_with_transform_binary_head_and_the_users_metrics(
   assert all(f.startswith('candidate/clean: binary_accuracy') for f in failures)
   assert report.load_accuracies(uri)['candidate'][attack] == overall[
       (attack, 'binary_accuracy')]
+  # The suite (the int input fixed, a sigmoid head: two classes) is at least
+  # as strong as PGD, and its sanity counts are written.
+  assert overall[(suite, 'binary_accuracy')] <= overall[
+      (attack, 'binary_accuracy')] + 0.01
+  with open(os.path.join(uri, 'robustness_flags.json')) as f:
+    flags = json.load(f)
+  (counts,) = [by_attack[suite] for by_attack in flags.values()]
+  assert set(counts) == {'black_box_only', 'zero_gradient',
+                         'nonfinite_gradient', 'nondeterministic',
+                         'saturated_softmax'}
+  assert counts['nondeterministic'] == counts['nonfinite_gradient'] == 0
+  assert not os.path.exists(os.path.join(uri, '.robustness_flags'))
   # The int input is left alone without warnings.
   text = caplog.text
   assert 'Cannot perturb' not in text and 'must be floating' not in text
@@ -414,3 +428,17 @@ def test_a_regression_model_is_gated_on_attacked_squared_error(tmp_path):
   assert not blessed
   assert any(f.startswith('candidate/clean: mean_squared_error')
              for f in failures), failures
+
+
+def test_wilson_intervals():
+  from tfx_nsl.components.robustness_evaluator import report
+  np.testing.assert_allclose(report.wilson(0.5, 100), (0.4038, 0.5962),
+                             atol=1e-4)
+  np.testing.assert_allclose(report.wilson(0.0, 10), (0.0, 0.2775),
+                             atol=1e-4)
+  np.testing.assert_allclose(report.wilson(1.0, 359), (0.9894, 1.0),
+                             atol=1e-4)
+  assert report.wilson(0.3, 0) == (0.0, 1.0)
+  table = report.text_table({'candidate': {'clean': 0.5}},
+                            counts={'candidate': 100})
+  assert '0.5000 [0.404, 0.596]' in table

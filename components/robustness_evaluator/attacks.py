@@ -1,4 +1,5 @@
-"""White-box attacks on a Keras classifier with NSL's attack code.
+"""Attacks on a Keras model: NSL's FGSM and PGD, and autoattack.py's APGD,
+Square and suites.
 
 Epsilons are in the units of the model's inputs: with a Transform graph,
 the transformed features (e.g. z-scores), not the raw columns.
@@ -10,14 +11,23 @@ attacks run and which thresholds apply to them:
   clean                                   no perturbation
   fgsm_linf_eps0.1                        one gradient step of size eps
   pgd_l2_eps0.5_steps10_step0.1[_rand]    projected gradient descent
+  apgd-ce_linf_eps0.1[_steps100][_restarts1]   APGD, cross-entropy loss
+  apgd-t_linf_eps0.1[_steps100][_targets9]     APGD, targeted DLR loss
+  square_linf_eps0.1[_queries5000]        Square (score-based, no gradient)
+  autoattack_linf_eps0.1                  a suite (PRESETS), judged per
+  autoattack-lite_linf_eps0.1             example by its worst case
+
+fgsm and pgd are NSL's attack code; the others are autoattack.py's.
 """
 import dataclasses
 import re
 from typing import Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tfx_nsl import heads
+from tfx_nsl.components.robustness_evaluator import autoattack
 from tfx_nsl.nsl_compat import import_nsl
 from tfx_nsl.nsl_compat import per_feature
 
@@ -27,26 +37,68 @@ CLEAN = 'clean'
 # as for hundreds on a CPU: attacking such batches took 55 minutes where
 # batches of hundreds took 31 s (5,000 examples).
 DEFAULT_BATCH_SIZE = 512
-METHODS = ('fgsm', 'pgd')
+# fgsm, pgd: NSL's attack code. apgd-ce, apgd-t, square: autoattack.py.
+# autoattack, autoattack-lite: suites, judged by the worst case per example.
+METHODS = ('fgsm', 'pgd', 'apgd-ce', 'apgd-t', 'square', 'autoattack',
+           'autoattack-lite')
+# The options each method takes, with their defaults (None: required) in
+# the order names give them. A name leaves out the new methods' defaults.
+_OPTIONS = {
+    'fgsm': {},
+    'pgd': {'steps': None, 'step_size': None, 'random_start': False},
+    'apgd-ce': {'steps': 100, 'restarts': 1},
+    'apgd-t': {'steps': 100, 'targets': 9},
+    'square': {'queries': 5000},
+    'autoattack': {},
+    'autoattack-lite': {},
+}
+# The suites: AutoAttack's standard budgets (Croce & Hein 2020: APGD-CE and
+# APGD-T at 100 iterations, 9 target classes, Square at 5,000 queries; FAB-T
+# is left out, see autoattack.py), and a cheaper one for quick runs. Square
+# runs in L-inf suites only (its L2 version is not implemented).
+PRESETS = {
+    'autoattack': (('apgd-ce', {'steps': 100, 'restarts': 1}),
+                   ('apgd-t', {'steps': 100, 'targets': 9}),
+                   ('square', {'queries': 5000})),
+    'autoattack-lite': (('apgd-ce', {'steps': 20, 'restarts': 1}),
+                        ('apgd-t', {'steps': 20, 'targets': 3}),
+                        ('square', {'queries': 1000})),
+}
 # What the attacks move (ModelInputs): the model's inputs, after Transform,
 # or the raw features, through the Transform graph.
 MODEL_INPUTS, RAW = 'model_inputs', 'raw'
 ATTACK_SPACES = (MODEL_INPUTS, RAW)
 NORMS = {'linf': 'infinity', 'l2': 'l2'}
 _NAME = re.compile(
-    r'^(?P<method>fgsm|pgd)_(?P<norm>linf|l2)_eps(?P<eps>[0-9.]+)'
-    r'(?:_steps(?P<steps>\d+)_step(?P<step>[0-9.]+))?(?P<rand>_rand)?$')
+    r'^(?P<method>[a-z-]+)_(?P<norm>[a-z0-9]+)_eps(?P<eps>[0-9.e-]+)'
+    r'(?P<options>(?:_[a-z]+[0-9.]*)*)$')
+# Option names in attack names.
+_IN_NAME = {'steps': 'steps', 'step_size': 'step', 'random_start': 'rand',
+            'restarts': 'restarts', 'targets': 'targets',
+            'queries': 'queries'}
+_FROM_NAME = {v: k for k, v in _IN_NAME.items()}
+
+
+def _explain(name):
+  return (f'{name!r} is not an attack name like "fgsm_linf_eps0.1", '
+          '"pgd_l2_eps0.5_steps10_step0.1_rand", "apgd-ce_linf_eps0.1", '
+          '"apgd-t_linf_eps0.1_targets9", "square_linf_eps0.1_queries5000" '
+          f'or "autoattack_linf_eps0.1" (methods: {METHODS})')
 
 
 @dataclasses.dataclass(frozen=True)
 class Attack:
-  """One white-box attack; `name` round-trips through `parse`."""
+  """One attack, or a suite (`autoattack`, `autoattack-lite`) judged by
+  the worst case per example; `name` round-trips through `parse`."""
   method: str
   norm: str
   epsilon: float
-  steps: int = 1
+  steps: Optional[int] = None
   step_size: Optional[float] = None
   random_start: bool = False
+  restarts: Optional[int] = None
+  targets: Optional[int] = None
+  queries: Optional[int] = None
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -57,31 +109,85 @@ class Attack:
                        f'{self.norm!r}')
     if not self.epsilon > 0:
       raise ValueError(f'attack epsilon must be > 0, got {self.epsilon}')
-    if self.method == 'pgd' and (self.steps < 1 or not self.step_size or
-                                 self.step_size <= 0):
-      raise ValueError('a pgd attack needs steps >= 1 and step_size > 0')
-    if self.method == 'fgsm' and (self.steps != 1 or self.random_start):
+    if self.method == 'fgsm' and (self.steps not in (None, 1) or
+                                  self.random_start):
       raise ValueError('fgsm is one step without random start; use pgd')
+    options = _OPTIONS[self.method]
+    for field in _IN_NAME:
+      value = getattr(self, field)
+      if field not in options:
+        if value not in (None, False) and not (field == 'steps' and
+                                               value == 1):
+          raise ValueError(f'{self.method} attacks take no {field} (they '
+                           f'take {sorted(options) or "no options"})')
+        continue
+      if value is None:
+        object.__setattr__(self, field, options[field])
+    if self.method == 'pgd' and (not self.steps or self.steps < 1 or
+                                 not self.step_size or self.step_size <= 0):
+      raise ValueError('a pgd attack needs steps >= 1 and step_size > 0')
+    for field in ('steps', 'restarts', 'targets', 'queries'):
+      if field in options and self.method != 'pgd' and getattr(
+          self, field) < 1:
+        raise ValueError(f'{self.method}: {field} must be >= 1, got '
+                         f'{getattr(self, field)}')
+    if self.method == 'square' and self.norm != 'linf':
+      raise ValueError('square attacks in L-inf only (square_linf_eps...); '
+                       'its L2 version is not implemented')
 
   @property
   def name(self):
     name = f'{self.method}_{self.norm}_eps{self.epsilon:g}'
-    if self.method == 'pgd':
-      name += f'_steps{self.steps}_step{self.step_size:g}'
-    return name + ('_rand' if self.random_start else '')
+    for field, default in _OPTIONS[self.method].items():
+      value = getattr(self, field)
+      if self.method != 'pgd' and value == default:
+        continue
+      if field == 'random_start':
+        name += '_rand' if value else ''
+      else:
+        name += f'_{_IN_NAME[field]}{value:g}'
+    return name
+
+  @property
+  def suite(self):
+    """What autoattack.run_suite runs: (method, options) pairs; None for
+    NSL's fgsm and pgd."""
+    if self.method in ('fgsm', 'pgd'):
+      return None
+    if self.method in PRESETS:
+      return tuple(a for a in PRESETS[self.method]
+                   if self.norm == 'linf' or a[0] != 'square')
+    return ((self.method, {f: getattr(self, f)
+                           for f in _OPTIONS[self.method]}),)
 
   @classmethod
   def parse(cls, name):
-    match = _NAME.match(name)
-    if not match:
-      raise ValueError(
-          f'{name!r} is not an attack name like "fgsm_linf_eps0.1" or '
-          '"pgd_l2_eps0.5_steps10_step0.1_rand"')
-    return cls(method=match['method'], norm=match['norm'],
-               epsilon=float(match['eps']),
-               steps=int(match['steps'] or 1),
-               step_size=float(match['step']) if match['step'] else None,
-               random_start=bool(match['rand']))
+    match = _NAME.match(name) if isinstance(name, str) else None
+    if not match or match['method'] not in METHODS:
+      raise ValueError(_explain(name))
+    options = {}
+    for part in match['options'].split('_')[1:]:
+      key = re.match(r'[a-z]+', part).group()
+      value = part[len(key):]
+      field = _FROM_NAME.get(key)
+      if field is None or field in options or (value == '') != (
+          field == 'random_start'):
+        raise ValueError(_explain(name))
+      try:
+        options[field] = (True if field == 'random_start' else
+                          float(value) if field == 'step_size' else
+                          int(value))
+      except ValueError:
+        raise ValueError(_explain(name)) from None
+    try:
+      epsilon = float(match['eps'])
+    except ValueError:
+      raise ValueError(_explain(name)) from None
+    try:
+      return cls(method=match['method'], norm=match['norm'],
+                 epsilon=epsilon, **options)
+    except ValueError as e:
+      raise ValueError(f'attack {name!r}: {e}') from None
 
   @classmethod
   def from_dict(cls, spec):
@@ -101,6 +207,8 @@ class AttackSettings:
   head: str = heads.AUTO
   transform_graph: Optional[str] = None  # a TFX TransformGraph's uri
   attack_space: str = MODEL_INPUTS
+  # Where the workers leave the suites' sanity counts (report.FlagCounts).
+  flags_dir: Optional[str] = None
 
 
 def model_input_spec(model):
@@ -132,11 +240,13 @@ def _nsl_config(attack, settings, perturbed):
       random_init=attack.random_start)
 
 
-def attack_features(model, features, labels, attack, settings, head=None):
+def attack_features(model, features, labels, attack, settings, head=None,
+                    seed=0, flags=None):
   """Features perturbed by `attack` against `model` (a Keras model, or a
   callable when `head` is given) white-box, in the units of `features`;
-  the others pass through unchanged."""
-  nsl = import_nsl()
+  the others pass through unchanged. A suite gives each example its worst
+  case: the point of the first attack that broke it (else its clean
+  features), and adds its sanity counts to `flags` (a dict) when given."""
   head = head or heads.infer(model, settings.head)
   features = {k: v if isinstance(v, (tf.SparseTensor, tf.RaggedTensor))
               else tf.convert_to_tensor(v) for k, v in features.items()}
@@ -145,6 +255,10 @@ def attack_features(model, features, labels, attack, settings, head=None):
     return features
   fixed = {k: v for k, v in features.items() if k not in perturbed}
   moving = {k: features[k] for k in perturbed}
+  if attack.suite is not None:
+    return {**_suite_features(model, moving, fixed, labels, attack, settings,
+                              head, seed, flags), **fixed}
+  nsl = import_nsl()
   loss_fn = head.keras_loss()
 
   def model_fn(inputs):
@@ -158,6 +272,36 @@ def attack_features(model, features, labels, attack, settings, head=None):
       gradient_tape=tape, pgd_model_fn=model_fn, pgd_loss_fn=loss_fn,
       pgd_labels=labels)
   return {**adversarial, **fixed}
+
+
+def _suite_features(model, moving, fixed, labels, attack, settings, head,
+                    seed, flags):
+  """`moving` at the worst case of `attack.suite` (autoattack.run_suite),
+  as one flat [B, n] vector of the perturbed features."""
+  if not head.classification:
+    raise ValueError(f'attack {attack.name!r} judges classifiers (its losses '
+                     f'are margins between classes); the model\'s head is '
+                     f'{head.name}: use fgsm or pgd')
+  names = list(moving)
+  shapes = [moving[k].shape[1:] for k in names]
+  sizes = [int(np.prod(shape)) for shape in shapes]
+  x0 = tf.concat([tf.reshape(tf.cast(moving[k], tf.float32), [-1, size])
+                  for k, size in zip(names, sizes)], axis=1)
+
+  def unflatten(x):
+    return {k: tf.cast(tf.reshape(part, [-1, *shape]), moving[k].dtype)
+            for k, shape, part in zip(names, shapes,
+                                      tf.split(x, sizes, axis=1))}
+
+  def logits_fn(x, rows_fixed):
+    return autoattack.class_logits(
+        model({**unflatten(x), **rows_fixed}, training=False), head)
+
+  ball = autoattack.Ball(attack.norm, attack.epsilon, settings.clip_min,
+                         settings.clip_max)
+  worst, _ = autoattack.run_suite(logits_fn, x0, labels, ball, attack.suite,
+                                  seed, fixed, flags)
+  return unflatten(tf.constant(worst))
 
 
 class ModelInputs:
@@ -241,10 +385,11 @@ class ModelInputs:
 
 
 def predictions_under_attacks(model, serialized, attack_names, settings,
-                              seed=0, inputs=None, head=None):
+                              seed=0, inputs=None, head=None, flags=None):
   """({attack name or 'clean': predictions for TFMA}, Transform's dense
   outputs) for serialized examples; `inputs` (a ModelInputs) and `head`
-  are derived from the model when not given."""
+  are derived from the model when not given. `flags`, when given, gains
+  {attack name: {flag: examples}} of the suites (autoattack.FLAGS)."""
   inputs = inputs or ModelInputs(model, settings)
   head = head or heads.infer(model, settings.head)
   features, labels, transformed = inputs(serialized)
@@ -255,7 +400,11 @@ def predictions_under_attacks(model, serialized, attack_names, settings,
   tf.random.set_seed(seed)  # random starts are repeatable
   results = {}
   for name in attack_names:
+    found = None if flags is None else flags.setdefault(name, {})
     attacked = features if name == CLEAN else attack_features(
-        predict, features, labels, Attack.parse(name), settings, head)
+        predict, features, labels, Attack.parse(name), settings, head, seed,
+        found)
+    if found == {}:  # not a suite
+      del flags[name]
     results[name] = head.predictions(predict(attacked)).numpy()
   return results, {k: v.numpy() for k, v in transformed.items()}

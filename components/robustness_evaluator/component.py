@@ -57,10 +57,15 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
   """Clean and attacked metrics of a model (and a baseline), with gating.
 
   Runs TFX's Evaluator (TFMA) with one more extractor: each batch of
-  examples is predicted clean and under every attack in `attacks`
-  (white-box FGSM or PGD, L-inf or L2, through NSL's `gen_adv_neighbor`, on
-  the model being judged), and TFMA computes the metrics of each as an
-  output of its own: `clean`, then one per attack name. The head's metric
+  examples is predicted clean and under every attack in `attacks`, on the
+  model being judged: white-box FGSM or PGD (NSL's `gen_adv_neighbor`),
+  APGD-CE, APGD-T (targeted DLR loss) or the score-based Square attack, L-inf
+  or L2, or a suite (`autoattack_linf_eps0.1`, `autoattack-lite_...`:
+  APGD-CE, APGD-T and Square in turn, each on the examples still robust),
+  whose predictions are each example's worst case, so that its accuracy is
+  robust accuracy (the fraction of examples no attack of the suite breaks).
+  TFMA computes the metrics of each as an output of its own: `clean`, then
+  one per attack name. The head's metric
   (accuracy, or mean squared error for regression) is gated on each with
   the thresholds given here, the user's `eval_config` metrics are computed
   on all of them, and the blessing is TFMA's, so TFX's Pusher gates on it.
@@ -71,8 +76,10 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
   examples each model was attacked on; the log reports progress per batch.
 
   Outputs:
-    evaluation: TFMA's results (`tfma.load_metrics` reads them) and the
-      report `robustness.html` / `robustness.png`: clean against attacked
+    evaluation: TFMA's results (`tfma.load_metrics` reads them), the
+      suites' sanity counts `robustness_flags.json`, and the report
+      `robustness.html` / `robustness.png` (accuracies with 95% Wilson
+      intervals, the sanity flags): clean against attacked
       metrics, candidate against baseline, each threshold met or not.
     blessing: a ModelBlessing, blessed when every threshold is met.
 
@@ -87,7 +94,11 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
     nor a Transform output, model inputs that are not among the examples'
     (or Transform's) features, variable-length inputs without Transform, or
     a head that cannot be inferred (it asks for `head=`): ValueError naming
-    the feature. Integer and string inputs are never perturbed.
+    the feature. While attacking: a white-box attack on a model without a
+    gradient with respect to the perturbed features (a non-differentiable
+    layer, a stop_gradient), or an APGD, Square or suite attack on a
+    regression model: ValueError saying what can run instead. Integer and
+    string inputs are never perturbed.
   """
   SPEC_CLASS = RobustnessEvaluatorSpec
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
@@ -113,7 +124,8 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       max_clean_error: Optional[float] = None,
       max_attacked_error: Optional[Union[float, Dict[str, float]]] = None,
       attack_space: str = _DEFAULTS.attack_space,
-      max_error_increase: Optional[float] = None):
+      max_error_increase: Optional[float] = None,
+      fail_on_flags: bool = _DEFAULTS.fail_on_flags):
     """Constructs a RobustnessEvaluator.
 
     Args:
@@ -130,9 +142,13 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         `transform_graph` is given (default: the label_key of `eval_config`'s
         first model spec, else 'label').
       attacks: attack names ('fgsm_linf_eps0.1',
-        'pgd_l2_eps0.5_steps10_step0.1_rand') or dicts of
-        `attacks.Attack` fields (method, norm, epsilon, steps, step_size,
-        random_start). Epsilons are in the units of `attack_space`: by
+        'pgd_l2_eps0.5_steps10_step0.1_rand', 'apgd-ce_linf_eps0.1',
+        'apgd-t_linf_eps0.1_targets9', 'square_linf_eps0.1_queries5000',
+        'autoattack_linf_eps0.1', 'autoattack-lite_l2_eps0.5'; the grammar
+        and the suites' budgets: `attacks.py`) or dicts of `attacks.Attack`
+        fields (method, norm, epsilon, steps, step_size, random_start,
+        restarts, targets, queries). Epsilons are in the units of
+        `attack_space`: by
         default the model's inputs, after Transform (e.g. standard
         deviations of a z-scored feature). Only float inputs are perturbed.
       min_clean_accuracy: bless only at or above this clean accuracy.
@@ -175,6 +191,11 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       max_error_increase: with a baseline, bless a regression model only if
         no mean squared error (clean or attacked) is more than this above
         the baseline's (the regression counterpart of max_accuracy_drop).
+      fail_on_flags: do not bless when a suite (`autoattack...`) raises a
+        sanity flag (autoattack.FLAGS: examples that only the black-box
+        attack broke, zero or non-finite gradients, non-deterministic
+        predictions, saturated softmax). Flags are always counted in
+        `robustness_flags.json`, the report and the log.
     """
     if label_key is None:
       label_key = next((spec.label_key for spec in
@@ -218,7 +239,7 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         max_error_increase=max_error_increase,
         perturb_features=perturb_features, clip_min=clip_min,
         clip_max=clip_max, batch_size=batch_size, head=head,
-        attack_space=attack_space)
+        attack_space=attack_space, fail_on_flags=fail_on_flags)
     # The metrics depend on the head, known once the model is: the executor
     # builds the final EvalConfig. This checks the gates and the user's
     # config now, with the head they imply.

@@ -3,11 +3,15 @@ EvalConfig built for the model's head, and a robustness report written next
 to TFMA's results."""
 import contextlib
 import dataclasses
+import json
+import os
 import threading
 
 from absl import logging
 from google.protobuf import json_format
 import tensorflow_model_analysis as tfma
+import tensorflow as tf
+from tfx.components.evaluator import constants
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.types import artifact_utils
 from tfx.types import standard_component_specs
@@ -19,6 +23,9 @@ from tfx_nsl.components.robustness_evaluator import report
 from tfx_nsl.components.robustness_evaluator.params import RobustnessParams
 
 TRANSFORM_GRAPH_KEY = 'transform_graph'
+# The suites' sanity counts: {model: {attack: {flag: examples}}}.
+FLAGS_JSON = 'robustness_flags.json'
+_FLAGS_DIR = '.robustness_flags'  # the workers' parts, removed after
 
 # The Evaluator calls `tfma_module.custom_extractors` with a fixed signature,
 # so the attack settings of the running execution wait here for it; the
@@ -144,6 +151,19 @@ def _check_model(model_artifact, settings):
   return heads.infer(model, settings.head)
 
 
+def _unbless(blessing):
+  """Turns TFX's blessing into NOT_BLESSED (as its Evaluator writes it)."""
+  blessed = os.path.join(blessing.uri, constants.BLESSED_FILE_NAME)
+  if tf.io.gfile.exists(blessed):
+    tf.io.gfile.remove(blessed)
+  with tf.io.gfile.GFile(os.path.join(blessing.uri,
+                                      constants.NOT_BLESSED_FILE_NAME),
+                         'w'):
+    pass
+  blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+                                   constants.NOT_BLESSED_VALUE)
+
+
 class Executor(evaluator_executor.Executor):
   """Runs TFMA with attacked predictions, then writes the report."""
 
@@ -166,13 +186,30 @@ class Executor(evaluator_executor.Executor):
     logging.info('RobustnessEvaluator: head %s, attacks %s, batches of %d%s',
                  head.name, gates.attack_names, settings.batch_size,
                  ', Transform applied' if settings.transform_graph else '')
-    with _attack_settings(dataclasses.replace(settings, head=head.name)):
-      super().Do(input_dict, output_dict, exec_properties)
     evaluation_uri = artifact_utils.get_single_uri(output_dict['evaluation'])
+    flags_dir = os.path.join(evaluation_uri, _FLAGS_DIR)
+    with _attack_settings(dataclasses.replace(settings, head=head.name,
+                                              flags_dir=flags_dir)):
+      super().Do(input_dict, output_dict, exec_properties)
+    flags = report.merge_flag_counts(flags_dir)
+    if tf.io.gfile.isdir(flags_dir):
+      tf.io.gfile.rmtree(flags_dir)
+    with tf.io.gfile.GFile(os.path.join(evaluation_uri, FLAGS_JSON), 'w') as f:
+      json.dump(flags, f, indent=1, sort_keys=True)
+    raised = report.raised_flags(flags)
+    for flag in raised:
+      logging.warning('RobustnessEvaluator sanity flag: %s', flag)
     blessed, failures = report.load_validation(evaluation_uri)
+    if raised and params.fail_on_flags and blessed:
+      _unbless(artifact_utils.get_single_instance(output_dict['blessing']))
+      blessed = False
+      failures = failures + [f'sanity flag (fail_on_flags): {f}'
+                             for f in raised]
     metric = None if head.classification else head.gated_metric
-    values = report.write_report(evaluation_uri, blessed, failures, metric)
-    logging.info('Robustness (blessed: %s):\n%s', blessed,
-                 report.text_table(values, metric=metric or 'accuracy'))
+    values = report.write_report(evaluation_uri, blessed, failures, metric,
+                                 raised)
+    logging.info('Robustness (blessed: %s):\n%s', blessed, report.text_table(
+        values, metric=metric or 'accuracy',
+        counts=None if metric else report.load_counts(evaluation_uri)))
     for failure in failures:
       logging.warning('Robustness threshold not met: %s', failure)

@@ -75,6 +75,7 @@ class RobustnessParams:
   batch_size: int = attacks_lib.DEFAULT_BATCH_SIZE
   head: str = heads.AUTO
   attack_space: str = attacks_lib.MODEL_INPUTS
+  fail_on_flags: bool = False
 
   def __post_init__(self):
     check = parameters.check(self, COMPONENT)

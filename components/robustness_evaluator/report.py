@@ -3,7 +3,9 @@ import base64
 import collections
 import html
 import io
+import json
 import os
+import uuid
 
 from tfx_nsl.components.robustness_evaluator import attacks
 
@@ -32,6 +34,67 @@ def load_accuracies(evaluation_uri, metric=None):
         result[model][key.output_name or attacks.CLEAN] = (
             item.value.double_value.value)
   return dict(result)
+
+
+def load_counts(evaluation_uri):
+  """{model name: examples evaluated} (TFMA's example_count of the clean
+  output; every attack sees the same examples)."""
+  return {model: int(values[attacks.CLEAN]) for model, values in
+          load_accuracies(evaluation_uri, 'example_count').items()
+          if attacks.CLEAN in values}
+
+
+def wilson(accuracy, count, z=1.96):
+  """The Wilson score interval (95% by default) of an accuracy measured on
+  `count` examples: (low, high)."""
+  if not count:
+    return 0.0, 1.0
+  center = (accuracy + z * z / (2 * count)) / (1 + z * z / count)
+  half = z / (1 + z * z / count) * (
+      accuracy * (1 - accuracy) / count + z * z / (4 * count * count)) ** 0.5
+  return max(0.0, center - half), min(1.0, center + half)
+
+
+def _cell(value, count):
+  """An accuracy with its 95% interval when the example count is known."""
+  if count is None:
+    return f'{value:.4f}'
+  low, high = wilson(value, count)
+  return f'{value:.4f} [{low:.3f}, {high:.3f}]'
+
+
+def store_flag_counts(directory, counts):
+  """Writes {model: {attack: {flag: examples}}} of one batch to a new file
+  of `directory` (a worker's share; merge_flag_counts sums them)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.io.gfile.makedirs(directory)
+  with tf.io.gfile.GFile(os.path.join(directory, f'{uuid.uuid4().hex}.json'),
+                         'w') as f:
+    json.dump(counts, f)
+
+
+def merge_flag_counts(directory):
+  """The sum of store_flag_counts' files: {model: {attack: {flag: n}}}."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  total = collections.defaultdict(lambda: collections.defaultdict(
+      collections.Counter))
+  if tf.io.gfile.isdir(directory):
+    for name in tf.io.gfile.listdir(directory):
+      with tf.io.gfile.GFile(os.path.join(directory, name)) as f:
+        for model, by_attack in json.load(f).items():
+          for attack, counts in by_attack.items():
+            total[model][attack].update(counts)
+  return {m: {a: dict(c) for a, c in v.items()} for m, v in total.items()}
+
+
+def raised_flags(flag_counts):
+  """['model/attack: n examples <why>'] for every flag with examples."""
+  from tfx_nsl.components.robustness_evaluator import autoattack  # pylint: disable=g-import-not-at-top
+  return [f'{model or CANDIDATE}/{attack}: {count} examples '
+          f'{autoattack.FLAGS[flag]}'
+          for model, by_attack in sorted(flag_counts.items())
+          for attack, counts in sorted(by_attack.items())
+          for flag, count in sorted(counts.items()) if count]
 
 
 def load_validation(evaluation_uri):
@@ -70,16 +133,20 @@ def _ordered(names):
   return sorted(names, key=key)
 
 
-def text_table(accuracies, blessed=None, metric='accuracy'):
-  """A one-screen table: rows are attacks, columns are models."""
+def text_table(accuracies, blessed=None, metric='accuracy', counts=None):
+  """A one-screen table: rows are attacks, columns are models; with
+  `counts` ({model: examples}), accuracies carry their 95% Wilson
+  interval."""
   models = sorted(accuracies, key=lambda m: (m != CANDIDATE, m))
   names = _ordered({n for values in accuracies.values() for n in values})
   width = max([len(n) for n in names] + [10])
-  lines = ['  ' + metric.ljust(width) + ''.join(f'{m:>12}' for m in models)]
+  column = 26 if counts else 12
+  lines = ['  ' + metric.ljust(width) + ''.join(f'{m:>{column}}'
+                                                for m in models)]
   for name in names:
     cells = ''.join(
-        f'{accuracies[m][name]:>12.4f}' if name in accuracies[m] else
-        f'{"-":>12}' for m in models)
+        f'{_cell(accuracies[m][name], (counts or {}).get(m)):>{column}}'
+        if name in accuracies[m] else f'{"-":>{column}}' for m in models)
     lines.append('  ' + name.ljust(width) + cells)
   if blessed is not None:
     lines.append(f'  blessed: {blessed}')
@@ -104,8 +171,9 @@ def _curves(accuracies):
   return curves
 
 
-def plot_png(accuracies, metric='accuracy'):
-  """PNG bytes: `metric` vs epsilon per attack, one line per model."""
+def plot_png(accuracies, metric='accuracy', counts=None):
+  """PNG bytes: `metric` vs epsilon per attack, one line per model, with
+  95% Wilson bands when `counts` ({model: examples}) are given."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -116,8 +184,13 @@ def plot_png(accuracies, metric='accuracy'):
   for axis, group in zip(axes[0], groups):
     for model, points in sorted(curves.get(group, {}).items()):
       points.sort()
-      axis.plot([p[0] for p in points], [p[1] for p in points], marker='o',
-                label=model)
+      line, = axis.plot([p[0] for p in points], [p[1] for p in points],
+                        marker='o', label=model)
+      if counts and counts.get(model):
+        bands = [wilson(p[1], counts[model]) for p in points]
+        axis.fill_between([p[0] for p in points], [b[0] for b in bands],
+                          [b[1] for b in bands], color=line.get_color(),
+                          alpha=0.2)
     axis.set_title(f'{group[0].upper()} {group[1]}')
     axis.set_xlabel('epsilon')
     axis.set_ylabel(metric)
@@ -133,19 +206,22 @@ def plot_png(accuracies, metric='accuracy'):
   return buffer.getvalue()
 
 
-def write_report(evaluation_uri, blessed, failures, metric=None):
+def write_report(evaluation_uri, blessed, failures, metric=None, flags=()):
   """Writes robustness.png and robustness.html next to TFMA's output;
-  `metric` (a TFMA name) is the gated one, default the accuracy."""
+  `metric` (a TFMA name) is the gated one, default the accuracy; `flags`:
+  raised_flags() lines."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   accuracies = load_accuracies(evaluation_uri, metric)
+  counts = None if metric else load_counts(evaluation_uri)
   label = metric.replace('_', ' ') if metric else 'accuracy'
-  png = plot_png(accuracies, label)
+  png = plot_png(accuracies, label, counts)
   with tf.io.gfile.GFile(os.path.join(evaluation_uri, REPORT_PNG), 'wb') as f:
     f.write(png)
   models = sorted(accuracies, key=lambda m: (m != CANDIDATE, m))
   rows = ''.join(
       '<tr><td>{}</td>{}</tr>'.format(html.escape(name), ''.join(
-          '<td>{:.4f}</td>'.format(accuracies[m][name])
+          '<td>{}</td>'.format(_cell(accuracies[m][name],
+                                     (counts or {}).get(m)))
           if name in accuracies[m] else '<td>-</td>' for m in models))
       for name in _ordered({n for v in accuracies.values() for n in v}))
   page = f"""<!DOCTYPE html>
@@ -154,13 +230,18 @@ def write_report(evaluation_uri, blessed, failures, metric=None):
 text-align:right}}td:first-child{{text-align:left}}</style></head>
 <body>
 <h1>Clean vs attacked {html.escape(label)}</h1>
-<p>White-box attacks on each model being judged (NSL's attack code).
+<p>White-box attacks on each model being judged (NSL's FGSM and PGD;
+APGD-CE, APGD-T and the score-based Square attack of tfx-nsl). An
+<code>autoattack</code> row is robust accuracy: the fraction of examples
+that no attack of its suite breaks. Brackets: 95% Wilson intervals.
 Blessed: <b id="blessed">{blessed}</b></p>
 <img id="curve" alt="{html.escape(label)} vs epsilon" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <table id="accuracy"><tr><th>attack</th>{''.join(f'<th>{html.escape(m)}</th>' for m in models)}</tr>
 {rows}</table>
 <h2>Threshold failures</h2>
 <ul id="failures">{''.join(f'<li>{html.escape(f)}</li>' for f in failures) or '<li>none</li>'}</ul>
+<h2>Sanity flags</h2>
+<ul id="flags">{''.join(f'<li>{html.escape(f)}</li>' for f in flags) or '<li>none</li>'}</ul>
 <script>
 const img = document.getElementById('curve');
 function mark() {{ document.body.dataset.plot =
