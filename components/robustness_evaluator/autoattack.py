@@ -366,7 +366,8 @@ def run_suite(logits_fn: Callable, x0, labels, ball: Ball,
 def _one_attack(logits_fn, x0, labels, ball, method, options, clean_logits,
                 seed, fixed):
   """(points, broken) as numpy arrays, over the attack's restarts or target
-  classes: the first point that breaks an example is kept."""
+  classes, each run on the examples the previous runs left robust: the
+  first point that breaks an example is kept."""
   runs = []
   if method == 'apgd-ce':
     runs = [dict(loss='ce', seed=(seed, r))
@@ -378,15 +379,20 @@ def _one_attack(logits_fn, x0, labels, ball, method, options, clean_logits,
   elif method != 'square':
     raise ValueError(f'unknown attack method {method!r}')
   points, broken = np.array(x0, np.float32), np.zeros(len(labels), bool)
-  for run in runs or [None]:
-    if method == 'square':
-      found, hit = square_linf(logits_fn, x0, labels, ball,
-                               options['queries'], seed, fixed)
-    else:
-      found, hit = apgd(logits_fn, x0, labels, ball, options['steps'],
-                        fixed=fixed, **run)
-    found, hit = found.numpy(), hit.numpy() & ~broken
-    points[hit], broken = found[hit], broken | hit
-    if broken.all():
+  for run in runs or [{}]:
+    rows = np.flatnonzero(~broken)
+    if not len(rows):
       break
+    take = lambda v: tf.gather(v, rows)  # noqa: E731
+    subset = {k: take(v) for k, v in fixed.items()}
+    if method == 'square':
+      found, hit = square_linf(logits_fn, take(x0), take(labels), ball,
+                               options['queries'], seed, subset)
+    else:
+      found, hit = apgd(logits_fn, take(x0), take(labels), ball,
+                        options['steps'], fixed=subset,
+                        **{k: take(v) if k == 'targets' else v
+                           for k, v in run.items()})
+    hit = hit.numpy()
+    points[rows[hit]], broken[rows[hit]] = found.numpy()[hit], True
   return points, broken
