@@ -255,3 +255,15 @@ def test_sanity_flags(digits):
   noisy = flags_of(model(tf.keras.layers.Lambda(
       lambda t: t + tf.random.uniform(tf.shape(t), 0, 0.05))(inputs)))
   assert noisy['nondeterministic'] == len(y)
+
+
+def test_a_batch_of_one(digits):
+  """A bundle's last batch can hold one example (this failed in make run:
+  the loops' static shapes changed)."""
+  model, x, y = digits
+  ball = aa.Ball('linf', EPS, 0.0, 1.0)
+  suite = attacks.Attack.parse('autoattack-lite_linf_eps0.1').suite
+  for rows in (slice(0, 1), slice(1, 3), slice(3, 4)):
+    worst, broken_by = aa.run_suite(_logits_fn(model), x[rows], y[rows],
+                                    ball, suite)
+    assert worst.shape == x[rows].shape and broken_by.shape == y[rows].shape

@@ -233,6 +233,9 @@ def _apgd(logits_fn, x0, labels, targets, targeted, ball, loss_fn, check,
     increases += tf.cast(losses > loss_prev, tf.float32)
     loss_prev = losses
     window += 1.0
+    x, x_prev, grad, best_adv, x_best, grad_best = (
+        tf.ensure_shape(v, x0.shape)
+        for v in (x, x_prev, grad, best_adv, x_best, grad_best))
     if check[i]:
       halve = (increases < RHO * window) | (
           ~halved_at_check & (loss_at_check >= loss_best))
@@ -286,8 +289,12 @@ def _square(logits_fn, x0, labels, ball, sizes, starts, seed, fixed):
         best + tf.where(inside[None, :], 2.0 * ball.epsilon * signs, 0.0), x0)
     found = margin(logits_fn(candidate, fixed), labels)
     better = (found < best_margin) & (best_margin > 0)
-    best = tf.where(better[:, None], candidate, best)
-    best_margin = tf.where(better, found, best_margin)
+    # ensure_shape: a batch of one would otherwise change the loop
+    # variables' static shapes from (1, n) to (None, n).
+    best = tf.ensure_shape(tf.where(better[:, None], candidate, best),
+                           x0.shape)
+    best_margin = tf.ensure_shape(tf.where(better, found, best_margin),
+                                  x0.shape[:1])
   return best, best_margin < 0
 
 
