@@ -207,7 +207,8 @@ class AttackSettings:
   head: str = heads.AUTO
   transform_graph: Optional[str] = None  # a TFX TransformGraph's uri
   attack_space: str = MODEL_INPUTS
-  # Where the workers leave the suites' sanity counts (report.FlagCounts).
+  # Where the workers leave the suites' sanity counts
+  # (report.store_flag_counts).
   flags_dir: Optional[str] = None
 
 

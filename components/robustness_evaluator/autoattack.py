@@ -308,18 +308,19 @@ def top_targets(logits, labels, count):
   return tf.transpose(ranked[:, :count])
 
 
-def sanity_counts(logits_fn: Callable, x0, labels, fixed=None):
-  """{flag: examples} of the FLAGS that the clean inputs show."""
+def sanity_counts(logits_fn: Callable, x0, labels, clean_logits, fixed=None):
+  """{flag: examples} of the FLAGS that the clean inputs show;
+  `clean_logits`: an earlier call's logits of x0, compared with this one's."""
   fixed = fixed or {}
   with tf.GradientTape() as tape:
     tape.watch(x0)
     logits = logits_fn(x0, fixed)
     total = tf.reduce_sum(ce_loss(logits, labels))
   grad = tape.gradient(total, x0)
-  again = logits_fn(x0, fixed)
   counts = {
       'nondeterministic': tf.reduce_any(
-          tf.abs(again - logits) > 1e-5 * (1.0 + tf.abs(logits)), axis=1),
+          tf.abs(clean_logits - logits) > 1e-5 * (1.0 + tf.abs(logits)),
+          axis=1),
       'saturated_softmax': tf.reduce_max(tf.nn.softmax(logits), axis=1) >= 1.0,
   }
   if grad is not None:
@@ -358,7 +359,7 @@ def run_suite(logits_fn: Callable, x0, labels, ball: Ball,
     worst[hit] = found[broken]
     broken_by[hit] = index
   if flags is not None:
-    counts = sanity_counts(logits_fn, x0, labels, fixed)
+    counts = sanity_counts(logits_fn, x0, labels, clean_logits, fixed)
     white_box = [i for i, (method, _) in enumerate(attacks)
                  if method != 'square']
     if white_box:

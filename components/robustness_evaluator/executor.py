@@ -206,10 +206,9 @@ class Executor(evaluator_executor.Executor):
       failures = failures + [f'sanity flag (fail_on_flags): {f}'
                              for f in raised]
     metric = None if head.classification else head.gated_metric
-    values = report.write_report(evaluation_uri, blessed, failures, metric,
-                                 raised)
+    values, counts = report.write_report(evaluation_uri, blessed, failures,
+                                         metric, raised)
     logging.info('Robustness (blessed: %s):\n%s', blessed, report.text_table(
-        values, metric=metric or 'accuracy',
-        counts=None if metric else report.load_counts(evaluation_uri)))
+        values, metric=metric or 'accuracy', counts=counts))
     for failure in failures:
       logging.warning('Robustness threshold not met: %s', failure)

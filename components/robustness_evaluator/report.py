@@ -209,7 +209,8 @@ def plot_png(accuracies, metric='accuracy', counts=None):
 def write_report(evaluation_uri, blessed, failures, metric=None, flags=()):
   """Writes robustness.png and robustness.html next to TFMA's output;
   `metric` (a TFMA name) is the gated one, default the accuracy; `flags`:
-  raised_flags() lines."""
+  raised_flags() lines. Returns (the values load_accuracies read, the
+  example counts or None)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   accuracies = load_accuracies(evaluation_uri, metric)
   counts = None if metric else load_counts(evaluation_uri)
@@ -253,4 +254,4 @@ img.addEventListener('error', mark);
 """
   with tf.io.gfile.GFile(os.path.join(evaluation_uri, REPORT_HTML), 'w') as f:
     f.write(page)
-  return accuracies
+  return accuracies, counts
