@@ -2,6 +2,7 @@
 import collections
 import os
 import pickle
+import types
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ import pytest
 from graph_testing import (clustered_embeddings, linear_embedding_model,
                            read_graph, write_examples_artifact)
 from tfx_nsl import graph_io
+from tfx_nsl.components.graph_builder import corpus as corpus_lib
 from tfx_nsl.components.graph_builder import graph_core
+from tfx_nsl.components.graph_builder import scoring
 from tfx_nsl.components.graph_builder.params import Exact, Lsh, Partition
 from tfx_nsl.pipelines.datasets import _example
 
@@ -159,6 +162,61 @@ def test_partition_mode_finds_most_exact_neighbors_and_only_true_edges():
     assert pairs == threaded_pairs
     for a, b in zip(one, three):
       np.testing.assert_array_equal(a, b)  # Same edges, same order.
+
+
+@pytest.mark.parametrize('k, threshold', [(5, 0.0), (None, 0.6)])
+def test_partition_passes_find_the_one_pass_edges(k, threshold):
+  """The executor's two passes (each group's nodes at home, then visiting
+  the other groups they probe, pruned at their home k-th weight, merged at
+  home) find exactly the edges of all probes scored at once."""
+  vectors = clustered_embeddings(4000, 16, 80, 0.3, seed=12)
+  corpus, _ = graph_core.prepare_vectors(vectors, graph_core.COSINE)
+  centroids = graph_core.partition_centroids(corpus, 40, seed=0)
+  probes = graph_core.nearest_partitions(corpus, centroids, 6)
+  group_of = graph_core.partition_groups(centroids)
+  names = corpus_lib.encode_ids([f'n{i}' for i in range(4000)])
+  members = {p: (m, corpus[m], names[m]) for p in range(40)
+             for m in [np.flatnonzero(probes[:, 0] == p)]}
+  params = types.SimpleNamespace(max_neighbors=k,
+                                 similarity_threshold=threshold)
+  everything = np.arange(4000)
+  one_pass, _ = scoring.score_members(everything, corpus, probes, members,
+                                      params)
+  parts, unpruned, pruned = [], 0, 0
+  home_of = group_of[probes[:, 0]]
+  for home in np.unique(home_of):
+    own = np.flatnonzero(home_of == home)[::-1]  # in no particular order
+    edges, _ = scoring.score_members(
+        own, corpus[own], scoring.in_group(probes[own], group_of, home),
+        members, params)
+    parts.append(edges)
+    bounds = scoring.kth_weights(edges, own, k)
+    assert (np.isfinite(bounds) == (k is not None)).all()
+    for other in set(np.unique(group_of[probes[own]])) - {home}:
+      visit = (group_of[probes[own]] == other).any(axis=1)
+      found, _ = scoring.score_members(
+          own[visit], corpus[own[visit]],
+          scoring.in_group(probes[own[visit]], group_of, other), members,
+          params)
+      kept = scoring.at_least(found, own[visit], bounds[visit])
+      unpruned += len(found.src)
+      pruned += len(kept.src)
+      parts.append(kept)
+  merged = graph_core.top_k_per_source(graph_core.concat_edges(parts), k)
+  one_pass = graph_core.top_k_per_source(one_pass, k)
+  # Other product shapes: BLAS may sum in another order (the last bit of a
+  # weight, and so the order of near ties).
+  merged, one_pass = (graph_core.take(e, np.lexsort((e.tgt, e.src)))
+                      for e in (merged, one_pass))
+  for name in ('src', 'tgt', 'tgt_id'):
+    np.testing.assert_array_equal(getattr(merged, name),
+                                  getattr(one_pass, name))
+  np.testing.assert_allclose(merged.weight, one_pass.weight, atol=1e-6)
+  assert len(merged.src) > 4000
+  if k is not None:
+    assert pruned < unpruned / 2  # the bound prunes most visiting edges
+  else:
+    assert pruned == unpruned
 
 
 def test_lsh_finds_most_exact_neighbors_and_only_true_edges():

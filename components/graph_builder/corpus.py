@@ -282,6 +282,20 @@ def load_runs(stored_runs):
   return {name: np.concatenate(p) for name, p in parts.items()}
 
 
+def run_batches(stored_runs, max_rows):
+  """Runs in lists of at most `max_rows` rows (a longer run alone)."""
+  batch, rows = [], 0
+  for run in stored_runs:
+    count = run.fields[0][3]
+    if batch and rows + count > max_rows:
+      yield batch
+      batch, rows = [], 0
+    batch.append(run)
+    rows += count
+  if batch:
+    yield batch
+
+
 def load_arrays(path):
   with tf.io.gfile.GFile(path, 'rb') as f:
     stored = np.load(io.BytesIO(f.read()))

@@ -489,9 +489,10 @@ class Executor(beam_executor.BeamExecutor):
                              corpus_dir, spread)
         # Exact units meet a source once per shard, LSH rounds meet it (and
         # a pair) several times: their candidates go through a top-k
-        # combiner. Partition mode scores each source once, in its group,
-        # so its top-k is final. Without a top-k, the edges are merged (and
-        # deduped) once, per shard, before they are written.
+        # combiner. Partition mode merges a source's candidates in its own
+        # group (MergeFound), so its top-k is final. Without a top-k, the
+        # edges are merged (and deduped) once, per shard, before they are
+        # written.
         dedupe = params.mode.NAME == LSH
         candidates = scored
         if params.max_neighbors is not None and params.mode.NAME != PARTITION:
@@ -579,11 +580,19 @@ class Executor(beam_executor.BeamExecutor):
                                        layout, model)
               | 'GroupPartitions' >> beam.GroupByKey()
               | 'StoreGroups' >> beam.Map(scoring.store_group, corpus_dir))
-    group_files = beam.pvalue.AsDict(groups)
-    return (distribute(groups, 'Groups')
-            | 'Score' >> beam.ParDo(
-                scoring.ScoreGroup(params, _scoring_threads(pipeline)), layout,
-                model, group_files))
+    threads = _scoring_threads(pipeline)
+    home = distribute(groups, 'Groups') | 'ScoreHome' >> beam.ParDo(
+        scoring.ScoreHome(params, corpus_dir, threads), layout,
+        model).with_outputs(scoring.ScoreHome.VISITS, main='edges')
+    found = (home[scoring.ScoreHome.VISITS]
+             | 'GroupVisits' >> beam.GroupByKey()
+             | 'ScoreVisits' >> beam.ParDo(
+                 scoring.ScoreVisits(params, corpus_dir, threads), layout,
+                 model, beam.pvalue.AsDict(groups)))
+    return ((home.edges, found)
+            | 'FlattenFound' >> beam.Flatten()
+            | 'GroupFound' >> beam.GroupByKey()
+            | 'MergeFound' >> beam.FlatMap(scoring.merge_home, layout, params))
 
   def _recall(self, candidates, layout, shards, params):
     """Recall of the found top-k on a fixed sample of sources."""

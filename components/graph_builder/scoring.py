@@ -224,40 +224,148 @@ def store_group(keyed, directory):
       bounds=np.r_[bounds, len(ids)]))
 
 
-class ScoreGroup(beam.DoFn):
-  """Partition: the nodes of one group of partitions, each against the
-  members of the partitions it probes, read from their groups' files."""
+def _members(stored):
+  """partition -> (node indices, vectors, ids) of a stored group."""
+  bounds = stored['bounds']
+  return {partition: (stored['ids'][bounds[i]:bounds[i + 1]],
+                      stored['vectors'][bounds[i]:bounds[i + 1]],
+                      stored['names'][bounds[i]:bounds[i + 1]])
+          for i, partition in enumerate(stored['partitions'].tolist())}
 
-  def __init__(self, params, threads):
+
+def in_group(probes, group_of, group):
+  """`probes` with the partitions outside `group` replaced by -1 (no
+  partition: block_edges scores nothing for it)."""
+  return np.where(group_of[probes] == group, probes, -1)
+
+
+def score_members(query_ids, queries, probes, members, params, threads=1):
+  """(edges, pairs): the queries against the members of the partitions
+  their `probes` name, top-k per query."""
+  empty = (np.zeros(0, np.int64), None, None)
+  parts, pairs = [], 0
+  for start in range(0, len(query_ids), _MAX_BLOCK_QUERIES):
+    rows = slice(start, start + _MAX_BLOCK_QUERIES)
+    # Many small products: one BLAS thread each is several times faster
+    # than BLAS threads contending for the cores (OpenBLAS: the limit is
+    # process-wide), so threads score several partitions at once instead.
+    with threadpoolctl.threadpool_limits(1, user_api='blas'):
+      edges, scored = graph_core.block_edges(
+          query_ids[rows], queries[rows], probes[rows],
+          lambda p: members.get(p, empty), params.max_neighbors,
+          params.similarity_threshold, threads=threads)
+    parts.append(edges)
+    pairs += scored
+  return graph_core.concat_edges(parts), pairs
+
+
+def _positions(query_ids, nodes):
+  """Where each of `nodes` is in `query_ids` (distinct, in any order)."""
+  order = np.argsort(query_ids)
+  return order[np.searchsorted(query_ids[order], nodes)]
+
+
+def kth_weights(edges, query_ids, max_neighbors):
+  """Per query, the weight of its k-th edge; -inf with fewer edges, or
+  without a top-k. `edges`: sorted by source and weight, top-k per source,
+  as block_edges returns them."""
+  bounds = np.full(len(query_ids), -np.inf, np.float32)
+  if max_neighbors is None or not len(edges.src):
+    return bounds
+  starts = np.flatnonzero(np.r_[True, edges.src[1:] != edges.src[:-1]])
+  counts = np.diff(np.r_[starts, len(edges.src)])
+  last = starts[counts == max_neighbors] + max_neighbors - 1
+  bounds[_positions(query_ids, edges.src[last])] = edges.weight[last]
+  return bounds
+
+
+def at_least(edges, query_ids, bounds):
+  """The edges whose weight reaches their source's bound (`bounds` beside
+  `query_ids`): an edge under it cannot make the source's top-k."""
+  return graph_core.take(
+      edges, edges.weight >= bounds[_positions(query_ids, edges.src)])
+
+
+def _edge_columns(edges):
+  return {name: column for name, column in edges._asdict().items()
+          if column is not None}
+
+
+class ScoreHome(beam.DoFn):
+  """Partition, first pass over one group: its nodes against the members of
+  the partitions they probe inside the group (the nearest among them), as
+  a stored Run keyed by the group; and, keyed by each other group they
+  probe, the nodes that visit it with the weight their k-th edge so far
+  has (a visit's edges under it cannot count). Probes spread over many
+  groups in high dimensions, so each group's members are read once, by
+  their own unit, and the nodes travel to them instead."""
+  VISITS = 'visits'
+
+  def __init__(self, params, directory, threads):
     self._params = params
+    self._directory = directory
     self._threads = threads
 
-  def process(self, group_file, layout, model, group_files):
-    params, capacity = self._params, cache_bytes(self._params)
-    own = corpus.CACHE.load(group_file.path, capacity)
-    members = {}
-    for group in np.unique(model.group_of[np.unique(own['probes'])]):
-      if group not in group_files:  # probed, but no node's nearest
-        continue
-      stored = corpus.CACHE.load(group_files[group], capacity)
-      bounds = stored['bounds']
-      for i, partition in enumerate(stored['partitions']):
-        rows = slice(bounds[i], bounds[i + 1])
-        members[partition] = (stored['ids'][rows], stored['vectors'][rows],
-                              stored['names'][rows])
-    empty = (np.zeros(0, np.int64), None, None)
-    for start in range(0, len(own['ids']), _MAX_BLOCK_QUERIES):
-      rows = slice(start, start + _MAX_BLOCK_QUERIES)
-      # Many small products: one BLAS thread each is several times faster
-      # than BLAS threads contending for the cores (OpenBLAS: the limit is
-      # process-wide), so threads score several partitions at once instead.
-      with threadpoolctl.threadpool_limits(1, user_api='blas'):
-        edges, pairs = graph_core.block_edges(
-            own['ids'][rows], own['vectors'][rows], own['probes'][rows],
-            lambda p: members.get(p, empty), params.max_neighbors,
-            params.similarity_threshold, threads=self._threads)
+  def process(self, group_file, layout, model):
+    params, group = self._params, group_file.group
+    own = corpus.CACHE.load(group_file.path, cache_bytes(params))
+    ids, probes = own['ids'], own['probes']
+    edges, pairs = score_members(ids, own['vectors'],
+                                 in_group(probes, model.group_of, group),
+                                 _members(own), params, self._threads)
+    counter('scored_pairs').inc(pairs)
+    for key, run in corpus.store_runs(
+        self._directory, f'home{group}', np.full(len(edges.src), group),
+        **_edge_columns(edges)):
+      yield key, run
+    probed = model.group_of[probes]
+    rows, others = np.nonzero(probed != group)
+    visit = np.unique(rows * (len(model.centroids) + 1) + probed[rows, others])
+    rows, others = np.divmod(visit, len(model.centroids) + 1)
+    for key, run in corpus.store_runs(
+        self._directory, f'visit{group}', others, ids=ids[rows],
+        vectors=own['vectors'][rows], probes=probes[rows],
+        bounds=kth_weights(edges, ids, params.max_neighbors)[rows]):
+      yield beam.pvalue.TaggedOutput(self.VISITS, (key, run))
+
+
+class ScoreVisits(beam.DoFn):
+  """Partition, second pass over one group: the nodes that visit it against
+  the members of the partitions they probe in it; the edges that reach a
+  node's bound, as stored Runs keyed by the node's own group."""
+
+  def __init__(self, params, directory, threads):
+    self._params = params
+    self._directory = directory
+    self._threads = threads
+
+  def process(self, keyed, layout, model, group_files):
+    params, (group, visit_runs) = self._params, keyed
+    if group not in group_files:  # probed, but no node's nearest
+      return
+    members = _members(corpus.CACHE.load(group_files[group],
+                                         cache_bytes(params)))
+    for batch in corpus.run_batches(visit_runs, _MAX_BLOCK_QUERIES):
+      visits = corpus.load_runs(batch)
+      ids, probes = visits['ids'], visits['probes']
+      edges, pairs = score_members(ids, visits['vectors'],
+                                   in_group(probes, model.group_of, group),
+                                   members, params, self._threads)
       counter('scored_pairs').inc(pairs)
-      yield from _candidates(edges, layout, params)
+      edges = at_least(edges, ids, visits['bounds'])
+      home = model.group_of[probes[_positions(ids, edges.src), 0]]
+      yield from corpus.store_runs(self._directory, f'found{group}', home,
+                                   **_edge_columns(edges))
+
+
+def merge_home(keyed, layout, params):
+  """Partition: one group's edges from both passes, top-k per source."""
+  _, edge_runs = keyed
+  found = corpus.load_runs(edge_runs)
+  edges = graph_core.top_k_per_source(graph_core.Edges(
+      found['src'], found['tgt'], found['weight'], found.get('tgt_id')),
+      params.max_neighbors)
+  yield from _candidates(edges, layout, params)
 
 
 def recall_sample(layout, params):
