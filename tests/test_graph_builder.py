@@ -198,7 +198,7 @@ def test_partition_passes_find_the_one_pass_edges(k, threshold):
           own[visit], corpus[own[visit]],
           scoring.in_group(probes[own[visit]], group_of, other), members,
           params)
-      kept = scoring.at_least(found, own[visit], bounds[visit])
+      kept, _ = scoring.at_least(found, own[visit], bounds[visit])
       unpruned += len(found.src)
       pruned += len(kept.src)
       parts.append(kept)

@@ -344,8 +344,7 @@ def _to_shard(keyed, layout, directory):
   """Edges keyed by their source shard, as stored Runs."""
   _, edges = keyed
   return corpus.store_runs(directory, 'edges', layout.shard_of(edges.src),
-                           **{name: column for name, column in
-                              edges._asdict().items() if column is not None})
+                           **scoring.edge_columns(edges))
 
 
 def _reverse_by_shard(keyed, layout, directory, params):

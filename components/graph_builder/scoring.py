@@ -281,12 +281,15 @@ def kth_weights(edges, query_ids, max_neighbors):
 
 def at_least(edges, query_ids, bounds):
   """The edges whose weight reaches their source's bound (`bounds` beside
-  `query_ids`): an edge under it cannot make the source's top-k."""
-  return graph_core.take(
-      edges, edges.weight >= bounds[_positions(query_ids, edges.src)])
+  `query_ids`): an edge under it cannot make the source's top-k. Returns
+  (those edges, the positions of their sources in `query_ids`)."""
+  positions = _positions(query_ids, edges.src)
+  keep = edges.weight >= bounds[positions]
+  return graph_core.take(edges, keep), positions[keep]
 
 
-def _edge_columns(edges):
+def edge_columns(edges):
+  """An Edges' columns by name, for corpus.store_runs (None: left out)."""
   return {name: column for name, column in edges._asdict().items()
           if column is not None}
 
@@ -316,7 +319,7 @@ class ScoreHome(beam.DoFn):
     counter('scored_pairs').inc(pairs)
     for key, run in corpus.store_runs(
         self._directory, f'home{group}', np.full(len(edges.src), group),
-        **_edge_columns(edges)):
+        **edge_columns(edges)):
       yield key, run
     probed = model.group_of[probes]
     rows, others = np.nonzero(probed != group)
@@ -352,19 +355,17 @@ class ScoreVisits(beam.DoFn):
                                    in_group(probes, model.group_of, group),
                                    members, params, self._threads)
       counter('scored_pairs').inc(pairs)
-      edges = at_least(edges, ids, visits['bounds'])
-      home = model.group_of[probes[_positions(ids, edges.src), 0]]
+      edges, sources = at_least(edges, ids, visits['bounds'])
+      home = model.group_of[probes[sources, 0]]
       yield from corpus.store_runs(self._directory, f'found{group}', home,
-                                   **_edge_columns(edges))
+                                   **edge_columns(edges))
 
 
 def merge_home(keyed, layout, params):
   """Partition: one group's edges from both passes, top-k per source."""
   _, edge_runs = keyed
-  found = corpus.load_runs(edge_runs)
-  edges = graph_core.top_k_per_source(graph_core.Edges(
-      found['src'], found['tgt'], found['weight'], found.get('tgt_id')),
-      params.max_neighbors)
+  edges = graph_core.top_k_per_source(
+      graph_core.Edges(**corpus.load_runs(edge_runs)), params.max_neighbors)
   yield from _candidates(edges, layout, params)
 
 
