@@ -111,12 +111,42 @@ def test_pgd_is_at_least_as_strong_as_fgsm_and_stays_in_the_ball(digits_model):
 def test_only_the_named_features_are_perturbed(digits_model):
   import tensorflow as tf
   model, x, y = digits_model
-  settings = attacks.AttackSettings(label_key='label',
-                                    perturb_features=['other'])
-  perturbed = attacks.attack_features(
-      model, {'pixels': tf.constant(x)}, tf.constant(y[:, None]),
-      attacks.Attack.parse('fgsm_linf_eps0.3'), settings)
-  np.testing.assert_array_equal(perturbed['pixels'].numpy(), x)
+  features = {'pixels': tf.constant(x),
+              'count': tf.ones([len(x), 1], tf.int64)}
+  fgsm = attacks.Attack.parse('fgsm_linf_eps0.3')
+  moved = attacks.attack_features(
+      lambda f, training=False: model({'pixels': f['pixels']}), features,
+      tf.constant(y[:, None]), fgsm,
+      attacks.AttackSettings(label_key='label', perturb_features=['pixels']),
+      head=heads.Head('multiclass'))
+  assert np.abs(moved['pixels'].numpy() - x).max() > 0.29
+  np.testing.assert_array_equal(moved['count'].numpy(), 1)
+
+
+@pytest.mark.parametrize('named, message', [
+    (['other'], r"perturb_features \['other'\] are not features of the "
+                r"attack space \(model_inputs: \['count', 'pixels'\]\)"),
+    (['pixels', 'count'], r"perturb_features \['count'\] are not dense float "
+                          r"features.*dense floats here: \['pixels'\]"),
+])
+def test_perturb_features_that_cannot_move_are_refused(digits_model, named,
+                                                        message):
+  import tensorflow as tf
+  model, x, y = digits_model
+  features = {'pixels': tf.constant(x),
+              'count': tf.ones([len(x), 1], tf.int64)}
+  settings = attacks.AttackSettings(label_key='label', perturb_features=named)
+  with pytest.raises(ValueError, match=message):
+    attacks.attack_features(model, features, tf.constant(y[:, None]),
+                            attacks.Attack.parse('fgsm_linf_eps0.3'),
+                            settings, head=heads.Head('multiclass'))
+  # The same check at the start of an evaluation, from the model's inputs
+  # (this model has one, 'pixels').
+  with pytest.raises(ValueError, match=r"perturb_features \['other'\] are "
+                     r"not features of the attack space \(model_inputs: "
+                     r"\['pixels'\]\)"):
+    attacks.ModelInputs(model, attacks.AttackSettings(
+        label_key='label', perturb_features=['other']))
 
 
 def test_eval_config_has_one_output_per_attack_with_thresholds():
@@ -442,3 +472,60 @@ def test_wilson_intervals():
   table = report.text_table({'candidate': {'clean': 0.5}},
                             counts={'candidate': 100})
   assert '0.5000 [0.404, 0.596]' in table
+
+
+def test_lower_bound_failures():
+  from tfx_nsl.components.robustness_evaluator import report
+  accuracies = {'clean': 0.5, 'fgsm_linf_eps0.1': 0.3}
+  # 0.5 on 100 examples: [0.404, 0.596]; 0.3: [0.219, 0.396].
+  assert report.lower_bound_failures(accuracies, 100, {
+      'clean': 0.40, 'fgsm_linf_eps0.1': 0.2}) == []
+  (failure,) = report.lower_bound_failures(accuracies, 100, {
+      'clean': 0.45, 'fgsm_linf_eps0.1': 0.2})
+  assert failure == ('candidate/clean: 95% lower bound of accuracy = 0.4038 '
+                     '(accuracy 0.5000 on 100 examples) fails >= 0.45')
+  # More examples, a narrower interval: the same accuracy passes.
+  assert report.lower_bound_failures(accuracies, 10000, {'clean': 0.49}) == []
+
+
+def test_gate_on_lower_bound_needs_a_floor_and_a_classifier():
+  from tfx_nsl.components import RobustnessEvaluator
+  from tfx.types import channel_utils
+  from tfx.types import standard_artifacts
+  examples = channel_utils.as_channel([standard_artifacts.Examples()])
+  model = channel_utils.as_channel([standard_artifacts.Model()])
+  with pytest.raises(ValueError, match='gate_on_lower_bound=True applies'):
+    RobustnessEvaluator(examples=examples, model=model,
+                        gate_on_lower_bound=True)
+  with pytest.raises(ValueError, match='gate_on_lower_bound applies to '
+                     'accuracy floors'):
+    Gates(['fgsm_linf_eps0.1'], 'label', max_clean_error=1.0,
+          on_lower_bound=True).check(heads.Head('regression'))
+
+
+def test_accuracy_floors_on_the_lower_bound_unbless(tmp_path, tabular_setup):
+  """A floor just under the clean accuracy passes TFMA's threshold; on the
+  lower bound of its interval it fails, and the blessing says so."""
+  import tabular_testing as tabular
+  from tfx_nsl.components.robustness_evaluator import report
+  _, transform, model, examples = tabular_setup
+  _, uri = tabular.evaluate(str(tmp_path), examples, model, 'point',
+                            transform_graph=transform, attacks=[],
+                            label_key=tabular.LABEL, min_clean_accuracy=0.5)
+  clean = report.load_accuracies(uri)['candidate']['clean']
+  count = report.load_counts(uri)['candidate']
+  low = report.wilson(clean, count)[0]
+  floor = round((low + clean) / 2, 4)
+  assert low < floor < clean
+  for on_bound in (False, True):
+    tag = f'bound{on_bound}'
+    _, uri = tabular.evaluate(str(tmp_path), examples, model, tag,
+                              transform_graph=transform, attacks=[],
+                              label_key=tabular.LABEL, min_clean_accuracy=floor,
+                              gate_on_lower_bound=on_bound)
+    assert report.load_validation(uri)[0]  # TFMA's point threshold passes
+    blessing = tmp_path / f'blessing-{tag}'
+    assert (blessing / 'BLESSED').exists() == (not on_bound)
+    assert (blessing / 'NOT_BLESSED').exists() == on_bound
+  page = open(os.path.join(uri, report.REPORT_HTML)).read()
+  assert f'candidate/clean: 95% lower bound of accuracy = {low:.4f}' in page

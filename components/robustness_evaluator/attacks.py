@@ -218,13 +218,38 @@ def model_input_spec(model):
           for name, tensor in heads.model_inputs(model).items()}
 
 
+def _movable(value):
+  """Whether an attack can move a feature: a dense float (a tensor, or a
+  FixedLenFeature of a parsing spec). Ints and strings have no gradient; a
+  missing optional value (sparse) has no place to move."""
+  if isinstance(value, tf.io.FixedLenFeature):
+    return tf.as_dtype(value.dtype).is_floating
+  return isinstance(value, tf.Tensor) and value.dtype.is_floating
+
+
 def perturbed_features(features, settings):
-  """The inputs an attack moves: dense floats only (ints and strings have no
-  gradient; a missing optional value has no place to move), and of those
-  `settings.perturb_features` when given."""
-  return [k for k, v in features.items()
-          if isinstance(v, tf.Tensor) and v.dtype.is_floating and (
-              not settings.perturb_features or k in settings.perturb_features)]
+  """The inputs an attack moves: the dense floats of `features` (tensors, or
+  a parsing spec), and of those `settings.perturb_features` when given.
+  A named feature that `features` lacks, or that is not a dense float,
+  fails with a ValueError naming it (rather than an attack that moves
+  nothing)."""
+  movable = [k for k, v in features.items() if _movable(v)]
+  named = settings.perturb_features
+  if not named:
+    return movable
+  unknown = [n for n in named if n not in features]
+  if unknown:
+    raise ValueError(
+        f'perturb_features {unknown} are not features of the attack space '
+        f'({settings.attack_space}: {sorted(features)}); name the '
+        'model\'s float inputs (or, with attack_space="raw", raw dense '
+        'float features)')
+  frozen = [n for n in named if n not in movable]
+  if frozen:
+    raise ValueError(
+        f'perturb_features {frozen} are not dense float features, and only '
+        f'those can be perturbed (dense floats here: {movable})')
+  return [k for k in movable if k in named]
 
 
 def _nsl_config(attack, settings, perturbed):
@@ -345,6 +370,9 @@ class ModelInputs:
                        "one the model's inputs are the raw features")
     elif self._label_key in self._spec:
       raise ValueError(f'label_key {self._label_key!r} is a model input')
+    # A perturb_features name that cannot move fails here, before any data.
+    perturbed_features(self._raw_spec if self._space == RAW else self._spec,
+                       settings)
 
   def _raw_label_spec(self):
     if self._transform is not None:

@@ -125,7 +125,8 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       max_attacked_error: Optional[Union[float, Dict[str, float]]] = None,
       attack_space: str = _DEFAULTS.attack_space,
       max_error_increase: Optional[float] = None,
-      fail_on_flags: bool = _DEFAULTS.fail_on_flags):
+      fail_on_flags: bool = _DEFAULTS.fail_on_flags,
+      gate_on_lower_bound: bool = _DEFAULTS.gate_on_lower_bound):
     """Constructs a RobustnessEvaluator.
 
     Args:
@@ -196,6 +197,11 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         attack broke, zero or non-finite gradients, non-deterministic
         predictions, saturated softmax). Flags are always counted in
         `robustness_flags.json`, the report and the log.
+      gate_on_lower_bound: apply min_clean_accuracy and min_attacked_accuracy
+        to the lower bound of each accuracy's 95% Wilson interval as well
+        (on the number of examples evaluated), so that a small eval split
+        cannot bless a model by luck; a failure names the bound and the
+        count.
     """
     if label_key is None:
       label_key = next((spec.label_key for spec in
@@ -239,7 +245,8 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         max_error_increase=max_error_increase,
         perturb_features=perturb_features, clip_min=clip_min,
         clip_max=clip_max, batch_size=batch_size, head=head,
-        attack_space=attack_space, fail_on_flags=fail_on_flags)
+        attack_space=attack_space, fail_on_flags=fail_on_flags,
+        gate_on_lower_bound=gate_on_lower_bound)
     # The metrics depend on the head, known once the model is: the executor
     # builds the final EvalConfig. This checks the gates and the user's
     # config now, with the head they imply.

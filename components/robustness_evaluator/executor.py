@@ -156,10 +156,11 @@ def _unbless(blessing):
   blessed = os.path.join(blessing.uri, constants.BLESSED_FILE_NAME)
   if tf.io.gfile.exists(blessed):
     tf.io.gfile.remove(blessed)
+  # GFile creates its file at the first write, not at open.
   with tf.io.gfile.GFile(os.path.join(blessing.uri,
                                       constants.NOT_BLESSED_FILE_NAME),
-                         'w'):
-    pass
+                         'w') as f:
+    f.write('')
   blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY,
                                    constants.NOT_BLESSED_VALUE)
 
@@ -199,15 +200,23 @@ class Executor(evaluator_executor.Executor):
     raised = report.raised_flags(flags)
     for flag in raised:
       logging.warning('RobustnessEvaluator sanity flag: %s', flag)
+    metric = None if head.classification else head.gated_metric
+    values = report.load_accuracies(evaluation_uri, metric)
+    counts = None if metric else report.load_counts(evaluation_uri)
     blessed, failures = report.load_validation(evaluation_uri)
-    if raised and params.fail_on_flags and blessed:
+    ours = []  # gates TFMA's thresholds cannot express
+    if raised and params.fail_on_flags:
+      ours += [f'sanity flag (fail_on_flags): {f}' for f in raised]
+    if gates.on_lower_bound and counts:
+      ours += report.lower_bound_failures(
+          values.get(report.CANDIDATE, {}), counts.get(report.CANDIDATE),
+          gates.accuracy_floors())
+    if ours and blessed:
       _unbless(artifact_utils.get_single_instance(output_dict['blessing']))
       blessed = False
-      failures = failures + [f'sanity flag (fail_on_flags): {f}'
-                             for f in raised]
-    metric = None if head.classification else head.gated_metric
-    values, counts = report.write_report(evaluation_uri, blessed, failures,
-                                         metric, raised)
+    failures = failures + ours
+    report.write_report(evaluation_uri, values, counts, blessed, failures,
+                        metric, raised)
     logging.info('Robustness (blessed: %s):\n%s', blessed, report.text_table(
         values, metric=metric or 'accuracy', counts=counts))
     for failure in failures:

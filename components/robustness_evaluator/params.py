@@ -27,6 +27,15 @@ class Gates:
   max_attacked_error: Dict[str, float] = dataclasses.field(
       default_factory=dict)
   max_error_increase: Optional[float] = None
+  # Accuracy floors apply to the 95% Wilson interval's lower bound too.
+  on_lower_bound: bool = False
+
+  def accuracy_floors(self):
+    """{TFMA output name: the candidate's minimum accuracy}."""
+    floors = dict(self.min_attacked_accuracy)
+    if self.min_clean_accuracy is not None:
+      floors[attacks_lib.CLEAN] = self.min_clean_accuracy
+    return floors
 
   def check(self, head):
     """Fails when a gate does not fit the model's head."""
@@ -35,6 +44,9 @@ class Gates:
     error = [n for n in ('max_clean_error', 'max_attacked_error',
                          'max_error_increase') if getattr(self, n) is not None
              and getattr(self, n) != {}]
+    if self.on_lower_bound and not head.classification:
+      raise ValueError('gate_on_lower_bound applies to accuracy floors; the '
+                       "model's head is regression: leave it out")
     if head.classification and error:
       raise ValueError(f'{error} gate regression models; the model\'s head is '
                        f'{head.name}: use min_clean_accuracy / '
@@ -76,6 +88,7 @@ class RobustnessParams:
   head: str = heads.AUTO
   attack_space: str = attacks_lib.MODEL_INPUTS
   fail_on_flags: bool = False
+  gate_on_lower_bound: bool = False
 
   def __post_init__(self):
     check = parameters.check(self, COMPONENT)
@@ -106,6 +119,14 @@ class RobustnessParams:
     check.require('attack_space', lambda v: v in attacks_lib.ATTACK_SPACES,
                   f'one of {attacks_lib.ATTACK_SPACES}')
     check.require('label_key', bool, 'a feature name')
+    if (self.gate_on_lower_bound is True and check.known(
+        'min_clean_accuracy', 'min_attacked_accuracy',
+        'min_attacked_accuracy_by_attack') and self.min_clean_accuracy is None
+        and self.min_attacked_accuracy is None and
+        not self.min_attacked_accuracy_by_attack):
+      check.fail('gate_on_lower_bound=True applies min_clean_accuracy / '
+                 'min_attacked_accuracy to the 95% lower bound, and neither '
+                 'is set: set one, or leave gate_on_lower_bound out')
     if (check.known('clip_min', 'clip_max') and self.clip_min is not None and
         self.clip_max is not None and self.clip_min >= self.clip_max):
       check.fail(f'clip_min={self.clip_min} must be below '
@@ -137,7 +158,8 @@ class RobustnessParams:
         max_clean_error=self.max_clean_error,
         max_attacked_error=self._per_attack(
             self.max_attacked_error, self.max_attacked_error_by_attack),
-        max_error_increase=self.max_error_increase)
+        max_error_increase=self.max_error_increase,
+        on_lower_bound=self.gate_on_lower_bound)
 
   def attack_settings(self, transform_graph: Optional[str] = None):
     if self.attack_space == attacks_lib.RAW and transform_graph is None:

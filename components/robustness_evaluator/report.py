@@ -55,6 +55,23 @@ def wilson(accuracy, count, z=1.96):
   return max(0.0, center - half), min(1.0, center + half)
 
 
+def lower_bound_failures(accuracies, count, floors):
+  """['candidate/<output>: ...'] for each accuracy floor ({output name:
+  minimum}) that the lower bound of its 95% Wilson interval, on `count`
+  examples, does not reach; `accuracies`: {output name: accuracy}."""
+  failures = []
+  for name, floor in sorted(floors.items()):
+    if name not in accuracies:
+      continue
+    low = wilson(accuracies[name], count)[0]
+    if low < floor:
+      failures.append(
+          f'{CANDIDATE}/{name}: 95% lower bound of accuracy = {low:.4f} '
+          f'(accuracy {accuracies[name]:.4f} on {count} examples) fails '
+          f'>= {floor:g}')
+  return failures
+
+
 def _cell(value, count):
   """An accuracy with its 95% interval when the example count is known."""
   if count is None:
@@ -206,14 +223,13 @@ def plot_png(accuracies, metric='accuracy', counts=None):
   return buffer.getvalue()
 
 
-def write_report(evaluation_uri, blessed, failures, metric=None, flags=()):
-  """Writes robustness.png and robustness.html next to TFMA's output;
-  `metric` (a TFMA name) is the gated one, default the accuracy; `flags`:
-  raised_flags() lines. Returns (the values load_accuracies read, the
-  example counts or None)."""
+def write_report(evaluation_uri, accuracies, counts, blessed, failures,
+                 metric=None, flags=()):
+  """Writes robustness.png and robustness.html next to TFMA's output:
+  `accuracies` and `counts` as load_accuracies and load_counts read them
+  (counts None for a regression head), `metric` (a TFMA name) the gated
+  one, default the accuracy; `flags`: raised_flags() lines."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  accuracies = load_accuracies(evaluation_uri, metric)
-  counts = None if metric else load_counts(evaluation_uri)
   label = metric.replace('_', ' ') if metric else 'accuracy'
   png = plot_png(accuracies, label, counts)
   with tf.io.gfile.GFile(os.path.join(evaluation_uri, REPORT_PNG), 'wb') as f:
@@ -254,4 +270,3 @@ img.addEventListener('error', mark);
 """
   with tf.io.gfile.GFile(os.path.join(evaluation_uri, REPORT_HTML), 'w') as f:
     f.write(page)
-  return accuracies, counts
