@@ -529,3 +529,54 @@ def test_accuracy_floors_on_the_lower_bound_unbless(tmp_path, tabular_setup):
     assert (blessing / 'NOT_BLESSED').exists() == on_bound
   page = open(os.path.join(uri, report.REPORT_HTML)).read()
   assert f'candidate/clean: 95% lower bound of accuracy = {low:.4f}' in page
+
+
+@pytest.mark.parametrize('attack', [
+    'fgsm_linf_eps0.3', 'pgd_l2_eps2_steps5_step0.5',
+    'apgd-ce_linf_eps0.3_steps10', 'square_linf_eps0.3_queries50'])
+def test_per_feature_clip_bounds(digits_model, attack):
+  """clip_min / clip_max per feature: 'a' stays in [0, 1], 'b' (left out)
+  is unbounded, for NSL's attacks and ours alike."""
+  import tensorflow as tf
+  model, x, y = digits_model
+  features = {'a': tf.constant(x[:, :32]), 'b': tf.constant(x[:, 32:])}
+
+  def two_inputs(f, training=False):
+    return model({'pixels': tf.concat([f['a'], f['b']], 1)},
+                 training=training)
+
+  settings = attacks.AttackSettings(label_key='label', clip_min={'a': 0.0},
+                                    clip_max={'a': 1.0})
+  moved = attacks.attack_features(two_inputs, features,
+                                  tf.constant(y[:, None]),
+                                  attacks.Attack.parse(attack), settings,
+                                  head=heads.Head('multiclass'))
+  a, b = moved['a'].numpy(), moved['b'].numpy()
+  assert a.min() >= 0.0 and a.max() <= 1.0
+  assert not np.array_equal(a, x[:, :32])
+  assert b.min() < 0.0 or b.max() > 1.0
+
+
+def test_clip_bounds_name_perturbed_features(digits_model):
+  import tensorflow as tf
+  from tfx.types import channel_utils
+  from tfx.types import standard_artifacts
+  from tfx_nsl.components import RobustnessEvaluator
+  model, x, y = digits_model
+  with pytest.raises(ValueError, match=r"clip_max names features \['zzz'\] "
+                     r"that the attacks do not perturb \(they perturb "
+                     r"\['pixels'\]\)"):
+    attacks.ModelInputs(model, attacks.AttackSettings(
+        label_key='label', clip_max={'zzz': 1.0}))
+  with pytest.raises(ValueError, match="clip_min=1.0 of feature 'a' must be "
+                     'below clip_max=0.5'):
+    RobustnessEvaluator(
+        examples=channel_utils.as_channel([standard_artifacts.Examples()]),
+        model=channel_utils.as_channel([standard_artifacts.Model()]),
+        clip_min={'a': 1.0, 'b': 0.0}, clip_max={'a': 0.5})
+  with pytest.raises(ValueError, match="clip_min=0.2 of feature 'a' must be "
+                     'below clip_max=0.1'):
+    RobustnessEvaluator(
+        examples=channel_utils.as_channel([standard_artifacts.Examples()]),
+        model=channel_utils.as_channel([standard_artifacts.Model()]),
+        clip_min=0.2, clip_max={'a': 0.1})

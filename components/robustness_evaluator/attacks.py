@@ -21,7 +21,7 @@ fgsm and pgd are NSL's attack code; the others are autoattack.py's.
 """
 import dataclasses
 import re
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -201,8 +201,9 @@ class AttackSettings:
   call takes."""
   label_key: str
   perturb_features: Optional[Sequence[str]] = None  # None: all float inputs
-  clip_min: Optional[float] = None
-  clip_max: Optional[float] = None
+  # One bound for every perturbed feature, or {feature: bound}.
+  clip_min: Optional[Union[float, Dict[str, float]]] = None
+  clip_max: Optional[Union[float, Dict[str, float]]] = None
   batch_size: int = DEFAULT_BATCH_SIZE
   head: str = heads.AUTO
   transform_graph: Optional[str] = None  # a TFX TransformGraph's uri
@@ -235,6 +236,13 @@ def perturbed_features(features, settings):
   nothing)."""
   movable = [k for k, v in features.items() if _movable(v)]
   named = settings.perturb_features
+  moved = [k for k in movable if not named or k in named]
+  for option in ('clip_min', 'clip_max'):
+    bound = getattr(settings, option)
+    stray = sorted(set(bound) - set(moved)) if isinstance(bound, dict) else []
+    if stray:
+      raise ValueError(f'{option} names features {stray} that the attacks do '
+                       f'not perturb (they perturb {moved})')
   if not named:
     return movable
   unknown = [n for n in named if n not in features]
@@ -300,6 +308,17 @@ def attack_features(model, features, labels, attack, settings, head=None,
   return {**adversarial, **fixed}
 
 
+def _flat_bound(bound, names, sizes, unbounded):
+  """A clip bound over the flat vector of the features `names` (of
+  `sizes` values each): a {feature: bound} dict becomes a tuple with one
+  bound per value (`unbounded` for a feature it leaves out); a float or
+  None stays as it is."""
+  if not isinstance(bound, dict):
+    return bound
+  return tuple(float(bound.get(name, unbounded))
+               for name, size in zip(names, sizes) for _ in range(size))
+
+
 def _suite_features(model, moving, fixed, labels, attack, settings, head,
                     seed, flags):
   """`moving` at the worst case of `attack.suite` (autoattack.run_suite),
@@ -323,8 +342,10 @@ def _suite_features(model, moving, fixed, labels, attack, settings, head,
     return autoattack.class_logits(
         model({**unflatten(x), **rows_fixed}, training=False), head)
 
-  ball = autoattack.Ball(attack.norm, attack.epsilon, settings.clip_min,
-                         settings.clip_max)
+  ball = autoattack.Ball(
+      attack.norm, attack.epsilon,
+      _flat_bound(settings.clip_min, names, sizes, -np.inf),
+      _flat_bound(settings.clip_max, names, sizes, np.inf))
   worst, _ = autoattack.run_suite(logits_fn, x0, labels, ball, attack.suite,
                                   seed, fixed, flags)
   return unflatten(tf.constant(worst))

@@ -30,7 +30,7 @@ a sigmoid output [logit of 0, logit of 1].
 """
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -128,17 +128,18 @@ def checkpoints(steps):
 @dataclasses.dataclass(frozen=True)
 class Ball:
   """Where an attack may go: the eps-ball of `norm` around x0, within the
-  clip range [lo, hi] (None: unbounded)."""
+  clip range [lo, hi]: floats, or tuples with one bound per feature value
+  (hashable, as tf.function's arguments must be); None: unbounded."""
   norm: str  # 'linf' or 'l2'
   epsilon: float
-  lo: float = None
-  hi: float = None
+  lo: Union[float, Tuple[float, ...], None] = None
+  hi: Union[float, Tuple[float, ...], None] = None
 
   def clip(self, x):
     if self.lo is not None:
-      x = tf.maximum(x, self.lo)
+      x = tf.maximum(x, tf.constant(self.lo, x.dtype))
     if self.hi is not None:
-      x = tf.minimum(x, self.hi)
+      x = tf.minimum(x, tf.constant(self.hi, x.dtype))
     return x
 
   def project(self, x, x0):

@@ -45,8 +45,8 @@ class RobustnessEvaluatorSpec(standard_component_specs.EvaluatorSpec):
   }
 
 
-def _split_threshold(value):
-  """(every attack, by attack name) of a float, a dict or a
+def _split_by_name(value):
+  """(one value for all, by attack or feature name) of a float, a dict or a
   RuntimeParameter; RobustnessParams checks the types."""
   if isinstance(value, dict):
     return None, dict(value)
@@ -115,8 +115,8 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       min_attacked_accuracy: Optional[Union[float, Dict[str, float]]] = None,
       max_accuracy_drop: Optional[float] = None,
       perturb_features: Optional[List[str]] = None,
-      clip_min: Optional[float] = None,
-      clip_max: Optional[float] = None,
+      clip_min: Optional[Union[float, Dict[str, float]]] = None,
+      clip_max: Optional[Union[float, Dict[str, float]]] = None,
       example_splits: Optional[List[str]] = None,
       batch_size: int = _DEFAULTS.batch_size,
       head: str = _DEFAULTS.head,
@@ -159,8 +159,11 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         or attacked) is more than this below the baseline's.
       perturb_features: model inputs the attacks perturb (default: every
         float input).
-      clip_min, clip_max: valid range of perturbed features (e.g. pixels in
-        [0, 1]).
+      clip_min, clip_max: valid range of the perturbed features, in the
+        units of `attack_space`: one bound for every feature (e.g. 0.0 and
+        1.0 for pixels), or per feature ({'age': 0.0}; a feature left out is
+        unbounded on that side). Every attacked point is clipped to it.
+        Names must be perturbed features (checked when the model is known).
       example_splits: splits to evaluate on (a list; as a RuntimeParameter,
         a str holding a JSON list such as '["eval"]').
       batch_size: examples per attack call (each model, each attack); the
@@ -230,8 +233,10 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       raise ValueError('RobustnessEvaluator: min_attacked_accuracy / '
                        'max_attacked_error gate attacks, and attacks is '
                        'empty: list the attacks, or leave the gate out')
-    min_attacked, min_attacked_by = _split_threshold(min_attacked_accuracy)
-    max_attacked, max_attacked_by = _split_threshold(max_attacked_error)
+    min_attacked, min_attacked_by = _split_by_name(min_attacked_accuracy)
+    max_attacked, max_attacked_by = _split_by_name(max_attacked_error)
+    clip_min_all, clip_min_by = _split_by_name(clip_min)
+    clip_max_all, clip_max_by = _split_by_name(clip_max)
     params = RobustnessParams(
         attacks=[attacks_lib.Attack.parse(spec).name if isinstance(spec, str)
                  else attacks_lib.Attack.from_dict(spec).name
@@ -243,8 +248,9 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         max_attacked_error=max_attacked,
         max_attacked_error_by_attack=max_attacked_by,
         max_error_increase=max_error_increase,
-        perturb_features=perturb_features, clip_min=clip_min,
-        clip_max=clip_max, batch_size=batch_size, head=head,
+        perturb_features=perturb_features, clip_min=clip_min_all,
+        clip_max=clip_max_all, clip_min_by_feature=clip_min_by,
+        clip_max_by_feature=clip_max_by, batch_size=batch_size, head=head,
         attack_space=attack_space, fail_on_flags=fail_on_flags,
         gate_on_lower_bound=gate_on_lower_bound)
     # The metrics depend on the head, known once the model is: the executor

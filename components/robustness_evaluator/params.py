@@ -57,6 +57,15 @@ class Gates:
                        '(mean squared error)')
 
 
+def _bound_features(bound):
+  """The features a clip bound names; [None] for one bound for all."""
+  return list(bound) if isinstance(bound, dict) else [None]
+
+
+def _bound_of(bound, feature):
+  return bound.get(feature) if isinstance(bound, dict) else bound
+
+
 def _unit_interval(value) -> bool:
   return 0.0 <= value <= 1.0
 
@@ -84,6 +93,8 @@ class RobustnessParams:
   perturb_features: Optional[List[str]] = None
   clip_min: Optional[float] = None
   clip_max: Optional[float] = None
+  clip_min_by_feature: Optional[Dict[str, float]] = None
+  clip_max_by_feature: Optional[Dict[str, float]] = None
   batch_size: int = attacks_lib.DEFAULT_BATCH_SIZE
   head: str = heads.AUTO
   attack_space: str = attacks_lib.MODEL_INPUTS
@@ -127,10 +138,19 @@ class RobustnessParams:
       check.fail('gate_on_lower_bound=True applies min_clean_accuracy / '
                  'min_attacked_accuracy to the 95% lower bound, and neither '
                  'is set: set one, or leave gate_on_lower_bound out')
-    if (check.known('clip_min', 'clip_max') and self.clip_min is not None and
-        self.clip_max is not None and self.clip_min >= self.clip_max):
-      check.fail(f'clip_min={self.clip_min} must be below '
-                 f'clip_max={self.clip_max}')
+    if check.known('clip_min', 'clip_max'):
+      low, high = self.clip_bounds()
+      for name in sorted(set(_bound_features(low)) | set(
+          _bound_features(high)), key=str):
+        lo, hi = _bound_of(low, name), _bound_of(high, name)
+        if lo is not None and hi is not None and lo >= hi:
+          where = '' if name is None else f' of feature {name!r}'
+          check.fail(f'clip_min={lo}{where} must be below clip_max={hi}')
+
+  def clip_bounds(self):
+    """(clip_min, clip_max), each a float, {feature: float} or None."""
+    return (self.clip_min_by_feature or self.clip_min,
+            self.clip_max_by_feature or self.clip_max)
 
   @classmethod
   def from_exec_properties(cls, exec_properties):
@@ -168,6 +188,6 @@ class RobustnessParams:
                        'transform_graph')
     return attacks_lib.AttackSettings(
         label_key=self.label_key, perturb_features=self.perturb_features,
-        clip_min=self.clip_min, clip_max=self.clip_max,
+        clip_min=self.clip_bounds()[0], clip_max=self.clip_bounds()[1],
         batch_size=self.batch_size, head=self.head,
         transform_graph=transform_graph, attack_space=self.attack_space)
