@@ -42,6 +42,7 @@ def _wrong(model, x, y):
 @pytest.mark.parametrize('name', [
     'apgd-ce_linf_eps0.1', 'apgd-ce_l2_eps1_steps50_restarts2',
     'apgd-t_linf_eps0.1_targets3', 'square_linf_eps0.05_queries1000',
+    'square_l2_eps0.5',
     'autoattack_linf_eps0.1', 'autoattack-lite_l2_eps0.5'])
 def test_names_round_trip(name):
   attack = attacks.Attack.parse(name)
@@ -51,7 +52,7 @@ def test_names_round_trip(name):
 @pytest.mark.parametrize('bad, message', [
     ('apgd-ce_linf_eps0', "'apgd-ce_linf_eps0': attack epsilon must be > 0"),
     ('apgd-ce_linf_eps-0.1', 'epsilon must be > 0'),
-    ('square_l2_eps0.1', 'L2 version is not implemented'),
+    ('square_l3_eps0.1', 'attack norm must be one of'),
     ('apgd-t_linf_eps0.1_restarts2', "apgd-t attacks take no restarts"),
     ('autoattack_linf_eps0.1_steps5', 'autoattack attacks take no steps'),
     ('apgd-ce_linf_eps0.1_steps0', 'steps must be >= 1'),
@@ -98,7 +99,7 @@ def test_losses_by_hand():
 
 @pytest.mark.parametrize('method, norm, eps', [
     ('apgd-ce', 'linf', EPS), ('apgd-ce', 'l2', 1.0), ('apgd-t', 'linf', EPS),
-    ('square', 'linf', EPS)])
+    ('square', 'linf', EPS), ('square', 'l2', 1.0)])
 def test_attacks_stay_in_the_ball_and_report_what_they_broke(
     digits, method, norm, eps):
   model, x, y = digits
@@ -163,8 +164,8 @@ def test_a_model_without_gradients(digits):
   with pytest.raises(ValueError, match='no gradient with respect to the '
                      'perturbed features.*use square'):
     aa.apgd(_logits_fn(frozen), tf.constant(x), labels, ball, 5)
-  _, broken = aa.square_linf(_logits_fn(frozen), tf.constant(x), labels,
-                             ball, 300)
+  _, broken = aa.square(_logits_fn(frozen), tf.constant(x), labels, ball,
+                        300)
   assert broken.numpy().mean() > _wrong(model, x, y).mean() + 0.1
 
 
@@ -267,3 +268,23 @@ def test_a_batch_of_one(digits):
     worst, broken_by = aa.run_suite(_logits_fn(model), x[rows], y[rows],
                                     ball, suite)
     assert worst.shape == x[rows].shape and broken_by.shape == y[rows].shape
+
+
+def test_square_l2_pattern():
+  """The 1-D window pattern: unit norm, zero outside its window, two halves
+  of opposite sign, each largest at its centre and symmetric about it."""
+  import tensorflow as tf
+  pattern = aa.l2_pattern(tf.range(20), 3, 10).numpy()
+  assert abs(np.linalg.norm(pattern) - 1.0) < 1e-6
+  assert not pattern[:3].any() and not pattern[13:].any()
+  first, second = pattern[3:8], pattern[8:13]
+  assert (first > 0).all() and (second < 0).all()
+  np.testing.assert_allclose(first, -second)
+  np.testing.assert_allclose(first, first[::-1])
+  assert first.argmax() == 2 and first[2] > first[1] > first[0]
+  # By hand: distances 2, 1, 0, 1, 2 from the centre; values
+  # sum(1/k^2, k = r + 1 .. 3).
+  by_hand = np.array([1 / 9, 1 / 4 + 1 / 9, 1 + 1 / 4 + 1 / 9,
+                      1 / 4 + 1 / 9, 1 / 9])
+  np.testing.assert_allclose(first / first.max(), by_hand / by_hand.max(),
+                             rtol=1e-6)

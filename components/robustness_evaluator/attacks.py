@@ -13,7 +13,7 @@ attacks run and which thresholds apply to them:
   pgd_l2_eps0.5_steps10_step0.1[_rand]    projected gradient descent
   apgd-ce_linf_eps0.1[_steps100][_restarts1]   APGD, cross-entropy loss
   apgd-t_linf_eps0.1[_steps100][_targets9]     APGD, targeted DLR loss
-  square_linf_eps0.1[_queries5000]        Square (score-based, no gradient)
+  square_l2_eps0.5[_queries5000]          Square (score-based, no gradient)
   autoattack_linf_eps0.1                  a suite (PRESETS), judged per
   autoattack-lite_linf_eps0.1             example by its worst case
 
@@ -54,8 +54,7 @@ _OPTIONS = {
 }
 # The suites: AutoAttack's standard budgets (Croce & Hein 2020: APGD-CE and
 # APGD-T at 100 iterations, 9 target classes, Square at 5,000 queries; FAB-T
-# is left out, see autoattack.py), and a cheaper one for quick runs. Square
-# runs in L-inf suites only (its L2 version is not implemented).
+# is left out, see autoattack.py), and a cheaper one for quick runs.
 PRESETS = {
     'autoattack': (('apgd-ce', {'steps': 100, 'restarts': 1}),
                    ('apgd-t', {'steps': 100, 'targets': 9}),
@@ -131,9 +130,6 @@ class Attack:
           self, field) < 1:
         raise ValueError(f'{self.method}: {field} must be >= 1, got '
                          f'{getattr(self, field)}')
-    if self.method == 'square' and self.norm != 'linf':
-      raise ValueError('square attacks in L-inf only (square_linf_eps...); '
-                       'its L2 version is not implemented')
 
   @property
   def name(self):
@@ -155,8 +151,7 @@ class Attack:
     if self.method in ('fgsm', 'pgd'):
       return None
     if self.method in PRESETS:
-      return tuple(a for a in PRESETS[self.method]
-                   if self.norm == 'linf' or a[0] != 'square')
+      return PRESETS[self.method]
     return ((self.method, {f: getattr(self, f)
                            for f in _OPTIONS[self.method]}),)
 

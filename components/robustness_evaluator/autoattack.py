@@ -10,11 +10,14 @@ counts as robust only when no attack of the suite breaks it. Here:
   0.06) the step halves (restarting from the best point) for every example
   whose loss rose in fewer than 75% of the window's steps, or that neither
   halved nor improved its best loss since the last checkpoint.
-- Square (L-inf): random search on the logit margin from a random corner of
-  the ball; each query moves one window of the features to +-eps, kept when
-  the margin falls; the window shrinks on the paper's schedule (p_init
-  0.8). Features are a flat vector here, so the "square" is a run of
-  consecutive coordinates.
+- Square (L-inf and L2): random search on the logit margin; the window
+  shrinks on the paper's schedule (p_init 0.8). L-inf starts from a random
+  corner of the ball and each query moves one window to +-eps; L2 starts
+  from signed window patterns at norm eps, and each query moves the
+  perturbation of a second window into the first with a new signed
+  pattern (two halves of opposite sign, peaked at their centres), then
+  scales back to eps. Features are a flat vector here, so the "square" is
+  a run of consecutive coordinates.
 - FAB-T is not implemented; the AutoAttack authors report that it rarely
   breaks what APGD-T leaves (it is in the suite to make sure).
 
@@ -258,24 +261,28 @@ def square_p(query, queries, p_init=SQUARE_P_INIT):
   return p_init / 2 ** halvings
 
 
-def square_linf(logits_fn: Callable, x0, labels, ball: Ball, queries,
-                seed=0, fixed=None):
-  """The L-inf Square attack (score-based: logits only, no gradient):
-  (adversarial points, broken)."""
-  if ball.norm != 'linf':
-    raise ValueError('square_linf attacks in an L-inf ball')
+def square(logits_fn: Callable, x0, labels, ball: Ball, queries, seed=0,
+           fixed=None):
+  """The Square attack in `ball`'s norm (score-based: logits only, no
+  gradient): (adversarial points, broken). Each query changes one window
+  of consecutive features (two in L2: one gets a new pattern, the other's
+  perturbation is moved into it) and is kept where the margin falls."""
   n = int(x0.shape[1])
   rng = np.random.RandomState(seed)
-  sizes = np.array([max(1, min(n, round(square_p(q, queries) * n)))
+  least = 1 if ball.norm == 'linf' else 2  # an L2 pattern has two halves
+  sizes = np.array([max(least, min(n, round(square_p(q, queries) * n)))
                     for q in range(1, queries)], np.int32)
-  starts = np.array([rng.randint(0, n - s + 1) for s in sizes], np.int32)
-  return _square(logits_fn, x0, labels, ball, tf.constant(sizes),
-                 tf.constant(starts), tf.constant([seed, 1], tf.int32),
-                 fixed or {})
+  starts = np.array([[rng.randint(0, n - s + 1) for s in sizes]
+                     for _ in range(2)], np.int32)
+  run = _square if ball.norm == 'linf' else _square_l2
+  return run(logits_fn, tf.convert_to_tensor(x0, tf.float32), labels, ball,
+             tf.constant(sizes), tf.constant(starts),
+             tf.constant([seed, 1], tf.int32), fixed or {})
 
 
 @tf.function(reduce_retracing=True)
 def _square(logits_fn, x0, labels, ball, sizes, starts, seed, fixed):
+  starts = starts[0]
   shape = tf.shape(x0)
   corner = tf.sign(tf.random.stateless_uniform(shape, seed, -1.0, 1.0))
   best = ball.project(x0 + ball.epsilon * corner, x0)
@@ -292,6 +299,78 @@ def _square(logits_fn, x0, labels, ball, sizes, starts, seed, fixed):
     better = (found < best_margin) & (best_margin > 0)
     # ensure_shape: a batch of one would otherwise change the loop
     # variables' static shapes from (1, n) to (None, n).
+    best = tf.ensure_shape(tf.where(better[:, None], candidate, best),
+                           x0.shape)
+    best_margin = tf.ensure_shape(tf.where(better, found, best_margin),
+                                  x0.shape[:1])
+  return best, best_margin < 0
+
+
+# _PEAK[j] = sum of 1 / k^2 for k = 1..j: the L2 window pattern's profile.
+_PEAK = np.r_[0.0, np.cumsum(1.0 / np.arange(1, 4097) ** 2)].astype(np.float32)
+
+
+def l2_pattern(columns, start, size):
+  """[n] the 1-D form of Square L2's window pattern, of unit L2 norm: on
+  [start, start + size) two halves of opposite sign, each largest at its
+  centre (a value at distance r from a centre is the sum of 1 / k^2 for k
+  from r + 1 to the half's widest distance + 1); zero elsewhere."""
+  i = columns - start
+  half = size // 2
+  first = i < half
+  local = tf.where(first, i, i - half)
+  length = tf.where(first, half, size - half)
+  distance = tf.abs(2 * local - (length - 1)) // 2
+  widest = tf.minimum((length - 1) // 2 + 1, len(_PEAK) - 1)
+  peak = tf.constant(_PEAK)
+  value = tf.gather(peak, widest) - tf.gather(peak, tf.minimum(
+      distance, widest))
+  inside = (i >= 0) & (i < size)
+  value = tf.where(inside, tf.where(first, value, -value), 0.0)
+  return value / tf.maximum(tf.norm(value), 1e-12)
+
+
+def _unit(delta):
+  return delta / tf.maximum(tf.norm(delta, axis=1, keepdims=True), 1e-12)
+
+
+@tf.function(reduce_retracing=True)
+def _square_l2(logits_fn, x0, labels, ball, sizes, starts, seed, fixed):
+  """Square L2 (Andriushchenko et al. 2020) on flat features: start from
+  windows of the pattern with random signs at norm eps; each query puts
+  window 1's perturbation plus a new signed pattern there, removes window
+  2's, gives window 1 the norm both held plus what the ball has left, and
+  scales the whole perturbation back to eps."""
+  shape = tf.shape(x0)
+  n = shape[1]
+  columns = tf.range(n)
+  width = tf.maximum(2, n // 5)
+  start = tf.zeros_like(x0)
+  for b in tf.range((n + width - 1) // width):
+    signs = tf.sign(tf.random.stateless_uniform(
+        [shape[0], 1], seed + tf.stack([1, b]), -1.0, 1.0))
+    start += signs * l2_pattern(columns, b * width, width)[None, :]
+  best = ball.project(x0 + ball.epsilon * _unit(start), x0)
+  best_margin = margin(logits_fn(best, fixed), labels)
+  epsilon2 = ball.epsilon ** 2
+  for q in tf.range(tf.shape(sizes)[0]):
+    delta = best - x0
+    one = (columns >= starts[0, q]) & (columns < starts[0, q] + sizes[q])
+    two = (columns >= starts[1, q]) & (columns < starts[1, q] + sizes[q])
+    both = one | two
+    in_one = tf.where(one[None, :], delta, 0.0)
+    moved = tf.reduce_sum(tf.where(both[None, :], delta, 0.0) ** 2, axis=1,
+                          keepdims=True)
+    left = tf.maximum(epsilon2 - tf.reduce_sum(delta ** 2, axis=1,
+                                               keepdims=True), 0.0)
+    signs = tf.sign(tf.random.stateless_uniform(
+        [shape[0], 1], seed + tf.stack([0, q + 1]), -1.0, 1.0))
+    window = _unit(signs * l2_pattern(columns, starts[0, q], sizes[q])[None]
+                   + _unit(in_one))
+    new = tf.where(both[None, :], 0.0, delta) + window * tf.sqrt(moved + left)
+    candidate = ball.project(x0 + ball.epsilon * _unit(new), x0)
+    found = margin(logits_fn(candidate, fixed), labels)
+    better = (found < best_margin) & (best_margin > 0)
     best = tf.ensure_shape(tf.where(better[:, None], candidate, best),
                            x0.shape)
     best_margin = tf.ensure_shape(tf.where(better, found, best_margin),
@@ -395,8 +474,8 @@ def _one_attack(logits_fn, x0, labels, ball, method, options, clean_logits,
     take = lambda v: tf.gather(v, rows)  # noqa: E731
     subset = {k: take(v) for k, v in fixed.items()}
     if method == 'square':
-      found, hit = square_linf(logits_fn, take(x0), take(labels), ball,
-                               options['queries'], seed, subset)
+      found, hit = square(logits_fn, take(x0), take(labels), ball,
+                          options['queries'], seed, subset)
     else:
       found, hit = apgd(logits_fn, take(x0), take(labels), ball,
                         options['steps'], fixed=subset,
