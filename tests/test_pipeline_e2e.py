@@ -153,7 +153,12 @@ def test_report_renders_in_headless_chromium(first_run, tmp_path):
       capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'data-plot="rendered"' in result.stdout, result.stdout[:2000]
+  # The digits are 8x8 pixels: the grid of clean vs attacked examples.
+  assert 'data-grid="rendered"' in result.stdout, result.stdout[:2000]
   assert 'fgsm_linf_eps0.1' in result.stdout
+  for part in ('id="gates"', 'id="classes-candidate"',
+               'id="classes-baseline"', 'id="configuration"'):
+    assert part in result.stdout, part
 
 
 def _records(root, node, key, split):

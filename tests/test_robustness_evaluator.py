@@ -35,8 +35,9 @@ def test_pgd_needs_steps_and_step_size():
 
 
 @pytest.fixture(scope='module')
-def digits_model(tmp_path_factory):
-  """A small Keras model on digits, exported as our Trainer exports it."""
+def digits_export(tmp_path_factory):
+  """A small Keras model on digits, exported as our Trainer exports it, in
+  a Model artifact's folder: (that folder, eval pixels, eval labels)."""
   import tensorflow as tf
   from sklearn.datasets import load_digits
   from tfx_nsl.trainer_modules import nsl_trainer
@@ -54,9 +55,18 @@ def digits_model(tmp_path_factory):
                 loss='sparse_categorical_crossentropy')
   model.fit({'pixels': x[:1400]}, y[:1400], epochs=15, batch_size=64,
             verbose=0)
-  path = str(tmp_path_factory.mktemp('model') / 'serving')
-  nsl_trainer.export_serving_model(model, spec, config, path)
-  return tf.keras.models.load_model(path), x[1400:], y[1400:]
+  root = tmp_path_factory.mktemp('model')
+  nsl_trainer.export_serving_model(model, spec, config,
+                                   str(root / 'Format-Serving'))
+  return str(root), x[1400:], y[1400:]
+
+
+@pytest.fixture(scope='module')
+def digits_model(digits_export):
+  import tensorflow as tf
+  root, x, y = digits_export
+  return (tf.keras.models.load_model(os.path.join(root, 'Format-Serving')),
+          x, y)
 
 
 def _serialize(x, y):
@@ -317,7 +327,7 @@ def test_raw_examples_with_transform_binary_head_and_the_users_metrics(
                          'nonfinite_gradient', 'nondeterministic',
                          'saturated_softmax'}
   assert counts['nondeterministic'] == counts['nonfinite_gradient'] == 0
-  assert not os.path.exists(os.path.join(uri, '.robustness_flags'))
+  assert not os.path.exists(os.path.join(uri, '.robustness_counts'))
   # The int input is left alone without warnings.
   text = caplog.text
   assert 'Cannot perturb' not in text and 'must be floating' not in text
@@ -580,3 +590,61 @@ def test_clip_bounds_name_perturbed_features(digits_model):
         examples=channel_utils.as_channel([standard_artifacts.Examples()]),
         model=channel_utils.as_channel([standard_artifacts.Model()]),
         clip_min=0.2, clip_max={'a': 0.1})
+
+
+def test_report_per_class_gates_grid_and_configuration(tmp_path,
+                                                        digits_export):
+  """The report's parts beside the curve: accuracy per class (adding up to
+  TFMA's accuracy), each gate with pass/fail, a grid of clean vs attacked
+  digits, and the configuration with the model's URI."""
+  import base64
+  import re
+  from tfx.types import standard_artifacts
+  from graph_testing import write_examples_artifact
+  import tabular_testing as tabular
+  from tfx_nsl.components.robustness_evaluator import executor
+  from tfx_nsl.components.robustness_evaluator import report
+  root, x, y = digits_export
+  model = standard_artifacts.Model()
+  model.uri = root
+  examples = write_examples_artifact(tmp_path / 'examples', {'eval': [
+      {'pixels': row, 'label': np.int64(label)} for row, label in zip(x, y)]})
+  attack = 'fgsm_linf_eps0.1'
+  _, uri = tabular.evaluate(str(tmp_path), examples, model, 'digits',
+                            attacks=[attack], min_clean_accuracy=0.5,
+                            min_attacked_accuracy=0.99, clip_min=0.0,
+                            clip_max=1.0)
+  overall = report.load_accuracies(uri)['candidate']
+  with open(os.path.join(uri, executor.CLASSES_JSON)) as f:
+    classes = json.load(f)['candidate']
+  for name in ('clean', attack):
+    per_class = classes[name]
+    assert sorted(per_class, key=int) == [str(c) for c in range(10)]
+    assert sum(n for _, n in per_class.values()) == len(y)
+    assert sum(a * n for a, n in per_class.values()) / len(y) == (
+        pytest.approx(overall[name], abs=1e-6))
+    for label, (accuracy, count) in per_class.items():
+      assert count == (y == int(label)).sum()
+  page = open(os.path.join(uri, report.REPORT_HTML)).read()
+  gates = page[page.index('<table id="gates">'):]
+  gates = gates[:gates.index('</table>')]
+  assert re.search(r'<td>clean accuracy</td><td>&gt;= 0.5</td><td>'
+                   r'[0-9.]+</td><td>pass</td>', gates), gates
+  assert re.search(rf'<td>{attack} accuracy</td><td>&gt;= 0.99</td><td>'
+                   r'[0-9.]+</td><td>FAIL</td>', gates), gates
+  assert '<table id="classes-candidate">' in page
+  assert f'<td>candidate model</td><td>{root}</td>' in page
+  assert f'<td>attack {attack}</td><td>NSL fgsm</td>' in page
+  grid = re.search(r'<img id="grid" [^>]*src="data:image/png;base64,'
+                   r'([^"]+)"', page)
+  assert grid and base64.b64decode(grid.group(1)).startswith(b'\x89PNG')
+
+
+def test_image_of():
+  from tfx_nsl.components.robustness_evaluator.executor import image_of
+  assert image_of(np.zeros((2, 64))).shape == (2, 8, 8)
+  assert image_of(np.zeros((2, 28, 28, 1))).shape == (2, 28, 28)
+  assert image_of(np.zeros((2, 5, 6, 3))).shape == (2, 5, 6, 3)
+  assert image_of(np.zeros((2, 20))) is None
+  assert image_of(np.zeros((2, 9))) is None  # too small for a picture
+  assert image_of(np.zeros((2, 1))) is None

@@ -203,9 +203,9 @@ class AttackSettings:
   head: str = heads.AUTO
   transform_graph: Optional[str] = None  # a TFX TransformGraph's uri
   attack_space: str = MODEL_INPUTS
-  # Where the workers leave the suites' sanity counts
-  # (report.store_flag_counts).
-  flags_dir: Optional[str] = None
+  # Where the workers leave the suites' sanity counts and the per-class
+  # tallies (report.store_worker_counts).
+  counts_dir: Optional[str] = None
 
 
 def model_input_spec(model):
@@ -215,12 +215,12 @@ def model_input_spec(model):
 
 
 def _movable(value):
-  """Whether an attack can move a feature: a dense float (a tensor, or a
-  FixedLenFeature of a parsing spec). Ints and strings have no gradient; a
-  missing optional value (sparse) has no place to move."""
-  if isinstance(value, tf.io.FixedLenFeature):
-    return tf.as_dtype(value.dtype).is_floating
-  return isinstance(value, tf.Tensor) and value.dtype.is_floating
+  """Whether an attack can move a feature: a dense float (a tensor, a numpy
+  array, or a FixedLenFeature of a parsing spec). Ints and strings have no
+  gradient; a missing optional value (sparse) has no place to move."""
+  if not isinstance(value, (tf.io.FixedLenFeature, tf.Tensor, np.ndarray)):
+    return False
+  return tf.as_dtype(value.dtype).is_floating
 
 
 def perturbed_features(features, settings):
@@ -429,12 +429,47 @@ class ModelInputs:
     return features, label, dense
 
 
+def add_counts(total, part):
+  """Adds `part` into `total`, key by key: nested dicts of counts."""
+  for key, value in part.items():
+    if isinstance(value, dict):
+      add_counts(total.setdefault(key, {}), value)
+    else:
+      total[key] = total.get(key, 0) + value
+  return total
+
+
+def predicted_classes(predictions, head):
+  """A classifier's class per example from its TFMA predictions, as TFMA's
+  accuracies decide it (argmax; a binary probability above 0.5)."""
+  predictions = np.asarray(predictions)
+  if head.kind == 'multiclass':
+    return predictions.argmax(axis=1)
+  return (predictions.reshape(-1) > 0.5).astype(np.int64)
+
+
+def class_tally(predictions, labels, head):
+  """{'correct': {class: n}, 'total': {class: n}} of a classifier's TFMA
+  predictions against `labels`."""
+  labels = np.asarray(labels).reshape(-1).astype(np.int64)
+  predicted = predicted_classes(predictions, head)
+  classes, total = np.unique(labels, return_counts=True)
+  correct = np.bincount(np.searchsorted(classes, labels[predicted == labels]),
+                        minlength=len(classes))
+  return {'correct': {str(c): int(n) for c, n in zip(classes, correct)},
+          'total': {str(c): int(n) for c, n in zip(classes, total)}}
+
+
 def predictions_under_attacks(model, serialized, attack_names, settings,
-                              seed=0, inputs=None, head=None, flags=None):
+                              seed=0, inputs=None, head=None, flags=None,
+                              classes=None, keep_features=False):
   """({attack name or 'clean': predictions for TFMA}, Transform's dense
   outputs) for serialized examples; `inputs` (a ModelInputs) and `head`
   are derived from the model when not given. `flags`, when given, gains
-  {attack name: {flag: examples}} of the suites (autoattack.FLAGS)."""
+  {attack name: {flag: examples}} of the suites (autoattack.FLAGS);
+  `classes`, of a classifier, {attack name: class_tally(...)}, added.
+  With `keep_features`, a third item: {attack name: {feature: the numpy
+  values the model saw, in the attack space}}, and the labels."""
   inputs = inputs or ModelInputs(model, settings)
   head = head or heads.infer(model, settings.head)
   features, labels, transformed = inputs(serialized)
@@ -443,7 +478,7 @@ def predictions_under_attacks(model, serialized, attack_names, settings,
     return model(inputs.to_model(x), training=training)
 
   tf.random.set_seed(seed)  # random starts are repeatable
-  results = {}
+  results, kept = {}, {}
   for name in attack_names:
     found = None if flags is None else flags.setdefault(name, {})
     attacked = features if name == CLEAN else attack_features(
@@ -452,4 +487,13 @@ def predictions_under_attacks(model, serialized, attack_names, settings,
     if found == {}:  # not a suite
       del flags[name]
     results[name] = head.predictions(predict(attacked)).numpy()
-  return results, {k: v.numpy() for k, v in transformed.items()}
+    if classes is not None and head.classification:
+      add_counts(classes.setdefault(name, {}),
+                 class_tally(results[name], labels, head))
+    if keep_features:
+      kept[name] = {k: v.numpy() for k, v in attacked.items()
+                    if isinstance(v, tf.Tensor)}
+  dense = {k: v.numpy() for k, v in transformed.items()}
+  if keep_features:
+    return results, dense, (kept, np.asarray(labels).reshape(-1))
+  return results, dense

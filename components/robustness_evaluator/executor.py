@@ -7,6 +7,8 @@ import json
 import os
 import threading
 
+import numpy as np
+
 from absl import logging
 from google.protobuf import json_format
 import tensorflow_model_analysis as tfma
@@ -25,7 +27,11 @@ from tfx_nsl.components.robustness_evaluator.params import RobustnessParams
 TRANSFORM_GRAPH_KEY = 'transform_graph'
 # The suites' sanity counts: {model: {attack: {flag: examples}}}.
 FLAGS_JSON = 'robustness_flags.json'
-_FLAGS_DIR = '.robustness_flags'  # the workers' parts, removed after
+# Accuracy per class: {model: {attack: {class: [accuracy, examples]}}}.
+CLASSES_JSON = 'robustness_classes.json'
+_COUNTS_DIR = '.robustness_counts'  # the workers' parts, removed after
+# Examples shown clean and attacked in the report's grid.
+GRID_EXAMPLES = 8
 
 # The Evaluator calls `tfma_module.custom_extractors` with a fixed signature,
 # so the attack settings of the running execution wait here for it; the
@@ -140,15 +146,98 @@ def robustness_eval_config(head, gates, user_config=None):
   return config
 
 
+def _serving_model(model_artifact):
+  return tf.keras.models.load_model(path_utils.serving_model_path(
+      model_artifact.uri, path_utils.is_old_model_artifact(model_artifact)),
+                                    compile=False)
+
+
 def _check_model(model_artifact, settings):
   """The candidate's head; fails before any data is read when the label, the
   model's inputs and the Transform graph do not fit together."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  model = tf.keras.models.load_model(path_utils.serving_model_path(
-      model_artifact.uri, path_utils.is_old_model_artifact(model_artifact)),
-                                     compile=False)
+  model = _serving_model(model_artifact)
   attacks.ModelInputs(model, settings)
   return heads.infer(model, settings.head)
+
+
+def _configuration(params, input_dict, exec_properties):
+  """{setting: text} for the report: the models, the attacks (a suite with
+  its members and budgets) and the settings they share."""
+  config = {}
+  for key, role in ((standard_component_specs.MODEL_KEY, 'candidate model'),
+                    (standard_component_specs.BASELINE_MODEL_KEY,
+                     'baseline model'),
+                    (standard_component_specs.EXAMPLES_KEY, 'examples'),
+                    (TRANSFORM_GRAPH_KEY, 'transform graph')):
+    if input_dict.get(key):
+      config[role] = artifact_utils.get_single_uri(input_dict[key])
+  config['example splits'] = exec_properties.get(
+      standard_component_specs.EXAMPLE_SPLITS_KEY) or '["eval"]'
+  for name in params.attack_names:
+    attack = attacks.Attack.parse(name)
+    config[f'attack {name}'] = ', '.join(
+        f'{method} {options}' for method, options in attack.suite) if (
+            attack.suite) else f'NSL {attack.method}'
+  for field in ('attack_space', 'perturb_features', 'batch_size', 'head',
+                'gate_on_lower_bound', 'fail_on_flags'):
+    config[field] = str(getattr(params, field))
+  low, high = params.clip_bounds()
+  config['clip range'] = f'[{low}, {high}]'
+  return config
+
+
+def _first_examples(input_dict, exec_properties, count):
+  """Up to `count` serialized examples of the first evaluated split."""
+  examples = input_dict[standard_component_specs.EXAMPLES_KEY]
+  splits = json.loads(exec_properties.get(
+      standard_component_specs.EXAMPLE_SPLITS_KEY) or '["eval"]') or ['eval']
+  files = tf.io.gfile.glob(os.path.join(
+      artifact_utils.get_split_uri(examples, splits[0]), '*'))
+  gzip = [f for f in files if f.endswith('.gz')]
+  dataset = tf.data.TFRecordDataset(gzip or files,
+                                    compression_type='GZIP' if gzip else '')
+  return [record.numpy() for record in dataset.take(count)]
+
+
+def image_of(values):
+  """[k, h, w(, c)] images of a perturbed feature's [k, ...] values, or
+  None: a feature of shape [h, w], [h, w, 1 or 3], or a flat one whose
+  size is a square of at least 16 (e.g. 8x8 digits, 28x28 MNIST)."""
+  shape = values.shape[1:]
+  if len(shape) == 3 and shape[-1] in (1, 3):
+    return values[..., 0] if shape[-1] == 1 else values
+  if len(shape) == 2 and min(shape) > 1:
+    return values
+  size = int(np.prod(shape))
+  side = int(round(size ** 0.5))
+  if len(shape) == 1 and size >= 16 and side * side == size:
+    return values.reshape(-1, side, side)
+  return None
+
+
+def _example_grid(input_dict, exec_properties, settings, head, names):
+  """The report's grid (report.example_grid_png) of the candidate on the
+  first GRID_EXAMPLES examples, or None without an image-like perturbed
+  feature or for a regression model."""
+  if not head.classification:
+    return None
+  model = _serving_model(artifact_utils.get_single_instance(
+      input_dict[standard_component_specs.MODEL_KEY]))
+  serialized = _first_examples(input_dict, exec_properties, GRID_EXAMPLES)
+  if not serialized:
+    return None
+  predictions, _, (features, labels) = attacks.predictions_under_attacks(
+      model, serialized, [attacks.CLEAN] + list(names), settings, head=head,
+      keep_features=True)
+  clean = features[attacks.CLEAN]
+  moved = attacks.perturbed_features(clean, settings) if clean else []
+  feature = next((k for k in moved if image_of(clean[k]) is not None), None)
+  if feature is None:
+    return None
+  return report.example_grid_png(
+      {name: image_of(values[feature]) for name, values in features.items()},
+      {name: attacks.predicted_classes(p, head)
+       for name, p in predictions.items()}, labels.astype(int))
 
 
 def _unbless(blessing):
@@ -188,15 +277,19 @@ class Executor(evaluator_executor.Executor):
                  head.name, gates.attack_names, settings.batch_size,
                  ', Transform applied' if settings.transform_graph else '')
     evaluation_uri = artifact_utils.get_single_uri(output_dict['evaluation'])
-    flags_dir = os.path.join(evaluation_uri, _FLAGS_DIR)
+    counts_dir = os.path.join(evaluation_uri, _COUNTS_DIR)
     with _attack_settings(dataclasses.replace(settings, head=head.name,
-                                              flags_dir=flags_dir)):
+                                              counts_dir=counts_dir)):
       super().Do(input_dict, output_dict, exec_properties)
-    flags = report.merge_flag_counts(flags_dir)
-    if tf.io.gfile.isdir(flags_dir):
-      tf.io.gfile.rmtree(flags_dir)
-    with tf.io.gfile.GFile(os.path.join(evaluation_uri, FLAGS_JSON), 'w') as f:
-      json.dump(flags, f, indent=1, sort_keys=True)
+    worker_counts = report.merge_worker_counts(counts_dir)
+    if tf.io.gfile.isdir(counts_dir):
+      tf.io.gfile.rmtree(counts_dir)
+    flags = {model: by_attack for model, by_attack in
+             worker_counts.get('flags', {}).items() if by_attack}
+    classes = report.class_accuracies(worker_counts.get('classes', {}))
+    for name, content in ((FLAGS_JSON, flags), (CLASSES_JSON, classes)):
+      with tf.io.gfile.GFile(os.path.join(evaluation_uri, name), 'w') as f:
+        json.dump(content, f, indent=1, sort_keys=True)
     raised = report.raised_flags(flags)
     for flag in raised:
       logging.warning('RobustnessEvaluator sanity flag: %s', flag)
@@ -215,8 +308,14 @@ class Executor(evaluator_executor.Executor):
       _unbless(artifact_utils.get_single_instance(output_dict['blessing']))
       blessed = False
     failures = failures + ours
-    report.write_report(evaluation_uri, values, counts, blessed, failures,
-                        metric, raised)
+    report.write_report(evaluation_uri, report.Page(
+        accuracies=values, counts=counts, blessed=blessed, failures=failures,
+        metric=metric, flags=raised, gates=report.gate_rows(gates, values,
+                                                            counts),
+        classes=classes, configuration=_configuration(
+            params, input_dict, exec_properties),
+        grid_png=_example_grid(input_dict, exec_properties, settings, head,
+                               gates.attack_names)))
     logging.info('Robustness (blessed: %s):\n%s', blessed, report.text_table(
         values, metric=metric or 'accuracy', counts=counts))
     for failure in failures:

@@ -1,11 +1,15 @@
 """Robustness results: read from TFMA's output, shown as table, PNG and HTML."""
 import base64
 import collections
+import dataclasses
 import html
 import io
 import json
 import os
+from typing import Any, Dict, Optional, Sequence
 import uuid
+
+import numpy as np
 
 from tfx_nsl.components.robustness_evaluator import attacks
 
@@ -80,9 +84,10 @@ def _cell(value, count):
   return f'{value:.4f} [{low:.3f}, {high:.3f}]'
 
 
-def store_flag_counts(directory, counts):
-  """Writes {model: {attack: {flag: examples}}} of one batch to a new file
-  of `directory` (a worker's share; merge_flag_counts sums them)."""
+def store_worker_counts(directory, counts):
+  """Writes one batch's counts (nested dicts of ints: the suites' sanity
+  flags, the per-class tallies) to a new file of `directory`: a worker's
+  share, which merge_worker_counts sums."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.io.gfile.makedirs(directory)
   with tf.io.gfile.GFile(os.path.join(directory, f'{uuid.uuid4().hex}.json'),
@@ -90,18 +95,33 @@ def store_flag_counts(directory, counts):
     json.dump(counts, f)
 
 
-def merge_flag_counts(directory):
-  """The sum of store_flag_counts' files: {model: {attack: {flag: n}}}."""
+def merge_worker_counts(directory):
+  """The sum of store_worker_counts' files, key by key."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  total = collections.defaultdict(lambda: collections.defaultdict(
-      collections.Counter))
+  total = {}
   if tf.io.gfile.isdir(directory):
     for name in tf.io.gfile.listdir(directory):
       with tf.io.gfile.GFile(os.path.join(directory, name)) as f:
-        for model, by_attack in json.load(f).items():
-          for attack, counts in by_attack.items():
-            total[model][attack].update(counts)
-  return {m: {a: dict(c) for a, c in v.items()} for m, v in total.items()}
+        attacks.add_counts(total, json.load(f))
+  return total
+
+
+def class_accuracies(classes):
+  """{model: {attack: {class: (accuracy, examples)}}} from the per-class
+  tallies {model: {attack: {'correct': {class: n}, 'total': {class: n}}}}."""
+  return {model or CANDIDATE: {attack: {
+      label: (tally.get('correct', {}).get(label, 0) / total, total)
+      for label, total in sorted(tally['total'].items(),
+                                 key=lambda item: _class_key(item[0]))}
+                  for attack, tally in by_attack.items()}
+          for model, by_attack in classes.items()}
+
+
+def _class_key(label):
+  try:
+    return (0, float(label), label)
+  except ValueError:
+    return (1, 0.0, label)
 
 
 def raised_flags(flag_counts):
@@ -223,14 +243,124 @@ def plot_png(accuracies, metric='accuracy', counts=None):
   return buffer.getvalue()
 
 
-def write_report(evaluation_uri, accuracies, counts, blessed, failures,
-                 metric=None, flags=()):
-  """Writes robustness.png and robustness.html next to TFMA's output:
-  `accuracies` and `counts` as load_accuracies and load_counts read them
-  (counts None for a regression head), `metric` (a TFMA name) the gated
-  one, default the accuracy; `flags`: raised_flags() lines."""
+def gate_rows(gates, values, counts=None):
+  """[(what, threshold, value, passed)] of each of our gates (params.Gates)
+  on the candidate: its accuracy floors (and, with gates.on_lower_bound,
+  their Wilson lower bounds), the regression error ceilings, and the
+  changes against a baseline. `values`: load_accuracies' result."""
+  candidate = values.get(CANDIDATE, {})
+  baseline = values.get(BASELINE, {})
+  count = (counts or {}).get(CANDIDATE)
+  rows = []
+  floors = gates.accuracy_floors()
+  ceilings = dict(gates.max_attacked_error)
+  if gates.max_clean_error is not None:
+    ceilings[attacks.CLEAN] = gates.max_clean_error
+  for name in _ordered(set(floors) | set(ceilings)):
+    value = candidate.get(name)
+    if value is None:
+      continue
+    if name in floors:
+      rows.append((f'{name} accuracy', f'>= {floors[name]:g}',
+                   f'{value:.4f}', value >= floors[name]))
+      if gates.on_lower_bound and count:
+        low = wilson(value, count)[0]
+        rows.append((f'{name} accuracy, 95% lower bound',
+                     f'>= {floors[name]:g}', f'{low:.4f}',
+                     low >= floors[name]))
+    else:
+      rows.append((f'{name} mean squared error', f'<= {ceilings[name]:g}',
+                   f'{value:.4f}', value <= ceilings[name]))
+  for limit, sign, what in ((gates.max_accuracy_drop, -1, 'accuracy'),
+                            (gates.max_error_increase, 1, 'error')):
+    if limit is None:
+      continue
+    for name in _ordered(set(candidate) & set(baseline)):
+      change = candidate[name] - baseline[name]
+      rows.append((f'{name} {what} change vs baseline',
+                   f'{">=" if sign < 0 else "<="} {sign * limit:g}',
+                   f'{change:+.4f}', sign * change <= limit))
+  return rows
+
+
+def example_grid_png(images, predicted, labels):
+  """PNG bytes: one row per attack name of `images` ({name: [k, h, w] or
+  [k, h, w, c] arrays}), one column per example, each titled with its
+  predicted class (red when it is not `labels`' class)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  names = _ordered(images)
+  count = len(labels)
+  figure, axes = plt.subplots(len(names), count, squeeze=False,
+                              figsize=(1.2 * count + 1.5, 1.35 * len(names)))
+  low = min(float(np.min(v)) for v in images.values())
+  high = max(float(np.max(v)) for v in images.values())
+  for row, name in enumerate(names):
+    for column in range(count):
+      axis = axes[row][column]
+      image = images[name][column]
+      axis.imshow(image, cmap='gray' if image.ndim == 2 else None,
+                  vmin=low, vmax=high)
+      axis.set_xticks([])
+      axis.set_yticks([])
+      guess = predicted[name][column]
+      title = f'{guess} (label {labels[column]})' if row == 0 else f'{guess}'
+      axis.set_title(title, fontsize=8,
+                     color='black' if guess == labels[column] else 'red')
+      if column == 0:
+        axis.set_ylabel(name, fontsize=6, rotation=0, ha='right',
+                        va='center')
+  figure.tight_layout()
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format='png', dpi=100)
+  plt.close(figure)
+  return buffer.getvalue()
+
+
+@dataclasses.dataclass
+class Page:
+  """What robustness.html shows."""
+  accuracies: Dict[str, Dict[str, float]]  # load_accuracies()
+  counts: Optional[Dict[str, int]]  # load_counts(); None: regression
+  blessed: bool
+  failures: Sequence[str]  # every threshold failure, TFMA's and ours
+  metric: Optional[str] = None  # the gated TFMA metric; None: accuracy
+  flags: Sequence[str] = ()  # raised_flags()
+  gates: Sequence[tuple] = ()  # gate_rows()
+  classes: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  configuration: Dict[str, str] = dataclasses.field(default_factory=dict)
+  grid_png: Optional[bytes] = None  # example_grid_png()
+
+
+def _html_table(table_id, header, rows):
+  cells = lambda tag, row: ''.join(  # noqa: E731
+      f'<{tag}>{html.escape(str(c))}</{tag}>' for c in row)
+  return (f'<table id="{table_id}"><tr>{cells("th", header)}</tr>' +
+          ''.join(f'<tr>{cells("td", row)}</tr>' for row in rows) +
+          '</table>')
+
+
+def _class_tables(classes):
+  """One table per model: classes as rows, clean and attacks as columns."""
+  parts = []
+  for model in sorted(classes, key=lambda m: (m != CANDIDATE, m)):
+    by_attack = classes[model]
+    names = _ordered(by_attack)
+    labels = list(next(iter(by_attack.values()))) if by_attack else []
+    rows = [[label] + [_cell(*by_attack[n][label])
+                       if label in by_attack[n] else '-' for n in names]
+            for label in labels]
+    parts.append(f'<h3>{html.escape(model)}</h3>' + _html_table(
+        f'classes-{model}', ['class'] + names, rows))
+  return ''.join(parts) or '<p>none (not a classifier)</p>'
+
+
+def write_report(evaluation_uri, page: Page):
+  """Writes robustness.png and robustness.html next to TFMA's output."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  label = metric.replace('_', ' ') if metric else 'accuracy'
+  label = page.metric.replace('_', ' ') if page.metric else 'accuracy'
+  accuracies, counts = page.accuracies, page.counts
   png = plot_png(accuracies, label, counts)
   with tf.io.gfile.GFile(os.path.join(evaluation_uri, REPORT_PNG), 'wb') as f:
     f.write(png)
@@ -241,7 +371,18 @@ def write_report(evaluation_uri, accuracies, counts, blessed, failures,
                                      (counts or {}).get(m)))
           if name in accuracies[m] else '<td>-</td>' for m in models))
       for name in _ordered({n for v in accuracies.values() for n in v}))
-  page = f"""<!DOCTYPE html>
+  gates = _html_table('gates', ['gate', 'threshold', 'candidate', 'result'], [
+      (what, threshold, value, 'pass' if passed else 'FAIL')
+      for what, threshold, value, passed in page.gates])
+  grid = ('<p>none (no image-like perturbed feature)</p>'
+          if page.grid_png is None else
+          '<img id="grid" alt="clean vs adversarial examples" src="data:'
+          f'image/png;base64,{base64.b64encode(page.grid_png).decode()}">')
+  listing = lambda items, list_id: (  # noqa: E731
+      f'<ul id="{list_id}">' + (''.join(
+          f'<li>{html.escape(i)}</li>' for i in items) or '<li>none</li>') +
+      '</ul>')
+  html_page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Robustness report</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px;
 text-align:right}}td:first-child{{text-align:left}}</style></head>
@@ -251,22 +392,35 @@ text-align:right}}td:first-child{{text-align:left}}</style></head>
 APGD-CE, APGD-T and the score-based Square attack of tfx-nsl). An
 <code>autoattack</code> row is robust accuracy: the fraction of examples
 that no attack of its suite breaks. Brackets: 95% Wilson intervals.
-Blessed: <b id="blessed">{blessed}</b></p>
+Blessed: <b id="blessed">{page.blessed}</b></p>
 <img id="curve" alt="{html.escape(label)} vs epsilon" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <table id="accuracy"><tr><th>attack</th>{''.join(f'<th>{html.escape(m)}</th>' for m in models)}</tr>
 {rows}</table>
+<h2>Gates</h2>
+{gates}
 <h2>Threshold failures</h2>
-<ul id="failures">{''.join(f'<li>{html.escape(f)}</li>' for f in failures) or '<li>none</li>'}</ul>
+{listing(page.failures, 'failures')}
 <h2>Sanity flags</h2>
-<ul id="flags">{''.join(f'<li>{html.escape(f)}</li>' for f in flags) or '<li>none</li>'}</ul>
+{listing(page.flags, 'flags')}
+<h2>Accuracy per class</h2>
+{_class_tables(page.classes)}
+<h2>Clean vs adversarial examples</h2>
+<p>The first examples of the split, clean and under each attack, titled
+with the candidate's predicted class (red: wrong).</p>
+{grid}
+<h2>Configuration</h2>
+{_html_table('configuration', ['setting', 'value'], sorted(page.configuration.items()))}
 <script>
-const img = document.getElementById('curve');
-function mark() {{ document.body.dataset.plot =
-    img.complete && img.naturalWidth > 0 ? 'rendered' : 'broken'; }}
-if (img.complete) mark(); else img.addEventListener('load', mark);
-img.addEventListener('error', mark);
+for (const [id, key] of [['curve', 'plot'], ['grid', 'grid']]) {{
+  const img = document.getElementById(id);
+  if (!img) continue;
+  const mark = () => {{ document.body.dataset[key] =
+      img.complete && img.naturalWidth > 0 ? 'rendered' : 'broken'; }};
+  if (img.complete) mark(); else img.addEventListener('load', mark);
+  img.addEventListener('error', mark);
+}}
 </script>
 </body></html>
 """
   with tf.io.gfile.GFile(os.path.join(evaluation_uri, REPORT_HTML), 'w') as f:
-    f.write(page)
+    f.write(html_page)

@@ -86,7 +86,7 @@ class _AttackedPredictionsDoFn(model_util.DoFnWithModels):
         np.asarray(e[tfma_constants.INPUT_KEY], object).ravel()
         for e in pending])
     size = self._settings.batch_size
-    outputs, transformed, flags = {}, {}, {}
+    outputs, transformed, flags, classes = {}, {}, {}, {}
     for model_name, model in self._loaded_models.items():
       if model_name not in self._inputs:
         self._inputs[model_name] = (
@@ -95,15 +95,17 @@ class _AttackedPredictionsDoFn(model_util.DoFnWithModels):
       inputs, head = self._inputs[model_name]
       chunks = [attacks.predictions_under_attacks(
           model, serialized[i:i + size].tolist(), self._names, self._settings,
-          inputs=inputs, head=head, flags=flags.setdefault(model_name, {}))
+          inputs=inputs, head=head, flags=flags.setdefault(model_name, {}),
+          classes=classes.setdefault(model_name, {}))
                 for i in range(0, len(serialized), size)]
       outputs[model_name] = {name: np.concatenate([c[0][name] for c in chunks])
                              for name in self._names}
       transformed[model_name] = {
           key: np.concatenate([c[1][key] for c in chunks])
           for key in chunks[0][1]}
-    if self._settings.flags_dir and any(flags.values()):
-      report.store_flag_counts(self._settings.flags_dir, flags)
+    if self._settings.counts_dir:
+      report.store_worker_counts(self._settings.counts_dir,
+                                 {'flags': flags, 'classes': classes})
     self._examples.inc(len(serialized))
     self._log_progress(len(serialized))
     offsets = np.cumsum([0] + sizes)
