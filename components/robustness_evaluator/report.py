@@ -219,6 +219,14 @@ def plot_png(accuracies, metric='accuracy', counts=None):
   figure, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.6),
                               squeeze=False)
   for axis, group in zip(axes[0], groups):
+    # Beside each attack, its norm's worst case over the full suite.
+    worst = curves.get(('autoattack', group[1]), {}) if (
+        group[0] not in attacks.PRESETS) else {}
+    for model, points in sorted(worst.items()):
+      points.sort()
+      axis.plot([p[0] for p in points], [p[1] for p in points],
+                linestyle=':', color='gray' if model == CANDIDATE else
+                'silver', label=f'{model}, autoattack (worst case)')
     for model, points in sorted(curves.get(group, {}).items()):
       points.sort()
       line, = axis.plot([p[0] for p in points], [p[1] for p in points],
@@ -235,7 +243,7 @@ def plot_png(accuracies, metric='accuracy', counts=None):
       axis.set_ylim(0.0, 1.02)
     axis.grid(alpha=0.3)
     if axis.lines:
-      axis.legend()
+      axis.legend(fontsize=7)
   figure.tight_layout()
   buffer = io.BytesIO()
   figure.savefig(buffer, format='png', dpi=100)
