@@ -77,10 +77,17 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
 
   Outputs:
     evaluation: TFMA's results (`tfma.load_metrics` reads them), the
-      suites' sanity counts `robustness_flags.json`, and the report
-      `robustness.html` / `robustness.png` (accuracies with 95% Wilson
-      intervals, the sanity flags): clean against attacked
-      metrics, candidate against baseline, each threshold met or not.
+      suites' sanity counts `robustness_flags.json`, the accuracy per class
+      `robustness_classes.json` ({model: {attack: {class: [accuracy,
+      examples]}}}), and the report `robustness.html` / `robustness.png`:
+      accuracy against epsilon with 95% Wilson intervals (each attack
+      beside its norm's autoattack worst case), candidate against baseline,
+      each gate with pass/fail, the threshold failures, the sanity flags,
+      the accuracy per class, a grid of the first examples clean and under
+      each attack with the predicted classes (for an image-like perturbed
+      feature: [h, w], [h, w, 1 or 3], or a flat square of at least 16
+      values), and the configuration (model and data URIs, the attacks and
+      suites with their budgets, the settings).
     blessing: a ModelBlessing, blessed when every threshold is met.
 
   Bad input:
@@ -93,8 +100,10 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
     starts, before any data is read: a label that is neither a raw feature
     nor a Transform output, model inputs that are not among the examples'
     (or Transform's) features, variable-length inputs without Transform, or
-    a head that cannot be inferred (it asks for `head=`): ValueError naming
-    the feature. While attacking: a white-box attack on a model without a
+    a head that cannot be inferred (it asks for `head=`), a
+    `perturb_features` name that is not a feature of the attack space or
+    not a dense float, or a per-feature clip bound on a feature that is not
+    perturbed: ValueError naming the feature. While attacking: a white-box attack on a model without a
     gradient with respect to the perturbed features (a non-differentiable
     layer, a stop_gradient), or an APGD, Square or suite attack on a
     regression model: ValueError saying what can run instead. Integer and
