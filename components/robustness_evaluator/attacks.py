@@ -270,12 +270,14 @@ def _nsl_config(attack, settings, perturbed):
 
 
 def attack_features(model, features, labels, attack, settings, head=None,
-                    seed=0, flags=None):
+                    seed=0, flags=None, cache=None):
   """Features perturbed by `attack` against `model` (a Keras model, or a
   callable when `head` is given) white-box, in the units of `features`;
   the others pass through unchanged. A suite gives each example its worst
   case: the point of the first attack that broke it (else its clean
-  features), and adds its sanity counts to `flags` (a dict) when given."""
+  features), and adds its sanity counts to `flags` (a dict) when given.
+  `cache` (a dict kept per model) keeps the suite's logits function across
+  batches, so that its compiled attacks are traced once, not per batch."""
   head = head or heads.infer(model, settings.head)
   features = {k: v if isinstance(v, (tf.SparseTensor, tf.RaggedTensor))
               else tf.convert_to_tensor(v) for k, v in features.items()}
@@ -286,7 +288,7 @@ def attack_features(model, features, labels, attack, settings, head=None,
   moving = {k: features[k] for k in perturbed}
   if attack.suite is not None:
     return {**_suite_features(model, moving, fixed, labels, attack, settings,
-                              head, seed, flags), **fixed}
+                              head, seed, flags, cache), **fixed}
   nsl = import_nsl()
   loss_fn = head.keras_loss()
 
@@ -315,7 +317,7 @@ def _flat_bound(bound, names, sizes, unbounded):
 
 
 def _suite_features(model, moving, fixed, labels, attack, settings, head,
-                    seed, flags):
+                    seed, flags, cache=None):
   """`moving` at the worst case of `attack.suite` (autoattack.run_suite),
   as one flat [B, n] vector of the perturbed features."""
   if not head.classification:
@@ -337,6 +339,10 @@ def _suite_features(model, moving, fixed, labels, attack, settings, head,
     return autoattack.class_logits(
         model({**unflatten(x), **rows_fixed}, training=False), head)
 
+  if cache is not None:  # the first batch's function, of the same model
+    logits_fn = cache.setdefault(
+        ('logits', tuple(names), tuple(map(tuple, shapes))), logits_fn)
+
   ball = autoattack.Ball(
       attack.norm, attack.epsilon,
       _flat_bound(settings.clip_min, names, sizes, -np.inf),
@@ -356,12 +362,19 @@ class ModelInputs:
   vocabulary lookup is not, and string columns are not moved anyway).
   """
 
-  def __init__(self, model, settings):
+  def __init__(self, model, settings, compile_attacks=True):
     self._spec = model_input_spec(model)
     self._label_key = settings.label_key
     self._regression = settings.head == 'regression'
     self._space = settings.attack_space
     self._transform = None
+    # Not in the raw space: traced, the Transform layer's gradients came out
+    # exactly zero for some raw values that have one eagerly (540 of 8,000
+    # in the tabular test), so FGSM there moved the wrong way.
+    self._compile = compile_attacks and self._space != RAW
+    # Per model: compiled functions, and functions whose identity keys the
+    # traces of autoattack's compiled attacks.
+    self.cache = {}
     if settings.transform_graph:
       import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
       output = tft.TFTransformOutput(settings.transform_graph)
@@ -401,6 +414,18 @@ class ModelInputs:
     transformed = self._transform(raw)
     return {k: v[:, tf.newaxis] if v.shape.rank == 1 else v
             for k, v in transformed.items() if isinstance(v, tf.Tensor)}
+
+  def compiled(self, name, build):
+    """The tf.function `build()` returns, built once per `name` for this
+    model: later batches reuse its trace instead of running eagerly (or
+    `build()` itself, eager, when made with compile_attacks=False: for a
+    single small batch, tracing costs more than it saves)."""
+    if not self._compile:
+      return build()
+    if ('compiled', name) not in self.cache:
+      self.cache[('compiled', name)] = tf.function(build(),
+                                                   reduce_retracing=True)
+    return self.cache[('compiled', name)]
 
   def to_model(self, features):
     """Model inputs from the attack space's features."""
@@ -477,16 +502,27 @@ def predictions_under_attacks(model, serialized, attack_names, settings,
   def predict(x, training=False):
     return model(inputs.to_model(x), training=training)
 
+  def single(attack):
+    """Clean or NSL's attacks: one compiled graph, attack and prediction."""
+    def run(features, labels):
+      attacked = features if attack is None else attack_features(
+          predict, features, labels, attack, settings, head, seed)
+      return attacked, head.predictions(predict(attacked))
+    return run
+
   tf.random.set_seed(seed)  # random starts are repeatable
   results, kept = {}, {}
   for name in attack_names:
-    found = None if flags is None else flags.setdefault(name, {})
-    attacked = features if name == CLEAN else attack_features(
-        predict, features, labels, Attack.parse(name), settings, head, seed,
-        found)
-    if found == {}:  # not a suite
-      del flags[name]
-    results[name] = head.predictions(predict(attacked)).numpy()
+    attack = None if name == CLEAN else Attack.parse(name)
+    if attack is None or attack.suite is None:
+      attacked, predictions = inputs.compiled(
+          name, lambda a=attack: single(a))(features, labels)
+    else:  # its own compiled attacks, and a worst case per example
+      found = None if flags is None else flags.setdefault(name, {})
+      attacked = attack_features(predict, features, labels, attack, settings,
+                                 head, seed, found, inputs.cache)
+      predictions = head.predictions(predict(attacked))
+    results[name] = predictions.numpy()
     if classes is not None and head.classification:
       add_counts(classes.setdefault(name, {}),
                  class_tally(results[name], labels, head))

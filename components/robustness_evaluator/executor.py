@@ -19,6 +19,7 @@ from tfx.types import artifact_utils
 from tfx.types import standard_component_specs
 from tfx.utils import path_utils
 
+from tfx_nsl import beam_executor
 from tfx_nsl import heads
 from tfx_nsl.components.robustness_evaluator import attacks
 from tfx_nsl.components.robustness_evaluator import report
@@ -153,11 +154,11 @@ def _serving_model(model_artifact):
 
 
 def _check_model(model_artifact, settings):
-  """The candidate's head; fails before any data is read when the label, the
-  model's inputs and the Transform graph do not fit together."""
+  """(the candidate, its head); fails before any data is read when the
+  label, the model's inputs and the Transform graph do not fit together."""
   model = _serving_model(model_artifact)
   attacks.ModelInputs(model, settings)
-  return heads.infer(model, settings.head)
+  return model, heads.infer(model, settings.head)
 
 
 def _configuration(params, input_dict, exec_properties):
@@ -215,19 +216,19 @@ def image_of(values):
   return None
 
 
-def _example_grid(input_dict, exec_properties, settings, head, names):
-  """The report's grid (report.example_grid_png) of the candidate on the
-  first GRID_EXAMPLES examples, or None without an image-like perturbed
-  feature or for a regression model."""
+def _example_grid(model, input_dict, exec_properties, settings, head,
+                  names):
+  """The report's grid (report.example_grid_png) of the candidate `model`
+  on the first GRID_EXAMPLES examples, or None without an image-like
+  perturbed feature or for a regression model."""
   if not head.classification:
     return None
-  model = _serving_model(artifact_utils.get_single_instance(
-      input_dict[standard_component_specs.MODEL_KEY]))
   serialized = _first_examples(input_dict, exec_properties, GRID_EXAMPLES)
   if not serialized:
     return None
   predictions, _, (features, labels) = attacks.predictions_under_attacks(
       model, serialized, [attacks.CLEAN] + list(names), settings, head=head,
+      inputs=attacks.ModelInputs(model, settings, compile_attacks=False),
       keep_features=True)
   clean = features[attacks.CLEAN]
   moved = attacks.perturbed_features(clean, settings) if clean else []
@@ -254,8 +255,9 @@ def _unbless(blessing):
                                    constants.NOT_BLESSED_VALUE)
 
 
-class Executor(evaluator_executor.Executor):
-  """Runs TFMA with attacked predictions, then writes the report."""
+class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
+  """Runs TFMA with attacked predictions, then writes the report (TFX's
+  Evaluator executor, without its ephemeral sdist on the DirectRunner)."""
 
   def Do(self, input_dict, output_dict, exec_properties):
     # Checked before any data is read (RuntimeParameters have values now).
@@ -265,7 +267,7 @@ class Executor(evaluator_executor.Executor):
         if input_dict.get(TRANSFORM_GRAPH_KEY) else None)
     gates = params.gates(with_baseline=bool(input_dict.get(
         standard_component_specs.BASELINE_MODEL_KEY)))
-    head = _check_model(artifact_utils.get_single_instance(
+    model, head = _check_model(artifact_utils.get_single_instance(
         input_dict[standard_component_specs.MODEL_KEY]), settings)
     key = standard_component_specs.EVAL_CONFIG_KEY
     user_config = None
@@ -314,8 +316,8 @@ class Executor(evaluator_executor.Executor):
                                                             counts),
         classes=classes, configuration=_configuration(
             params, input_dict, exec_properties),
-        grid_png=_example_grid(input_dict, exec_properties, settings, head,
-                               gates.attack_names)))
+        grid_png=_example_grid(model, input_dict, exec_properties, settings,
+                               head, gates.attack_names)))
     logging.info('Robustness (blessed: %s):\n%s', blessed, report.text_table(
         values, metric=metric or 'accuracy', counts=counts))
     for failure in failures:
