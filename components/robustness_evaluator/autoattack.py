@@ -290,20 +290,31 @@ def _square(logits_fn, x0, labels, ball, sizes, starts, seed, fixed):
   columns = tf.range(shape[1])
   for q in tf.range(tf.shape(sizes)[0]):
     inside = (columns >= starts[q]) & (columns < starts[q] + sizes[q])
-    signs = tf.sign(tf.random.stateless_uniform(
-        [shape[0], 1], seed + tf.stack([0, q + 1]), -1.0, 1.0))
+    signs = _query_signs(shape, seed, q)
     # 2 eps: from any point of the ball, a window goes to a face.
     candidate = ball.project(
         best + tf.where(inside[None, :], 2.0 * ball.epsilon * signs, 0.0), x0)
-    found = margin(logits_fn(candidate, fixed), labels)
-    better = (found < best_margin) & (best_margin > 0)
-    # ensure_shape: a batch of one would otherwise change the loop
-    # variables' static shapes from (1, n) to (None, n).
-    best = tf.ensure_shape(tf.where(better[:, None], candidate, best),
-                           x0.shape)
-    best_margin = tf.ensure_shape(tf.where(better, found, best_margin),
-                                  x0.shape[:1])
+    best, best_margin = _keep_better(candidate, best, best_margin, logits_fn,
+                                     fixed, labels, x0)
   return best, best_margin < 0
+
+
+def _query_signs(shape, seed, query):
+  return tf.sign(tf.random.stateless_uniform(
+      [shape[0], 1], seed + tf.stack([0, query + 1]), -1.0, 1.0))
+
+
+def _keep_better(candidate, best, best_margin, logits_fn, fixed, labels, x0):
+  """Square's acceptance: (best, its margin) with `candidate` taken where
+  it lowers the margin of an example not yet broken."""
+  found = margin(logits_fn(candidate, fixed), labels)
+  better = (found < best_margin) & (best_margin > 0)
+  # ensure_shape: a batch of one would otherwise change the loop
+  # variables' static shapes from (1, n) to (None, n).
+  return (tf.ensure_shape(tf.where(better[:, None], candidate, best),
+                          x0.shape),
+          tf.ensure_shape(tf.where(better, found, best_margin),
+                          x0.shape[:1]))
 
 
 # _PEAK[j] = sum of 1 / k^2 for k = 1..j: the L2 window pattern's profile.
@@ -363,18 +374,13 @@ def _square_l2(logits_fn, x0, labels, ball, sizes, starts, seed, fixed):
                           keepdims=True)
     left = tf.maximum(epsilon2 - tf.reduce_sum(delta ** 2, axis=1,
                                                keepdims=True), 0.0)
-    signs = tf.sign(tf.random.stateless_uniform(
-        [shape[0], 1], seed + tf.stack([0, q + 1]), -1.0, 1.0))
-    window = _unit(signs * l2_pattern(columns, starts[0, q], sizes[q])[None]
-                   + _unit(in_one))
+    window = _unit(_query_signs(shape, seed, q) *
+                   l2_pattern(columns, starts[0, q], sizes[q])[None] +
+                   _unit(in_one))
     new = tf.where(both[None, :], 0.0, delta) + window * tf.sqrt(moved + left)
     candidate = ball.project(x0 + ball.epsilon * _unit(new), x0)
-    found = margin(logits_fn(candidate, fixed), labels)
-    better = (found < best_margin) & (best_margin > 0)
-    best = tf.ensure_shape(tf.where(better[:, None], candidate, best),
-                           x0.shape)
-    best_margin = tf.ensure_shape(tf.where(better, found, best_margin),
-                                  x0.shape[:1])
+    best, best_margin = _keep_better(candidate, best, best_margin, logits_fn,
+                                     fixed, labels, x0)
   return best, best_margin < 0
 
 
