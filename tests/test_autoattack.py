@@ -288,3 +288,22 @@ def test_square_l2_pattern():
                       1 / 4 + 1 / 9, 1 / 9])
   np.testing.assert_allclose(first / first.max(), by_hand / by_hand.max(),
                              rtol=1e-6)
+
+
+def test_a_model_without_gradients_fails_before_the_evaluation(digits):
+  """check_gradients (the executor's start): white-box attacks on a model
+  without gradients fail naming the features and the attacks; Square alone
+  and a model with gradients pass."""
+  import tensorflow as tf
+  model, _, _ = digits
+  inputs = tf.keras.Input((64,), name='pixels')
+  frozen = tf.keras.Model(inputs, model(tf.keras.layers.Lambda(
+      tf.stop_gradient)(inputs)))
+  settings = attacks.AttackSettings(label_key='label')
+  names = ['clean', 'fgsm_linf_eps0.1', 'square_linf_eps0.1']
+  with pytest.raises(ValueError, match=r"no gradient with respect to the "
+                     r"perturbed features \['pixels'\].*white-box attacks "
+                     r"\['fgsm_linf_eps0.1'\] cannot run"):
+    attacks.check_gradients(frozen, settings, names)
+  attacks.check_gradients(frozen, settings, ['clean', 'square_linf_eps0.1'])
+  attacks.check_gradients(model, settings, names)

@@ -255,6 +255,34 @@ def perturbed_features(features, settings):
   return [k for k in movable if k in named]
 
 
+def check_gradients(model, settings, attack_names):
+  """Fails, naming the features and the attacks, when `model` has no
+  gradient with respect to a perturbed input and a white-box attack is
+  asked for: the evaluation would otherwise fail at its first batch. One
+  call on a zero example of the model's own input spec."""
+  white_box = [n for n in attack_names
+               if n != CLEAN and Attack.parse(n).method != 'square']
+  spec = model_input_spec(model)
+  moved = perturbed_features(spec, settings)
+  if not white_box or not moved:
+    return
+  inputs = {k: tf.fill([1, *v.shape], tf.constant('' if v.dtype == tf.string
+                                                  else 0, v.dtype))
+            for k, v in spec.items()}
+  with tf.GradientTape() as tape:
+    tape.watch([inputs[k] for k in moved])
+    total = tf.reduce_sum(tf.cast(model(inputs, training=False), tf.float32))
+  gradients = tape.gradient(total, [inputs[k] for k in moved])
+  missing = [k for k, g in zip(moved, gradients) if g is None]
+  if missing:
+    raise ValueError(
+        f'the model has no gradient with respect to the perturbed features '
+        f'{missing} (a non-differentiable layer, or a stop_gradient): the '
+        f'white-box attacks {white_box} cannot run on it; use square '
+        '(square_linf_eps...), which needs only its scores, or leave those '
+        'features out of perturb_features')
+
+
 def _nsl_config(attack, settings, perturbed):
   nsl = import_nsl()
   if attack.method == 'fgsm':

@@ -103,9 +103,11 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
     a head that cannot be inferred (it asks for `head=`), a
     `perturb_features` name that is not a feature of the attack space or
     not a dense float, or a per-feature clip bound on a feature that is not
-    perturbed: ValueError naming the feature. While attacking: a white-box attack on a model without a
-    gradient with respect to the perturbed features (a non-differentiable
-    layer, a stop_gradient), or an APGD, Square or suite attack on a
+    perturbed, or white-box attacks on a model without a gradient with
+    respect to a perturbed input (a non-differentiable layer, a
+    stop_gradient): ValueError naming the feature (and the attacks, with
+    square as what can run instead). While attacking: the same gradient
+    check in the raw attack space, or an APGD, Square or suite attack on a
     regression model: ValueError saying what can run instead. Integer and
     string inputs are never perturbed.
   """

@@ -153,11 +153,15 @@ def _serving_model(model_artifact):
                                     compile=False)
 
 
-def _check_model(model_artifact, settings):
+def _check_model(model_artifact, settings, attack_names):
   """(the candidate, its head); fails before any data is read when the
-  label, the model's inputs and the Transform graph do not fit together."""
+  label, the model's inputs and the Transform graph do not fit together,
+  or when white-box attacks meet a model without gradients (checked on
+  the model's inputs; in the raw space the first batch tells)."""
   model = _serving_model(model_artifact)
   attacks.ModelInputs(model, settings)
+  if settings.attack_space != attacks.RAW:
+    attacks.check_gradients(model, settings, attack_names)
   return model, heads.infer(model, settings.head)
 
 
@@ -268,7 +272,8 @@ class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
     gates = params.gates(with_baseline=bool(input_dict.get(
         standard_component_specs.BASELINE_MODEL_KEY)))
     model, head = _check_model(artifact_utils.get_single_instance(
-        input_dict[standard_component_specs.MODEL_KEY]), settings)
+        input_dict[standard_component_specs.MODEL_KEY]), settings,
+                               gates.attack_names)
     key = standard_component_specs.EVAL_CONFIG_KEY
     user_config = None
     if exec_properties.get(key):
