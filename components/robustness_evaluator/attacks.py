@@ -451,8 +451,10 @@ class ModelInputs:
     if not self._compile:
       return build()
     if ('compiled', name) not in self.cache:
-      self.cache[('compiled', name)] = tf.function(build(),
-                                                   reduce_retracing=True)
+      # No autograph: the attacks' loops are Python loops over fixed step
+      # counts, and converting NSL's code only warns about its imports.
+      self.cache[('compiled', name)] = tf.function(
+          build(), reduce_retracing=True, autograph=False)
     return self.cache[('compiled', name)]
 
   def to_model(self, features):
