@@ -13,7 +13,8 @@ attacks run and which thresholds apply to them:
   pgd_l2_eps0.5_steps10_step0.1[_rand]    projected gradient descent
   apgd-ce_linf_eps0.1[_steps100][_restarts1]   APGD, cross-entropy loss
   apgd-t_linf_eps0.1[_steps100][_targets9]     APGD, targeted DLR loss
-  square_l2_eps0.5[_queries5000]          Square (score-based, no gradient)
+  square_linf_eps0.1[_queries5000]        Square (score-based, no gradient;
+                                          L-inf or L2)
   autoattack_linf_eps0.1                  a suite (PRESETS), judged per
   autoattack-lite_linf_eps0.1             example by its worst case
 

@@ -176,8 +176,7 @@ def _configuration(params, input_dict, exec_properties):
                     (TRANSFORM_GRAPH_KEY, 'transform graph')):
     if input_dict.get(key):
       config[role] = artifact_utils.get_single_uri(input_dict[key])
-  config['example splits'] = exec_properties.get(
-      standard_component_specs.EXAMPLE_SPLITS_KEY) or '["eval"]'
+  config['example splits'] = json.dumps(_example_splits(exec_properties))
   for name in params.attack_names:
     attack = attacks.Attack.parse(name)
     config[f'attack {name}'] = ', '.join(
@@ -191,13 +190,17 @@ def _configuration(params, input_dict, exec_properties):
   return config
 
 
+def _example_splits(exec_properties):
+  """The evaluated splits (TFX's Evaluator's default: eval)."""
+  return json.loads(exec_properties.get(
+      standard_component_specs.EXAMPLE_SPLITS_KEY) or 'null') or ['eval']
+
+
 def _first_examples(input_dict, exec_properties, count):
   """Up to `count` serialized examples of the first evaluated split."""
   examples = input_dict[standard_component_specs.EXAMPLES_KEY]
-  splits = json.loads(exec_properties.get(
-      standard_component_specs.EXAMPLE_SPLITS_KEY) or '["eval"]') or ['eval']
-  files = tf.io.gfile.glob(os.path.join(
-      artifact_utils.get_split_uri(examples, splits[0]), '*'))
+  files = tf.io.gfile.glob(os.path.join(artifact_utils.get_split_uri(
+      examples, _example_splits(exec_properties)[0]), '*'))
   gzip = [f for f in files if f.endswith('.gz')]
   dataset = tf.data.TFRecordDataset(gzip or files,
                                     compression_type='GZIP' if gzip else '')

@@ -103,7 +103,8 @@ class _AttackedPredictionsDoFn(model_util.DoFnWithModels):
       transformed[model_name] = {
           key: np.concatenate([c[1][key] for c in chunks])
           for key in chunks[0][1]}
-    if self._settings.counts_dir:
+    if self._settings.counts_dir and (any(flags.values()) or
+                                      any(classes.values())):
       report.store_worker_counts(self._settings.counts_dir,
                                  {'flags': flags, 'classes': classes})
     self._examples.inc(len(serialized))
