@@ -4,6 +4,7 @@ import os
 import pickle
 import types
 
+import apache_beam as beam
 import numpy as np
 import pytest
 
@@ -219,6 +220,60 @@ def test_partition_passes_find_the_one_pass_edges(k, threshold):
     assert pruned == unpruned
 
 
+def _partition_passes(tmp_path, budget_bytes):
+  """The partition steps run by hand over stored groups: ScoreHome on each
+  group, then ScoreVisits over every visited group in one bundle. Returns
+  ScoreVisits' (home group, Run) outputs."""
+  tmp_path.mkdir()
+  vectors = clustered_embeddings(2000, 16, 40, 2.0, seed=15)
+  corpus, _ = graph_core.prepare_vectors(vectors, graph_core.COSINE)
+  centroids = graph_core.partition_centroids(corpus, 80, seed=0)
+  model = scoring.PartitionModel(centroids,
+                                 graph_core.partition_groups(centroids))
+  probes = graph_core.nearest_partitions(corpus, centroids, 4)
+  params = types.SimpleNamespace(max_neighbors=5, similarity_threshold=0.0,
+                                 memory_budget_bytes=budget_bytes)
+  assigned = corpus_lib.store_runs(
+      str(tmp_path), 'assigned', model.group_of[probes[:, 0]],
+      ids=np.arange(2000), vectors=corpus, probes=probes,
+      names=corpus_lib.encode_ids([f'n{i}' for i in range(2000)]))
+  groups = dict(scoring.store_group((g, [run]), str(tmp_path))
+                for g, run in assigned)
+  visits = collections.defaultdict(list)
+  home = scoring.ScoreHome(params, str(tmp_path), threads=1)
+  for group, path in groups.items():
+    for out in home.process(scoring.GroupFile(group, path), None, model):
+      if isinstance(out, beam.pvalue.TaggedOutput):
+        visits[out.value[0]].append(out.value[1])
+  assert len(visits) > 2
+  visiting = scoring.ScoreVisits(params, str(tmp_path), threads=1)
+  visiting.start_bundle()
+  found = [out for group, runs in sorted(visits.items())
+           for out in visiting.process((group, runs), None, model, groups)]
+  found += [out.value for out in visiting.finish_bundle()]
+  return found
+
+
+def test_score_visits_stores_a_bundles_edges_in_one_file(tmp_path):
+  """ScoreVisits stores the edges a bundle finds in one file (MergeFound
+  opens each file that has edges of its group), in more only once they
+  pass its share of the memory budget; the edges are the same."""
+  by_budget = {}
+  for budget in (2**30, 1):
+    found = _partition_passes(tmp_path / str(budget), budget)
+    by_budget[budget] = ({run.path for _, run in found}, {
+        group: np.sort(corpus_lib.load_runs(
+            [r for g, r in found if g == group])['tgt_id'])
+        for group in {g for g, _ in found}})
+  (one_file, edges), (many_files, same_edges) = by_budget.values()
+  assert len(one_file) == 1
+  assert len(many_files) > 2
+  assert sum(len(t) for t in edges.values()) > 100
+  assert edges.keys() == same_edges.keys()
+  for group, targets in edges.items():
+    np.testing.assert_array_equal(targets, same_edges[group])
+
+
 def test_lsh_finds_most_exact_neighbors_and_only_true_edges():
   vectors = clustered_embeddings(2000, 16, 40, 0.3, seed=2)
   corpus, _ = graph_core.prepare_vectors(vectors, graph_core.COSINE)
@@ -366,13 +421,25 @@ def test_executor_partition_mode_reports_recall(tmp_path):
   assert stats['counters']['scored_pairs'] < 3000 * 3000 / 2
 
 
-def test_undirected_adds_reverse_edges(tmp_path):
+@pytest.mark.parametrize('mode', [Exact(), Lsh(splits=3, rounds=4),
+                                  Partition(size=40, probes=3)])
+def test_undirected_adds_reverse_edges(tmp_path, mode):
+  """Undirected: the directed graph and the reverse of each edge (partition
+  mode adds them where it stores its edges, from the group's ids)."""
   vectors = clustered_embeddings(200, 6, 5, 0.5, seed=7)
-  _, found, _ = _run_executor(
-      tmp_path, {'train': _rows(vectors)}, embedding_features=['emb'],
-      similarity_threshold=0.0, max_neighbors=2, undirected=True)
-  assert all((t, s) in found and found[(t, s)] == w
-             for (s, t), w in found.items())
+  found = {}
+  for undirected in (False, True):
+    _, found[undirected], _ = _run_executor(
+        tmp_path, {'train': _rows(vectors)}, name=f'u{undirected}',
+        embedding_features=['emb'], similarity_threshold=0.0,
+        max_neighbors=2, undirected=undirected, mode=mode, num_shards=3)
+  expected = {(t, s): w for (s, t), w in found[False].items()}
+  expected.update(found[False])
+  assert found[True].keys() == expected.keys()
+  assert len(expected) > len(found[False])
+  for key, weight in found[True].items():
+    assert weight == pytest.approx(expected[key], abs=1.5e-6)
+    assert found[True][key[::-1]] == weight
 
 
 def test_bad_inputs_are_counted_and_named(tmp_path, caplog):

@@ -342,19 +342,15 @@ def _scoring_threads(pipeline):
 
 def _to_shard(keyed, layout, directory):
   """Edges keyed by their source shard, as stored Runs."""
-  _, edges = keyed
-  return corpus.store_runs(directory, 'edges', layout.shard_of(edges.src),
-                           **scoring.edge_columns(edges))
+  return scoring.store_by_shard(keyed[1], layout, directory)
 
 
 def _reverse_by_shard(keyed, layout, directory, params):
   """Edges and their reverses keyed by their source shard, as stored Runs."""
   (shard, _), edges = keyed
   _, names, _ = layout.nodes(shard, scoring.cache_bytes(params))
-  both = graph_core.concat_edges([edges, graph_core.Edges(
-      edges.tgt, edges.src, edges.weight,
-      names[edges.src - layout.offsets[shard]])])
-  return _to_shard((None, both), layout, directory)
+  return scoring.store_by_shard(scoring.with_reverses(
+      edges, names[edges.src - layout.offsets[shard]]), layout, directory)
 
 
 def _gather_shard(keyed, dedupe):
@@ -484,30 +480,38 @@ class Executor(beam_executor.BeamExecutor):
           # fused with the one step that made them); a single local worker
           # has nothing to spread them to.
           shards = shards | 'DistributeShards' >> beam.Reshuffle()
-        scored = self._score(pipeline, layout_pc, layout, shards, params,
-                             corpus_dir, spread)
-        # Exact units meet a source once per shard, LSH rounds meet it (and
-        # a pair) several times: their candidates go through a top-k
-        # combiner. Partition mode merges a source's candidates in its own
-        # group (MergeFound), so its top-k is final. Without a top-k, the
-        # edges are merged (and deduped) once, per shard, before they are
-        # written.
-        dedupe = params.mode.NAME == LSH
-        candidates = scored
-        if params.max_neighbors is not None and params.mode.NAME != PARTITION:
-          candidates = scored | 'TopK' >> beam.CombinePerKey(
-              scoring.TopK(params.max_neighbors, dedupe))
-        recall = None
-        if params.mode.NAME != EXACT:
-          recall = beam.pvalue.AsSingleton(
-              self._recall(candidates, layout, shards, params))
         # Without a top-k, exact edges come out symmetric.
         symmetric = params.mode.NAME == EXACT and params.max_neighbors is None
         reverse = params.undirected and not symmetric
-        final = (candidates
-                 | ('AddReverse' if reverse else 'ToShards') >> beam.FlatMap(
-                     _reverse_by_shard if reverse else _to_shard, layout,
-                     corpus_dir, *([params] if reverse else []))
+        dedupe = params.mode.NAME == LSH
+        if params.mode.NAME == PARTITION:
+          # MergeFound merges a source's candidates in its own group, so
+          # its top-k is final, and stores them by shard itself.
+          stored, sample = self._partition(pipeline, layout, shards, params,
+                                           corpus_dir, spread, reverse)
+        else:
+          # Exact units meet a source once per shard, LSH rounds meet it
+          # (and a pair) several times: their candidates go through a top-k
+          # combiner. Without a top-k, the edges are merged (and deduped)
+          # once, per shard, before they are written.
+          candidates = self._score(layout_pc, layout, shards, params,
+                                   corpus_dir, spread)
+          if params.max_neighbors is not None:
+            candidates = candidates | 'TopK' >> beam.CombinePerKey(
+                scoring.TopK(params.max_neighbors, dedupe))
+          sample = None
+          if params.mode.NAME != EXACT:
+            sample = candidates | 'SampleForRecall' >> beam.FlatMap(
+                scoring.sample_edges, layout, params)
+          stored = candidates | (
+              'AddReverse' if reverse else 'ToShards') >> beam.FlatMap(
+                  _reverse_by_shard if reverse else _to_shard, layout,
+                  corpus_dir, *([params] if reverse else []))
+        recall = None
+        if sample is not None:
+          recall = beam.pvalue.AsSingleton(
+              self._recall(sample, layout, shards, params))
+        final = (stored
                  | 'GroupShards' >> beam.GroupByKey()
                  | 'Gather' >> beam.Map(
                      _gather_shard,
@@ -552,22 +556,23 @@ class Executor(beam_executor.BeamExecutor):
             | 'CollectShards' >> beam.combiners.ToList()
             | 'Layout' >> beam.FlatMap(_layout, plan, rejected, params))
 
-  def _score(self, pipeline, layout_pc, layout, shards, params, corpus_dir,
-             spread):
-    """(source shard, Edges) candidates of the mode."""
-    def distribute(work, name):
-      return work | f'Distribute{name}' >> beam.Reshuffle() if spread else work
-
+  def _score(self, layout_pc, layout, shards, params, corpus_dir, spread):
+    """(key, Edges) candidates of exact or LSH mode, by source shard."""
     if params.mode.NAME == EXACT:
       units = layout_pc | 'ExactUnits' >> beam.FlatMap(scoring.exact_units, params)
-      return (distribute(units, 'Units')
-              | 'Score' >> beam.ParDo(scoring.ScoreExact(params), layout))
-    if params.mode.NAME == LSH:
-      return (shards
-              | 'LshCodes' >> beam.ParDo(scoring.LshCodes(params, corpus_dir),
-                                         layout)
-              | 'GroupBuckets' >> beam.GroupByKey()
-              | 'Score' >> beam.FlatMap(scoring.score_bucket, layout, params))
+      if spread:
+        units = units | 'DistributeUnits' >> beam.Reshuffle()
+      return units | 'Score' >> beam.ParDo(scoring.ScoreExact(params), layout)
+    return (shards
+            | 'LshCodes' >> beam.ParDo(scoring.LshCodes(params, corpus_dir),
+                                       layout)
+            | 'GroupBuckets' >> beam.GroupByKey()
+            | 'Score' >> beam.FlatMap(scoring.score_bucket, layout, params))
+
+  def _partition(self, pipeline, layout, shards, params, corpus_dir, spread,
+                 reverse):
+    """Partition mode: ((source shard, stored Run) of the final edges, the
+    recall sample's edges)."""
     model = beam.pvalue.AsSingleton(
         shards
         | 'KmeansSample' >> beam.Map(scoring.kmeans_sample, layout, corpus_dir,
@@ -579,22 +584,30 @@ class Executor(beam_executor.BeamExecutor):
                                        layout, model)
               | 'GroupPartitions' >> beam.GroupByKey()
               | 'StoreGroups' >> beam.Map(scoring.store_group, corpus_dir))
+    group_files = beam.pvalue.AsDict(groups)
+    if spread:
+      groups = groups | 'DistributeGroups' >> beam.Reshuffle()
     threads = _scoring_threads(pipeline)
-    home = distribute(groups, 'Groups') | 'ScoreHome' >> beam.ParDo(
+    home = groups | 'ScoreHome' >> beam.ParDo(
         scoring.ScoreHome(params, corpus_dir, threads), layout,
         model).with_outputs(scoring.ScoreHome.VISITS, main='edges')
     found = (home[scoring.ScoreHome.VISITS]
              | 'GroupVisits' >> beam.GroupByKey()
              | 'ScoreVisits' >> beam.ParDo(
                  scoring.ScoreVisits(params, corpus_dir, threads), layout,
-                 model, beam.pvalue.AsDict(groups)))
-    return ((home.edges, found)
-            | 'FlattenFound' >> beam.Flatten()
-            | 'GroupFound' >> beam.GroupByKey()
-            | 'MergeFound' >> beam.FlatMap(scoring.merge_home, layout, params))
+                 model, group_files))
+    merged = ((home.edges, found)
+              | 'FlattenFound' >> beam.Flatten()
+              | 'GroupFound' >> beam.GroupByKey()
+              | 'MergeFound' >> beam.ParDo(
+                  scoring.MergeFound(params, corpus_dir, reverse), layout,
+                  group_files).with_outputs(scoring.MergeFound.SAMPLE,
+                                            main='stored'))
+    return merged.stored, merged[scoring.MergeFound.SAMPLE]
 
-  def _recall(self, candidates, layout, shards, params):
-    """Recall of the found top-k on a fixed sample of sources."""
+  def _recall(self, sample, layout, shards, params):
+    """Recall of the found top-k on a fixed sample of sources (`sample`:
+    their found edges)."""
     queries = beam.pvalue.AsSingleton(
         shards
         | 'SampleQueries' >> beam.FlatMap(scoring.sample_queries, layout, params)
@@ -605,8 +618,7 @@ class Executor(beam_executor.BeamExecutor):
         | 'ExactForSample' >> beam.FlatMap(scoring.exact_for_sample, layout,
                                            queries, params)
         | 'MergeExact' >> beam.CombineGlobally(scoring.TopK(params.max_neighbors)))
-    return (candidates
-            | 'SampleForRecall' >> beam.FlatMap(scoring.sample_edges, layout, params)
+    return (sample
             | 'CollectForRecall' >> beam.combiners.ToList()
             | 'Recall' >> beam.Map(scoring.sampled_recall, exact, layout, params))
 

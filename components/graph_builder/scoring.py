@@ -335,12 +335,19 @@ class ScoreHome(beam.DoFn):
 class ScoreVisits(beam.DoFn):
   """Partition, second pass over one group: the nodes that visit it against
   the members of the partitions they probe in it; the edges that reach a
-  node's bound, as stored Runs keyed by the node's own group."""
+  node's bound, as stored Runs keyed by the node's own group. A bundle's
+  edges go into one file (one per _found_bytes at most): MergeFound reads
+  a group's edges from each file that has some, and a file per batch of
+  visits took it about 2 s a group at 10M nodes."""
 
   def __init__(self, params, directory, threads):
     self._params = params
     self._directory = directory
     self._threads = threads
+    self._found = []
+
+  def start_bundle(self):
+    self._found = []
 
   def process(self, keyed, layout, model, group_files):
     params, (group, visit_runs) = self._params, keyed
@@ -356,17 +363,77 @@ class ScoreVisits(beam.DoFn):
                                    members, params, self._threads)
       counter('scored_pairs').inc(pairs)
       edges, sources = at_least(edges, ids, visits['bounds'])
-      home = model.group_of[probes[sources, 0]]
-      yield from corpus.store_runs(self._directory, f'found{group}', home,
-                                   **edge_columns(edges))
+      self._found.append((model.group_of[probes[sources, 0]], edges))
+    if sum(len(e.src) * _edge_bytes(e)
+           for _, e in self._found) > _found_bytes(params):
+      yield from self._store()
+
+  def finish_bundle(self):
+    for found in self._store():
+      yield beam.utils.windowed_value.WindowedValue(
+          found, 0, [beam.transforms.window.GlobalWindow()])
+
+  def _store(self):
+    found, self._found = self._found, []
+    if not found:
+      return []
+    edges = graph_core.concat_edges([e for _, e in found])
+    return corpus.store_runs(self._directory, 'found',
+                             np.concatenate([h for h, _ in found]),
+                             **edge_columns(edges))
 
 
-def merge_home(keyed, layout, params):
-  """Partition: one group's edges from both passes, top-k per source."""
-  _, edge_runs = keyed
-  edges = graph_core.top_k_per_source(
-      graph_core.Edges(**corpus.load_runs(edge_runs)), params.max_neighbors)
-  yield from _candidates(edges, layout, params)
+def _found_bytes(params):
+  """Found edges a ScoreVisits worker buffers before it stores them."""
+  return params.memory_budget_bytes // 8
+
+
+def sample_of(edges, layout, params):
+  """The edges from the recall sample's sources, without target ids; None
+  if there are none."""
+  mask = np.isin(edges.src, recall_sample(layout, params))
+  return graph_core.Edges(*(a[mask] for a in edges[:3])) if mask.any() else None
+
+
+def with_reverses(edges, source_names):
+  """`edges` and their reverses; `source_names`: the id of each source."""
+  return graph_core.concat_edges([edges, graph_core.Edges(
+      edges.tgt, edges.src, edges.weight, source_names)])
+
+
+def store_by_shard(edges, layout, directory):
+  """(source shard, stored Run) for the edges: what the shard gather reads."""
+  for shard, run in corpus.store_runs(directory, 'edges',
+                                      layout.shard_of(edges.src),
+                                      **edge_columns(edges)):
+    yield int(shard), run
+
+
+class MergeFound(beam.DoFn):
+  """Partition: one group's edges from both passes, top-k per source (with
+  their reverses if undirected), stored by source shard; what goes on is a
+  Run per shard, and the recall sample's edges as a small tagged output.
+  About 100M edges sent on as elements failed a Flink TaskManager's heap
+  at 10M nodes."""
+  SAMPLE = 'sample'
+
+  def __init__(self, params, directory, reverse):
+    self._params = params
+    self._directory = directory
+    self._reverse = reverse
+
+  def process(self, keyed, layout, group_files):
+    params, (group, edge_runs) = self._params, keyed
+    edges = graph_core.top_k_per_source(
+        graph_core.Edges(**corpus.load_runs(edge_runs)), params.max_neighbors)
+    sample = sample_of(edges, layout, params)
+    if sample is not None:
+      yield beam.pvalue.TaggedOutput(self.SAMPLE, sample)
+    if self._reverse:  # Every source is a node of the group.
+      own = corpus.CACHE.load(group_files[group], cache_bytes(params))
+      edges = with_reverses(edges, own['names'][_positions(own['ids'],
+                                                           edges.src)])
+    yield from store_by_shard(edges, layout, self._directory)
 
 
 def recall_sample(layout, params):
@@ -433,10 +500,9 @@ class TopK(beam.CombineFn):
 
 def sample_edges(keyed, layout, params):
   """One shard's edges from the recall sample's sources."""
-  _, edges = keyed
-  mask = np.isin(edges.src, recall_sample(layout, params))
-  if mask.any():
-    yield graph_core.Edges(*(a[mask] for a in edges[:3]))
+  sample = sample_of(keyed[1], layout, params)
+  if sample is not None:
+    yield sample
 
 
 def sampled_recall(found_parts, exact, layout, params):
