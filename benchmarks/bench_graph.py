@@ -361,6 +361,36 @@ def beam_in_memory(spec):
   return _executor_run(spec, ['--direct_running_mode=in_memory'])
 
 
+def _numpy_block_edges(query_ids, queries, query_probes, members,
+                       max_neighbors, threshold, threads=1):
+  """Partition mode's kernel before faiss (to 669274f): one numpy matrix
+  product per probed partition, against the queries that probe it, on one
+  BLAS thread (many small products)."""
+  import threadpoolctl  # pylint: disable=g-import-not-at-top
+  from tfx_nsl.components.graph_builder import graph_core  # pylint: disable=g-import-not-at-top
+  del threads  # one worker here
+  edges, pairs = [], 0
+  with threadpoolctl.threadpool_limits(1, user_api='blas'):
+    for partition in np.unique(query_probes[query_probes >= 0]):
+      col_ids, columns, names = members(partition)
+      rows = np.flatnonzero((query_probes == partition).any(axis=1))
+      if len(col_ids) and len(rows):
+        edges.append(graph_core.cross_edges(
+            query_ids[rows], queries[rows], col_ids, columns, max_neighbors,
+            threshold, names))
+        pairs += len(rows) * len(col_ids)
+  return graph_core.top_k_per_source(graph_core.concat_edges(edges),
+                                     max_neighbors), pairs
+
+
+def beam_in_memory_numpy(spec):
+  """beam_in_memory with partition mode's former numpy kernel: the
+  before/after of scoring with faiss, on the same data in the same run."""
+  from tfx_nsl.components.graph_builder import graph_core  # pylint: disable=g-import-not-at-top
+  graph_core.block_edges = _numpy_block_edges
+  return beam_in_memory(spec)
+
+
 def beam_multi_processing(spec):
   return _executor_run(spec, ['--direct_running_mode=multi_processing',
                               '--direct_num_workers=2'])
@@ -411,7 +441,8 @@ def nsl_lsh(spec):
 
 CONTENDERS = {f.__name__: f for f in (
     floor_argpartition, floor_pruned, kernel_exact, faiss_exact, faiss_ivf,
-    faiss_hnsw, faiss_sweep, beam_in_memory, beam_multi_processing,
+    faiss_hnsw, faiss_sweep, beam_in_memory, beam_in_memory_numpy,
+    beam_multi_processing,
     beam_read_only, nsl_brute_force, nsl_lsh)}
 
 
@@ -767,7 +798,8 @@ def main():
                       help='also: beam_multi_processing, beam_read_only, '
                       'kernel_exact, faiss_exact')
   parser.add_argument('--lsh-modes', default='beam_in_memory',
-                      help='also: beam_multi_processing, faiss_ivf, faiss_hnsw')
+                      help='also: beam_in_memory_numpy (the former numpy '
+                      'kernel), beam_multi_processing, faiss_ivf, faiss_hnsw')
   parser.add_argument('--recall-sample', type=int, default=1000)
   parser.add_argument('--faiss-threads', type=int, default=2,
                       help='faiss.omp_set_num_threads')

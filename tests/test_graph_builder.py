@@ -165,6 +165,52 @@ def test_partition_mode_finds_most_exact_neighbors_and_only_true_edges():
       np.testing.assert_array_equal(a, b)  # Same edges, same order.
 
 
+@pytest.mark.parametrize('k, threshold', [(5, 0.2), (None, 0.6)])
+def test_block_edges_equal_a_brute_force_over_the_probed_members(k, threshold):
+  """faiss's scan of the probed partitions (a -1 probe: none) gives each
+  query the top-k (or every neighbor >= threshold) of a numpy brute force
+  over exactly those members, itself left out; pairs counts the scans."""
+  vectors = clustered_embeddings(3000, 16, 60, 0.5, seed=16)
+  corpus, _ = graph_core.prepare_vectors(vectors, graph_core.COSINE)
+  centroids = graph_core.partition_centroids(corpus, 30, seed=0)
+  probes = graph_core.nearest_partitions(corpus, centroids, 3)
+  names = corpus_lib.encode_ids([f'n{i}' for i in range(3000)])
+  members = {p: (m, corpus[m], names[m]) for p in range(30)
+             for m in [np.flatnonzero(probes[:, 0] == p)]}
+  queries = np.sort(np.random.RandomState(0).choice(3000, 500, replace=False))
+  some = probes[queries].copy()
+  some[::4, 1:] = -1  # some queries probe one partition only
+  # Fewer partitions than probes a query (a group's home pass): faiss
+  # scans at most as many probes as it has lists.
+  pair = np.flatnonzero(np.isin(probes[:, 0], [0, 1]))
+  few = np.full((len(pair), 6), -1, np.int32)
+  few[:, 3], few[::2, 5] = probes[pair, 0], 1 - probes[pair[::2], 0]
+  for queries, query_probes in ((queries, some), (pair, few)):
+    edges, pairs = graph_core.block_edges(queries, corpus[queries],
+                                          query_probes, members.get, k,
+                                          threshold)
+    expected, expected_pairs = [], 0
+    for query, row in zip(queries, query_probes):
+      cols = np.concatenate([members[p][0] for p in row if p >= 0])
+      expected_pairs += len(cols)
+      cols = cols[cols != query]
+      scores = corpus[cols] @ corpus[query]
+      order = np.lexsort((cols, -scores))
+      order = order[scores[order] >= threshold][:k]
+      expected += [(query, c, w) for c, w in zip(cols[order], scores[order])]
+    assert pairs == expected_pairs
+    assert len(edges.src) == len(expected) > 100
+    found = sorted(zip(edges.src.tolist(), edges.tgt.tolist()))
+    assert found == sorted((int(s), int(t)) for s, t, _ in expected)
+    weights = dict(zip(zip(edges.src.tolist(), edges.tgt.tolist()),
+                       edges.weight.tolist()))
+    np.testing.assert_allclose([weights[s, t] for s, t, _ in expected],
+                               [w for _, _, w in expected], atol=1e-6)
+    np.testing.assert_array_equal(edges.tgt_id, names[edges.tgt])
+    # By source, then weight descending: what kth_weights reads.
+    assert (np.diff(edges.src) >= 0).all()
+
+
 @pytest.mark.parametrize('k, threshold', [(5, 0.0), (None, 0.6)])
 def test_partition_passes_find_the_one_pass_edges(k, threshold):
   """The executor's two passes (each group's nodes at home, then visiting

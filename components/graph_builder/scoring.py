@@ -10,7 +10,6 @@ import collections
 
 import apache_beam as beam
 import numpy as np
-import threadpoolctl
 
 from tfx_nsl.components.graph_builder import corpus
 from tfx_nsl.components.graph_builder import graph_core
@@ -246,14 +245,10 @@ def score_members(query_ids, queries, probes, members, params, threads=1):
   parts, pairs = [], 0
   for start in range(0, len(query_ids), _MAX_BLOCK_QUERIES):
     rows = slice(start, start + _MAX_BLOCK_QUERIES)
-    # Many small products: one BLAS thread each is several times faster
-    # than BLAS threads contending for the cores (OpenBLAS: the limit is
-    # process-wide), so threads score several partitions at once instead.
-    with threadpoolctl.threadpool_limits(1, user_api='blas'):
-      edges, scored = graph_core.block_edges(
-          query_ids[rows], queries[rows], probes[rows],
-          lambda p: members.get(p, empty), params.max_neighbors,
-          params.similarity_threshold, threads=threads)
+    edges, scored = graph_core.block_edges(
+        query_ids[rows], queries[rows], probes[rows],
+        lambda p: members.get(p, empty), params.max_neighbors,
+        params.similarity_threshold, threads=threads)
     parts.append(edges)
     pairs += scored
   return graph_core.concat_edges(parts), pairs
