@@ -106,7 +106,7 @@ def binary_model(uri, transform_uri, rows, epochs=5):
 
 
 def evaluate(root, examples, model, tag, transform_graph=None,
-             baseline=None, **kwargs):
+             baseline=None, statistics=None, **kwargs):
   """Runs the RobustnessEvaluator's executor (with a `baseline` Model
   artifact if given); returns (seconds, evaluation uri)."""
   import time
@@ -120,7 +120,9 @@ def evaluate(root, examples, model, tag, transform_graph=None,
       transform_graph=(channel_utils.as_channel([transform_graph])
                        if transform_graph else None),
       baseline_model=(channel_utils.as_channel([baseline]) if baseline
-                      else None), **kwargs)
+                      else None),
+      statistics=(channel_utils.as_channel([statistics]) if statistics
+                  else None), **kwargs)
   evaluation = standard_artifacts.ModelEvaluation()
   evaluation.uri = os.path.join(root, f'evaluation-{tag}')
   blessing = standard_artifacts.ModelBlessing()
@@ -136,6 +138,8 @@ def evaluate(root, examples, model, tag, transform_graph=None,
     inputs['transform_graph'] = [transform_graph]
   if baseline is not None:
     inputs['baseline_model'] = [baseline]
+  if statistics is not None:
+    inputs['statistics'] = [statistics]
   start = time.time()
   executor.Executor(context).Do(
       inputs, {'evaluation': [evaluation], 'blessing': [blessing]},

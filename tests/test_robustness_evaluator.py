@@ -592,6 +592,79 @@ def test_clip_bounds_name_perturbed_features(digits_model):
         clip_min=0.2, clip_max={'a': 0.1})
 
 
+def test_observed_ranges_fill_the_missing_clip_bounds():
+  settings = attacks.AttackSettings(label_key='label',
+                                    clip_min={'a': -1.0}, clip_max=None)
+  ranges = {'a': (0.0, 5.0), 'b': (2.0, 3.0), 'c': (7.0, 8.0)}
+  merged, unranged = attacks.with_observed_ranges(settings, ranges,
+                                                  ['a', 'b', 'd'])
+  # An explicit bound wins; a feature that is not perturbed gets none.
+  assert merged.clip_min == {'a': -1.0, 'b': 2.0}
+  assert merged.clip_max == {'a': 5.0, 'b': 3.0}
+  assert unranged == ['d']
+  # One float for every feature stays as it is.
+  merged, _ = attacks.with_observed_ranges(
+      attacks.AttackSettings(label_key='label', clip_min=0.0), ranges, ['b'])
+  assert merged.clip_min == 0.0 and merged.clip_max == {'b': 3.0}
+  with pytest.raises(ValueError, match=r"feature 'c': clip range \[9.0, "
+                     r'8.0\] is empty'):
+    attacks.with_observed_ranges(attacks.AttackSettings(
+        label_key='label', clip_min={'c': 9.0}), ranges, ['c'])
+
+
+def test_clip_range_from_statistics(tmp_path, digits_export):
+  """StatisticsGen's statistics of the eval examples clip the pixels as
+  the explicit bounds [min, max] do (the same accuracies), where no bound
+  gives others; the configuration names the statistics."""
+  import html
+  import tensorflow_data_validation as tfdv
+  from tfx.components.statistics_gen import executor as stats_executor
+  from tfx.types import artifact_utils
+  from tfx.types import channel_utils
+  from tfx.types import standard_artifacts
+  from graph_testing import write_examples_artifact
+  import tabular_testing as tabular
+  from tfx_nsl.components import RobustnessEvaluator
+  from tfx_nsl.components.robustness_evaluator import executor
+  from tfx_nsl.components.robustness_evaluator import report
+  root, x, y = digits_export
+  model = standard_artifacts.Model()
+  model.uri = root
+  examples = write_examples_artifact(tmp_path / 'examples', {'eval': [
+      {'pixels': row, 'label': np.int64(label)} for row, label in zip(x, y)]})
+  statistics = standard_artifacts.ExampleStatistics()
+  statistics.uri = str(tmp_path / 'statistics')
+  stats_executor.Executor().Do(
+      {'examples': [examples]}, {'statistics': [statistics]},
+      {'exclude_splits': '[]'})
+  view = tfdv.load_stats_binary(os.path.join(
+      artifact_utils.get_split_uri([statistics], 'eval'), 'FeatureStats.pb'))
+  assert view.datasets[0].num_examples == len(y)
+  attack = 'fgsm_linf_eps0.1'
+  accuracies = {}
+  for tag, kwargs in (('explicit', dict(clip_min=float(x.min()),
+                                        clip_max=float(x.max()))),
+                      ('statistics', dict(statistics=statistics)),
+                      ('none', {})):
+    _, uri = tabular.evaluate(str(tmp_path), examples, model, tag,
+                              attacks=[attack], **kwargs)
+    accuracies[tag] = report.load_accuracies(uri)['candidate'][attack]
+  assert accuracies['statistics'] == accuracies['explicit'] > 0.2
+  assert accuracies['none'] != accuracies['explicit']
+  with open(os.path.join(str(tmp_path), 'evaluation-statistics',
+                         report.REPORT_HTML)) as f:
+    page = f.read()
+  assert statistics.uri in page
+  assert html.escape("[{'pixels': 0.0}, {'pixels': 1.0}]") in page
+  with pytest.raises(ValueError, match="pass attack_space='raw'"):
+    RobustnessEvaluator(
+        examples=channel_utils.as_channel([examples]),
+        model=channel_utils.as_channel([model]),
+        transform_graph=channel_utils.as_channel(
+            [standard_artifacts.TransformGraph()]),
+        statistics=channel_utils.as_channel([statistics]))
+
+
 def test_report_per_class_gates_grid_and_configuration(tmp_path,
                                                         digits_export):
   """The report's parts beside the curve: accuracy per class (adding up to

@@ -256,6 +256,30 @@ def perturbed_features(features, settings):
   return [k for k in movable if k in named]
 
 
+def with_observed_ranges(settings, ranges, perturbed):
+  """`settings` with each of the `perturbed` features that has no clip bound
+  of its own clipped to its observed range: `ranges`, {feature: (min,
+  max)}, e.g. from StatisticsGen. A float bound (one for every feature)
+  stays. Returns (settings, the perturbed features without a range)."""
+  def merged(bound, side):
+    if bound is not None and not isinstance(bound, dict):
+      return bound
+    observed = {f: float(ranges[f][side]) for f in perturbed if f in ranges}
+    return {**observed, **(bound or {})} or None
+
+  low, high = merged(settings.clip_min, 0), merged(settings.clip_max, 1)
+  for name in perturbed:
+    lo = low.get(name) if isinstance(low, dict) else low
+    hi = high.get(name) if isinstance(high, dict) else high
+    if lo is not None and hi is not None and lo > hi:
+      raise ValueError(
+          f'feature {name!r}: clip range [{lo}, {hi}] is empty (an explicit '
+          'bound against the range its statistics show); fix clip_min / '
+          'clip_max')
+  return (dataclasses.replace(settings, clip_min=low, clip_max=high),
+          [f for f in perturbed if f not in ranges])
+
+
 def check_gradients(model, settings, attack_names):
   """Fails, naming the features and the attacks, when `model` has no
   gradient with respect to a perturbed input and a white-box attack is
@@ -433,8 +457,8 @@ class ModelInputs:
     elif self._label_key in self._spec:
       raise ValueError(f'label_key {self._label_key!r} is a model input')
     # A perturb_features name that cannot move fails here, before any data.
-    perturbed_features(self._raw_spec if self._space == RAW else self._spec,
-                       settings)
+    self.perturbed = perturbed_features(
+        self._raw_spec if self._space == RAW else self._spec, settings)
 
   def _raw_label_spec(self):
     if self._transform is not None:

@@ -36,6 +36,8 @@ class RobustnessEvaluatorSpec(standard_component_specs.EvaluatorSpec):
       **standard_component_specs.EvaluatorSpec.INPUTS,
       executor.TRANSFORM_GRAPH_KEY: ChannelParameter(
           type=standard_artifacts.TransformGraph, optional=True),
+      executor.STATISTICS_KEY: ChannelParameter(
+          type=standard_artifacts.ExampleStatistics, optional=True),
   }
   PARAMETERS = {
       **standard_component_specs.EvaluatorSpec.PARAMETERS,
@@ -94,8 +96,9 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
     An attack name that does not parse, a repeated attack, a threshold out
     of range, thresholds naming attacks that are not run, a head name that
     does not exist, gates of the wrong head (accuracy on a regression model,
-    or error on a classifier), output_names in `eval_config`, or
-    `attack_space='raw'` without `transform_graph`: ValueError at
+    or error on a classifier), output_names in `eval_config`,
+    `attack_space='raw'` without `transform_graph`, or `statistics` (raw
+    ranges) with `transform_graph` in the model-input space: ValueError at
     construction (at start, for a RuntimeParameter). When the evaluation
     starts, before any data is read: a label that is neither a raw feature
     nor a Transform output, model inputs that are not among the examples'
@@ -103,7 +106,8 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
     a head that cannot be inferred (it asks for `head=`), a
     `perturb_features` name that is not a feature of the attack space or
     not a dense float, or a per-feature clip bound on a feature that is not
-    perturbed, or white-box attacks on a model without a gradient with
+    perturbed, or an explicit bound that empties the range the statistics
+    give, or white-box attacks on a model without a gradient with
     respect to a perturbed input (a non-differentiable layer, a
     stop_gradient): ValueError naming the feature (and the attacks, with
     square as what can run instead). While attacking: the same gradient
@@ -120,6 +124,7 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       model: types.BaseChannel,
       baseline_model: Optional[types.BaseChannel] = None,
       transform_graph: Optional[types.BaseChannel] = None,
+      statistics: Optional[types.BaseChannel] = None,
       label_key: Optional[str] = None,
       attacks: Sequence[AttackSpec] = tuple(_DEFAULTS.attacks),  # pylint: disable=redefined-outer-name
       min_clean_accuracy: Optional[float] = None,
@@ -150,6 +155,13 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       transform_graph: the Transform graph the models were trained with; it
         is applied to the raw examples before the models (and the attacks)
         see them.
+      statistics: StatisticsGen's ExampleStatistics of features in the
+        attack space (the examples' own features without Transform, the raw
+        ones with attack_space='raw'): each perturbed feature without a
+        clip bound of its own is clipped to the [min, max] they show, over
+        all their splits (a float clip_min / clip_max still applies to
+        every feature). Perturbed features they lack stay unbounded, with
+        a warning.
       label_key: the label: a raw feature, or a Transform output when
         `transform_graph` is given (default: the label_key of `eval_config`'s
         first model spec, else 'label').
@@ -225,6 +237,13 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       raise ValueError("RobustnessEvaluator: attack_space 'raw' attacks the "
                        'raw features through the Transform graph: pass '
                        'transform_graph')
+    if (statistics is not None and transform_graph is not None and
+        attack_space != attacks_lib.RAW):
+      raise ValueError(
+          'RobustnessEvaluator: statistics give the raw features\' ranges, '
+          'and with transform_graph the attacks move the transformed model '
+          "inputs: pass attack_space='raw', or clip_min / clip_max in the "
+          'model inputs\' units instead of statistics')
     for name, value in (('attacks', attacks), ('example_splits',
                                                example_splits)):
       if isinstance(value, str) or (name == 'attacks' and
@@ -279,7 +298,7 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
           eval_config)
     spec = RobustnessEvaluatorSpec(
         examples=examples, model=model, baseline_model=baseline_model,
-        transform_graph=transform_graph,
+        transform_graph=transform_graph, statistics=statistics,
         eval_config=eval_config,
         example_splits=(example_splits if parameters.is_runtime(
             example_splits) else json_utils.dumps(example_splits or

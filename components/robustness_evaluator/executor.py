@@ -26,6 +26,7 @@ from tfx_nsl.components.robustness_evaluator import report
 from tfx_nsl.components.robustness_evaluator.params import RobustnessParams
 
 TRANSFORM_GRAPH_KEY = 'transform_graph'
+STATISTICS_KEY = standard_component_specs.STATISTICS_KEY
 # The suites' sanity counts: {model: {attack: {flag: examples}}}.
 FLAGS_JSON = 'robustness_flags.json'
 # Accuracy per class: {model: {attack: {class: [accuracy, examples]}}}.
@@ -159,13 +160,31 @@ def _check_model(model_artifact, settings, attack_names):
   or when white-box attacks meet a model without gradients (checked on
   the model's inputs; in the raw space the first batch tells)."""
   model = _serving_model(model_artifact)
-  attacks.ModelInputs(model, settings)
+  perturbed = attacks.ModelInputs(model, settings).perturbed
   if settings.attack_space != attacks.RAW:
     attacks.check_gradients(model, settings, attack_names)
-  return model, heads.infer(model, settings.head)
+  return model, heads.infer(model, settings.head), perturbed
 
 
-def _configuration(params, input_dict, exec_properties):
+def observed_ranges(statistics):
+  """{feature: (min, max)} of the numeric features of an ExampleStatistics
+  artifact, over all its splits."""
+  from tfx.components.statistics_gen import stats_artifact_utils  # pylint: disable=g-import-not-at-top
+  ranges = {}
+  for split in artifact_utils.decode_split_names(statistics.split_names):
+    view = stats_artifact_utils.load_statistics(statistics, split)
+    for dataset in view.proto().datasets:
+      for feature in dataset.features:
+        if not feature.HasField('num_stats'):
+          continue
+        name = '.'.join(feature.path.step) or feature.name
+        low, high = ranges.get(name, (np.inf, -np.inf))
+        ranges[name] = (min(low, feature.num_stats.min),
+                        max(high, feature.num_stats.max))
+  return ranges
+
+
+def _configuration(params, settings, input_dict, exec_properties):
   """{setting: text} for the report: the models, the attacks (a suite with
   its members and budgets) and the settings they share."""
   config = {}
@@ -173,7 +192,8 @@ def _configuration(params, input_dict, exec_properties):
                     (standard_component_specs.BASELINE_MODEL_KEY,
                      'baseline model'),
                     (standard_component_specs.EXAMPLES_KEY, 'examples'),
-                    (TRANSFORM_GRAPH_KEY, 'transform graph')):
+                    (TRANSFORM_GRAPH_KEY, 'transform graph'),
+                    (STATISTICS_KEY, 'statistics (clip range)')):
     if input_dict.get(key):
       config[role] = artifact_utils.get_single_uri(input_dict[key])
   config['example splits'] = json.dumps(_example_splits(exec_properties))
@@ -185,8 +205,7 @@ def _configuration(params, input_dict, exec_properties):
   for field in ('attack_space', 'perturb_features', 'batch_size', 'head',
                 'gate_on_lower_bound', 'fail_on_flags'):
     config[field] = str(getattr(params, field))
-  low, high = params.clip_bounds()
-  config['clip range'] = f'[{low}, {high}]'
+  config['clip range'] = f'[{settings.clip_min}, {settings.clip_max}]'
   return config
 
 
@@ -274,9 +293,20 @@ class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
         if input_dict.get(TRANSFORM_GRAPH_KEY) else None)
     gates = params.gates(with_baseline=bool(input_dict.get(
         standard_component_specs.BASELINE_MODEL_KEY)))
-    model, head = _check_model(artifact_utils.get_single_instance(
+    model, head, perturbed = _check_model(artifact_utils.get_single_instance(
         input_dict[standard_component_specs.MODEL_KEY]), settings,
-                               gates.attack_names)
+                                          gates.attack_names)
+    if input_dict.get(STATISTICS_KEY):
+      statistics = artifact_utils.get_single_instance(
+          input_dict[STATISTICS_KEY])
+      settings, unranged = attacks.with_observed_ranges(
+          settings, observed_ranges(statistics), perturbed)
+      logging.info('RobustnessEvaluator: clip range from %s: [%s, %s]',
+                   statistics.uri, settings.clip_min, settings.clip_max)
+      if unranged:
+        logging.warning('RobustnessEvaluator: the statistics have no range '
+                        'for perturbed features %s; they stay unbounded '
+                        'unless clip_min / clip_max bound them', unranged)
     key = standard_component_specs.EVAL_CONFIG_KEY
     user_config = None
     if exec_properties.get(key):
@@ -323,7 +353,7 @@ class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
         metric=metric, flags=raised, gates=report.gate_rows(gates, values,
                                                             counts),
         classes=classes, configuration=_configuration(
-            params, input_dict, exec_properties),
+            params, settings, input_dict, exec_properties),
         grid_png=_example_grid(model, input_dict, exec_properties, settings,
                                head, gates.attack_names)))
     logging.info('Robustness (blessed: %s):\n%s', blessed, report.text_table(
