@@ -666,10 +666,12 @@ def test_clip_range_from_statistics(tmp_path, digits_export):
 
 
 def test_report_per_class_gates_grid_and_configuration(tmp_path,
-                                                        digits_export):
+                                                        digits_export,
+                                                        monkeypatch):
   """The report's parts beside the curve: accuracy per class (adding up to
   TFMA's accuracy), each gate with pass/fail, a grid of clean vs attacked
-  digits, and the configuration with the model's URI."""
+  digits (a worker's first examples: eval digits with their labels, the
+  attacked ones within eps), and the configuration with the model's URI."""
   import base64
   import re
   from tfx.types import standard_artifacts
@@ -677,6 +679,10 @@ def test_report_per_class_gates_grid_and_configuration(tmp_path,
   import tabular_testing as tabular
   from tfx_nsl.components.robustness_evaluator import executor
   from tfx_nsl.components.robustness_evaluator import report
+  drawn = []
+  grid_png = report.example_grid_png
+  monkeypatch.setattr(report, 'example_grid_png',
+                      lambda *args: drawn.append(args) or grid_png(*args))
   root, x, y = digits_export
   model = standard_artifacts.Model()
   model.uri = root
@@ -711,6 +717,14 @@ def test_report_per_class_gates_grid_and_configuration(tmp_path,
   grid = re.search(r'<img id="grid" [^>]*src="data:image/png;base64,'
                    r'([^"]+)"', page)
   assert grid and base64.b64decode(grid.group(1)).startswith(b'\x89PNG')
+  (images, predicted, labels), = drawn
+  clean = images['clean'].reshape(-1, 64)
+  assert len(clean) == report.GRID_EXAMPLES
+  rows = [np.flatnonzero((x == row).all(axis=1))[0] for row in clean]
+  np.testing.assert_array_equal(labels, y[rows])
+  moved = images[attack].reshape(-1, 64) - clean
+  assert 0 < np.abs(moved).max() <= 0.1 + 1e-6
+  assert set(predicted) == {'clean', attack}
 
 
 def test_image_of():

@@ -85,8 +85,9 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       accuracy against epsilon with 95% Wilson intervals (each attack
       beside its norm's autoattack worst case), candidate against baseline,
       each gate with pass/fail, the threshold failures, the sanity flags,
-      the accuracy per class, a grid of the first examples clean and under
-      each attack with the predicted classes (for an image-like perturbed
+      the accuracy per class, a grid of the first examples a worker
+      attacked, clean and under each attack, with the predicted classes
+      (for an image-like perturbed
       feature: [h, w], [h, w, 1 or 3], or a flat square of at least 16
       values), and the configuration (model and data URIs, the attacks and
       suites with their budgets, the settings).

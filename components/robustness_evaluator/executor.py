@@ -33,7 +33,6 @@ FLAGS_JSON = 'robustness_flags.json'
 CLASSES_JSON = 'robustness_classes.json'
 _COUNTS_DIR = '.robustness_counts'  # the workers' parts, removed after
 # Examples shown clean and attacked in the report's grid.
-GRID_EXAMPLES = 8
 
 # The Evaluator calls `tfma_module.custom_extractors` with a fixed signature,
 # so the attack settings of the running execution wait here for it; the
@@ -215,17 +214,6 @@ def _example_splits(exec_properties):
       standard_component_specs.EXAMPLE_SPLITS_KEY) or 'null') or ['eval']
 
 
-def _first_examples(input_dict, exec_properties, count):
-  """Up to `count` serialized examples of the first evaluated split."""
-  examples = input_dict[standard_component_specs.EXAMPLES_KEY]
-  files = tf.io.gfile.glob(os.path.join(artifact_utils.get_split_uri(
-      examples, _example_splits(exec_properties)[0]), '*'))
-  gzip = [f for f in files if f.endswith('.gz')]
-  dataset = tf.data.TFRecordDataset(gzip or files,
-                                    compression_type='GZIP' if gzip else '')
-  return [record.numpy() for record in dataset.take(count)]
-
-
 def image_of(values):
   """[k, h, w(, c)] images of a perturbed feature's [k, ...] values, or
   None: a feature of shape [h, w], [h, w, 1 or 3], or a flat one whose
@@ -242,23 +230,17 @@ def image_of(values):
   return None
 
 
-def _example_grid(model, input_dict, exec_properties, settings, head,
-                  names):
-  """The report's grid (report.example_grid_png) of the candidate `model`
-  on the first GRID_EXAMPLES examples, or None without an image-like
-  perturbed feature or for a regression model."""
-  if not head.classification:
+def _example_grid(counts_dir, settings, head):
+  """The report's grid (report.example_grid_png) of the examples a worker
+  stored (its first ones, for the candidate), or None without an
+  image-like perturbed feature or for a regression model."""
+  stored = report.load_worker_grid(counts_dir) if head.classification else None
+  if stored is None or attacks.CLEAN not in stored[0]:
     return None
-  serialized = _first_examples(input_dict, exec_properties, GRID_EXAMPLES)
-  if not serialized:
-    return None
-  predictions, _, (features, labels) = attacks.predictions_under_attacks(
-      model, serialized, [attacks.CLEAN] + list(names), settings, head=head,
-      inputs=attacks.ModelInputs(model, settings, compile_attacks=False),
-      keep_features=True)
+  features, predictions, labels = stored
   clean = features[attacks.CLEAN]
-  moved = attacks.perturbed_features(clean, settings) if clean else []
-  feature = next((k for k in moved if image_of(clean[k]) is not None), None)
+  feature = next((k for k in attacks.perturbed_features(clean, settings)
+                  if image_of(clean[k]) is not None), None)
   if feature is None:
     return None
   return report.example_grid_png(
@@ -293,9 +275,9 @@ class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
         if input_dict.get(TRANSFORM_GRAPH_KEY) else None)
     gates = params.gates(with_baseline=bool(input_dict.get(
         standard_component_specs.BASELINE_MODEL_KEY)))
-    model, head, perturbed = _check_model(artifact_utils.get_single_instance(
+    _, head, perturbed = _check_model(artifact_utils.get_single_instance(
         input_dict[standard_component_specs.MODEL_KEY]), settings,
-                                          gates.attack_names)
+                                      gates.attack_names)
     if input_dict.get(STATISTICS_KEY):
       statistics = artifact_utils.get_single_instance(
           input_dict[STATISTICS_KEY])
@@ -322,6 +304,7 @@ class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
                                               counts_dir=counts_dir)):
       super().Do(input_dict, output_dict, exec_properties)
     worker_counts = report.merge_worker_counts(counts_dir)
+    grid_png = _example_grid(counts_dir, settings, head)
     if tf.io.gfile.isdir(counts_dir):
       tf.io.gfile.rmtree(counts_dir)
     flags = {model: by_attack for model, by_attack in
@@ -354,8 +337,7 @@ class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
                                                             counts),
         classes=classes, configuration=_configuration(
             params, settings, input_dict, exec_properties),
-        grid_png=_example_grid(model, input_dict, exec_properties, settings,
-                               head, gates.attack_names)))
+        grid_png=grid_png))
     logging.info('Robustness (blessed: %s):\n%s', blessed, report.text_table(
         values, metric=metric or 'accuracy', counts=counts))
     for failure in failures:

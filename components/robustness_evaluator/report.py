@@ -101,9 +101,57 @@ def merge_worker_counts(directory):
   total = {}
   if tf.io.gfile.isdir(directory):
     for name in tf.io.gfile.listdir(directory):
-      with tf.io.gfile.GFile(os.path.join(directory, name)) as f:
-        attacks.add_counts(total, json.load(f))
+      if name.endswith('.json'):
+        with tf.io.gfile.GFile(os.path.join(directory, name)) as f:
+          attacks.add_counts(total, json.load(f))
   return total
+
+
+# Examples in the report's grid: a worker keeps its first ones, as the
+# model saw them clean and under each attack.
+GRID_EXAMPLES = 8
+_GRID_PREFIX = 'grid-'
+
+
+def store_worker_grid(directory, features, predictions, labels):
+  """Writes a worker's first examples for the grid to a new file of
+  `directory`: {attack: {feature: values}}, {attack: predictions} and the
+  labels, each cut to GRID_EXAMPLES."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  arrays = {'labels': np.asarray(labels)[:GRID_EXAMPLES]}
+  for name, by_feature in features.items():
+    arrays[f'predictions/{name}'] = predictions[name][:GRID_EXAMPLES]
+    for feature, values in by_feature.items():
+      arrays[f'features/{name}/{feature}'] = values[:GRID_EXAMPLES]
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  tf.io.gfile.makedirs(directory)
+  with tf.io.gfile.GFile(os.path.join(
+      directory, f'{_GRID_PREFIX}{uuid.uuid4().hex}.npz'), 'wb') as f:
+    f.write(buffer.getvalue())
+
+
+def load_worker_grid(directory):
+  """(features, predictions, labels) of the stored grid file that sorts
+  first (one worker's first examples), or None if no worker stored one."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  names = sorted(n for n in (tf.io.gfile.listdir(directory)
+                             if tf.io.gfile.isdir(directory) else [])
+                 if n.startswith(_GRID_PREFIX))
+  if not names:
+    return None
+  with tf.io.gfile.GFile(os.path.join(directory, names[0]), 'rb') as f:
+    stored = np.load(io.BytesIO(f.read()))
+    arrays = {k: stored[k] for k in stored.files}
+  features, predictions = collections.defaultdict(dict), {}
+  for key, values in arrays.items():
+    kind, _, rest = key.partition('/')
+    if kind == 'features':
+      name, feature = rest.split('/', 1)
+      features[name][feature] = values
+    elif kind == 'predictions':
+      predictions[rest] = values
+  return dict(features), predictions, arrays['labels']
 
 
 def class_accuracies(classes):

@@ -62,6 +62,7 @@ class _AttackedPredictionsDoFn(model_util.DoFnWithModels):
     self._pending, self._rows = [], 0
     self._progress = None
     self._inputs = {}  # model name -> (attacks.ModelInputs, heads.Head)
+    self._grid_wanted = bool(settings.counts_dir)
 
   def start_bundle(self):
     self._pending, self._rows = [], 0
@@ -93,11 +94,21 @@ class _AttackedPredictionsDoFn(model_util.DoFnWithModels):
             attacks.ModelInputs(model, self._settings),
             heads.infer(model, self._settings.head))
       inputs, head = self._inputs[model_name]
-      chunks = [attacks.predictions_under_attacks(
-          model, serialized[i:i + size].tolist(), self._names, self._settings,
-          inputs=inputs, head=head, flags=flags.setdefault(model_name, {}),
-          classes=classes.setdefault(model_name, {}))
-                for i in range(0, len(serialized), size)]
+      chunks = []
+      for i in range(0, len(serialized), size):
+        # The report's grid: the candidate's first examples in this worker.
+        grid = (self._grid_wanted and head.classification and
+                model_name != tfma_constants.BASELINE_KEY)
+        chunk = attacks.predictions_under_attacks(
+            model, serialized[i:i + size].tolist(), self._names,
+            self._settings, inputs=inputs, head=head,
+            flags=flags.setdefault(model_name, {}),
+            classes=classes.setdefault(model_name, {}), keep_features=grid)
+        if grid:
+          report.store_worker_grid(self._settings.counts_dir, chunk[2][0],
+                                   chunk[0], chunk[2][1])
+          self._grid_wanted = False
+        chunks.append(chunk)
       outputs[model_name] = {name: np.concatenate([c[0][name] for c in chunks])
                              for name in self._names}
       transformed[model_name] = {
