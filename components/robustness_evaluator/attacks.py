@@ -422,6 +422,7 @@ class ModelInputs:
     tf.random.set_seed(seed)
     self._spec = model_input_spec(model)
     self._label_key = settings.label_key
+    self._batch_size = settings.batch_size
     self._regression = settings.head == 'regression'
     self._space = settings.attack_space
     self._transform = None
@@ -482,8 +483,23 @@ class ModelInputs:
     if ('compiled', name) not in self.cache:
       # No autograph: the attacks' loops are Python loops over fixed step
       # counts, and converting NSL's code only warns about its imports.
-      self.cache[('compiled', name)] = tf.function(
-          build(), reduce_retracing=True, autograph=False)
+      function = tf.function(build(), autograph=False)
+      size = self._batch_size
+
+      def call(*args):
+        # Every batch padded to one size (repeating its last example; the
+        # attacks are per example), so one trace serves them all: a
+        # bundle's last, smaller batch would trace again (about 0.4 s), and
+        # a shape-relaxed trace breaks NSL's random start.
+        count = int(tf.nest.flatten(args)[0].shape[0])
+        if count >= size:
+          return function(*args)
+        rows = tf.minimum(tf.range(size), count - 1)
+        return tf.nest.map_structure(
+            lambda t: t[:count],
+            function(*tf.nest.map_structure(lambda t: tf.gather(t, rows),
+                                            args)))
+      self.cache[('compiled', name)] = call
     return self.cache[('compiled', name)]
 
   def to_model(self, features):
