@@ -252,6 +252,9 @@ def test_compiled_attacks_take_any_batch_size(digits_model):
     out, _ = attacks.predictions_under_attacks(
         model, _serialize(x[rows], y[rows]), names, settings, inputs=inputs)
     assert {len(v) for v in out.values()} == {rows.stop - rows.start}
+  for name in names:  # one trace each, for 8 and for 5 examples
+    function = inputs.cache[('compiled', name)].function
+    assert function.experimental_get_tracing_count() == 1
   eager, _ = attacks.predictions_under_attacks(
       model, _serialize(x[8:13], y[8:13]), names[:2], settings,
       inputs=attacks.ModelInputs(model, settings, compile_attacks=False))
@@ -631,6 +634,37 @@ def test_observed_ranges_fill_the_missing_clip_bounds():
                      r'8.0\] is empty'):
     attacks.with_observed_ranges(attacks.AttackSettings(
         label_key='label', clip_min={'c': 9.0}), ranges, ['c'])
+
+
+def test_observed_ranges_read_statistics_by_feature_path(tmp_path):
+  """Ranges over all splits, by feature path; a feature without numeric
+  statistics or without any value seen gives none."""
+  from tensorflow_metadata.proto.v0 import statistics_pb2
+  from tfx.types import artifact_utils
+  from tfx.types import standard_artifacts
+  from tfx_nsl.components.robustness_evaluator import executor
+  statistics = standard_artifacts.ExampleStatistics()
+  statistics.uri = str(tmp_path)
+  statistics.split_names = artifact_utils.encode_split_names(['a', 'b'])
+  for split, (low, high) in (('a', (0.0, 2.0)), ('b', (-1.0, 1.0))):
+    stats = statistics_pb2.DatasetFeatureStatisticsList()
+    dataset = stats.datasets.add(num_examples=3)
+    age = dataset.features.add(type=statistics_pb2.FeatureNameStatistics.FLOAT)
+    age.path.step.append('age')
+    age.num_stats.min, age.num_stats.max = low, high
+    age.num_stats.common_stats.num_non_missing = 3
+    empty = dataset.features.add(
+        type=statistics_pb2.FeatureNameStatistics.FLOAT)
+    empty.path.step.append('empty')
+    empty.num_stats.common_stats.num_non_missing = 0
+    text = dataset.features.add(
+        type=statistics_pb2.FeatureNameStatistics.STRING)
+    text.path.step.append('text')
+    os.makedirs(artifact_utils.get_split_uri([statistics], split))
+    with open(os.path.join(artifact_utils.get_split_uri(
+        [statistics], split), 'FeatureStats.pb'), 'wb') as f:
+      f.write(stats.SerializeToString())
+  assert executor.observed_ranges(statistics) == {'age': (-1.0, 2.0)}
 
 
 def test_clip_range_from_statistics(tmp_path, digits_export):

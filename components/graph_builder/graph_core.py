@@ -393,10 +393,11 @@ def block_edges(query_ids, queries, query_probes, members, max_neighbors,
       its members.
 
   Scored by faiss: an inverted-file index over the probed partitions'
-  members, searched with the given probes (search_preassigned), on
-  `threads` OpenMP threads. It scans a partition's members for each query
-  that probes it, which is about 3x faster than a matrix product per
-  partition here (many small products; docs/benchmarks.md). Ties at the
+  members, searched with the given probes (search_preassigned), the
+  queries split over `threads` OpenMP threads. It scans a partition's
+  members for each query that probes it; the former matrix product per
+  partition was about 3x slower on one core (many small products;
+  docs/benchmarks.md). Ties at the
   k-th place keep the member found first (probe order, then index), the
   same on every runner; the result does not depend on `threads`.
   """
@@ -427,16 +428,22 @@ def block_edges(query_ids, queries, query_probes, members, max_neighbors,
       index, np.ascontiguousarray(columns, np.float32),
       np.repeat(np.arange(len(lists), dtype=np.int64), sizes[:-1]))
   index.nprobe = probes.shape[1]
+  # Queries split over the threads, each query on one thread, so the
+  # result does not depend on them. omp_set_num_threads holds for this
+  # thread.
   faiss.omp_set_num_threads(threads)
   queries = np.ascontiguousarray(queries, np.float32)
   if max_neighbors is None:
     # Range search keeps scores above the radius: the next float down
     # keeps those equal to the threshold too.
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-1)))
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
     lims, weights, found = ivf_tools.range_search_preassigned(
         index, queries, radius, probes)
     src = np.repeat(query_ids, np.diff(lims.astype(np.int64)))
   else:
+    # faiss's default mode would not split search_preassigned over threads
+    # (its range search splits by query in it, and fails in this one).
+    index.parallel_mode = 3
     # One more: a query may find itself.
     weights, found = ivf_tools.search_preassigned(
         index, queries, max_neighbors + 1, probes)

@@ -359,9 +359,9 @@ class ScoreVisits(beam.DoFn):
       counter('scored_pairs').inc(pairs)
       edges, sources = at_least(edges, ids, visits['bounds'])
       self._found.append((model.group_of[probes[sources, 0]], edges))
-    if sum(len(e.src) * _edge_bytes(e)
-           for _, e in self._found) > _found_bytes(params):
-      yield from self._store()
+      if sum(len(e.src) * _edge_bytes(e)
+             for _, e in self._found) > _found_bytes(params):
+        yield from self._store()
 
   def finish_bundle(self):
     for found in self._store():

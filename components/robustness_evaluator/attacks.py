@@ -499,6 +499,7 @@ class ModelInputs:
             lambda t: t[:count],
             function(*tf.nest.map_structure(lambda t: tf.gather(t, rows),
                                             args)))
+      call.function = function  # its traces, for tests
       self.cache[('compiled', name)] = call
     return self.cache[('compiled', name)]
 

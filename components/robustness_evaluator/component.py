@@ -158,11 +158,12 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
         see them.
       statistics: StatisticsGen's ExampleStatistics of features in the
         attack space (the examples' own features without Transform, the raw
-        ones with attack_space='raw'): each perturbed feature without a
-        clip bound of its own is clipped to the [min, max] they show, over
-        all their splits (a float clip_min / clip_max still applies to
-        every feature). Perturbed features they lack stay unbounded, with
-        a warning.
+        ones with attack_space='raw'): on each side (min, max) where a
+        perturbed feature has no clip bound of its own, it is clipped to
+        what they show over all their splits (a float clip_min / clip_max
+        still applies to every feature). Perturbed features they have no
+        values of stay unbounded, with a warning. Eval values outside that
+        range are moved into it by the clip.
       label_key: the label: a raw feature, or a Transform output when
         `transform_graph` is given (default: the label_key of `eval_config`'s
         first model spec, else 'label').
@@ -239,12 +240,9 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
                        'raw features through the Transform graph: pass '
                        'transform_graph')
     if (statistics is not None and transform_graph is not None and
-        attack_space != attacks_lib.RAW):
-      raise ValueError(
-          'RobustnessEvaluator: statistics give the raw features\' ranges, '
-          'and with transform_graph the attacks move the transformed model '
-          "inputs: pass attack_space='raw', or clip_min / clip_max in the "
-          'model inputs\' units instead of statistics')
+        attack_space != attacks_lib.RAW and
+        not parameters.is_runtime(attack_space)):  # else checked at start
+      raise ValueError(executor.STATISTICS_NEED_RAW)
     for name, value in (('attacks', attacks), ('example_splits',
                                                example_splits)):
       if isinstance(value, str) or (name == 'attacks' and

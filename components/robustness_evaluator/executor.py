@@ -27,6 +27,11 @@ from tfx_nsl.components.robustness_evaluator.params import RobustnessParams
 
 TRANSFORM_GRAPH_KEY = 'transform_graph'
 STATISTICS_KEY = standard_component_specs.STATISTICS_KEY
+STATISTICS_NEED_RAW = (
+    "RobustnessEvaluator: statistics give the raw features' ranges, and "
+    'with transform_graph the attacks move the transformed model inputs: '
+    "pass attack_space='raw', or clip_min / clip_max in the model inputs' "
+    'units instead of statistics')
 # The suites' sanity counts: {model: {attack: {flag: examples}}}.
 FLAGS_JSON = 'robustness_flags.json'
 # Accuracy per class: {model: {attack: {class: [accuracy, examples]}}}.
@@ -174,8 +179,11 @@ def observed_ranges(statistics):
     view = stats_artifact_utils.load_statistics(statistics, split)
     for dataset in view.proto().datasets:
       for feature in dataset.features:
-        if not feature.HasField('num_stats'):
-          continue
+        stats = feature.num_stats
+        if (not feature.HasField('num_stats') or
+            not stats.common_stats.num_non_missing or
+            not np.isfinite([stats.min, stats.max]).all()):
+          continue  # no values seen: no range
         name = '.'.join(feature.path.step) or feature.name
         low, high = ranges.get(name, (np.inf, -np.inf))
         ranges[name] = (min(low, feature.num_stats.min),
@@ -279,6 +287,9 @@ class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
         input_dict[standard_component_specs.MODEL_KEY]), settings,
                                       gates.attack_names)
     if input_dict.get(STATISTICS_KEY):
+      if (settings.transform_graph and
+          settings.attack_space != attacks.RAW):
+        raise ValueError(STATISTICS_NEED_RAW)
       statistics = artifact_utils.get_single_instance(
           input_dict[STATISTICS_KEY])
       settings, unranged = attacks.with_observed_ranges(

@@ -2,6 +2,7 @@
 import base64
 import collections
 import dataclasses
+import hashlib
 import html
 import io
 import json
@@ -113,27 +114,31 @@ GRID_EXAMPLES = 8
 _GRID_PREFIX = 'grid-'
 
 
-def store_worker_grid(directory, features, predictions, labels):
-  """Writes a worker's first examples for the grid to a new file of
-  `directory`: {attack: {feature: values}}, {attack: predictions} and the
-  labels, each cut to GRID_EXAMPLES."""
+def store_worker_grid(directory, key, features, predictions, labels):
+  """Writes a worker's first examples for the grid to `directory`, named
+  by `key` (bytes, e.g. the first serialized example: the same examples
+  give the same file): {attack: {feature: values}} (float features only),
+  {attack: predictions} and the labels, each cut to GRID_EXAMPLES."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   arrays = {'labels': np.asarray(labels)[:GRID_EXAMPLES]}
   for name, by_feature in features.items():
     arrays[f'predictions/{name}'] = predictions[name][:GRID_EXAMPLES]
     for feature, values in by_feature.items():
-      arrays[f'features/{name}/{feature}'] = values[:GRID_EXAMPLES]
+      if values.dtype.kind == 'f':  # strings would need pickle
+        arrays[f'features/{name}/{feature}'] = values[:GRID_EXAMPLES]
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
   tf.io.gfile.makedirs(directory)
+  name = hashlib.sha1(key).hexdigest()
   with tf.io.gfile.GFile(os.path.join(
-      directory, f'{_GRID_PREFIX}{uuid.uuid4().hex}.npz'), 'wb') as f:
+      directory, f'{_GRID_PREFIX}{name}.npz'), 'wb') as f:
     f.write(buffer.getvalue())
 
 
 def load_worker_grid(directory):
   """(features, predictions, labels) of the stored grid file that sorts
-  first (one worker's first examples), or None if no worker stored one."""
+  first (one worker's first examples; the same examples, the same choice),
+  or None if no worker stored one."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   names = sorted(n for n in (tf.io.gfile.listdir(directory)
                              if tf.io.gfile.isdir(directory) else [])

@@ -98,15 +98,16 @@ class _AttackedPredictionsDoFn(model_util.DoFnWithModels):
       for i in range(0, len(serialized), size):
         # The report's grid: the candidate's first examples in this worker.
         grid = (self._grid_wanted and head.classification and
-                model_name != tfma_constants.BASELINE_KEY)
+                model_name != report.BASELINE)
         chunk = attacks.predictions_under_attacks(
             model, serialized[i:i + size].tolist(), self._names,
             self._settings, inputs=inputs, head=head,
             flags=flags.setdefault(model_name, {}),
             classes=classes.setdefault(model_name, {}), keep_features=grid)
         if grid:
-          report.store_worker_grid(self._settings.counts_dir, chunk[2][0],
-                                   chunk[0], chunk[2][1])
+          report.store_worker_grid(
+              self._settings.counts_dir, serialized[i], chunk[2][0],
+              chunk[0], chunk[2][1])
           self._grid_wanted = False
         chunks.append(chunk)
       outputs[model_name] = {name: np.concatenate([c[0][name] for c in chunks])
