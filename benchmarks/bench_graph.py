@@ -20,6 +20,9 @@ interleaved within each repeat so that machine noise hits all of them alike:
          --nsl-lsh-rounds) against the executor in the modes --nsl-lsh-modes,
          all threshold graphs (max_neighbors=None); recall of each against
          the exact threshold graph, computed here.
+  partition-kernel  partition mode's scoring kernel alone, faiss's against
+         the former numpy one, on the same groups (the before/after of
+         scoring with faiss), in this process.
   faiss-sweep  builds each faiss index of the lsh benchmark once and prints
          recall@k on its node sample for each --ivf-nprobe-sweep and
          --hnsw-ef-search-sweep value: the pre-run that picks --ivf-nprobe and
@@ -728,6 +731,56 @@ def bench_faiss_sweep(args, work):
           'sweep': run_contender('faiss_sweep', spec, work, 'faiss-sweep')}
 
 
+def bench_partition_kernel(args, work):
+  """Partition mode's scoring kernel alone, in this process: faiss's
+  (graph_core.block_edges) against the former numpy one
+  (_numpy_block_edges) on the same groups of --kernel-n x --lsh-d data
+  (partition defaults: size 500, 8 probes, groups of 8 partitions), each
+  group's home pass as ScoreHome runs it, one thread each; the two
+  interleaved group by group, --repeats times; the edges compared."""
+  from tfx_nsl.components.graph_builder import graph_core  # pylint: disable=g-import-not-at-top
+  from tfx_nsl.components.graph_builder import scoring  # pylint: disable=g-import-not-at-top
+  x, _ = graph_core.prepare_vectors(clustered(args.kernel_n, args.lsh_d, 3),
+                                    graph_core.COSINE)
+  centroids = graph_core.partition_centroids(x, args.kernel_n // 500, 0)
+  probes = graph_core.nearest_partitions(x, centroids, 8)
+  group_of = graph_core.partition_groups(centroids, 0)
+  members = {p: (m, x[m], None) for p in range(len(centroids))
+             for m in [np.flatnonzero(probes[:, 0] == p)]}
+  home = group_of[probes[:, 0]]
+  kernels = {'numpy (before)': _numpy_block_edges,
+             'faiss (after)': graph_core.block_edges}
+  seconds = {name: [] for name in kernels}
+  differ, edges, pairs = 0, 0, 0
+  for _ in range(args.repeats):
+    totals = dict.fromkeys(kernels, 0.0)
+    for group in np.unique(home):
+      nodes = np.flatnonzero(home == group)
+      query_probes = scoring.in_group(probes[nodes], group_of, group)
+      found = {}
+      for name, kernel in kernels.items():
+        start = time.perf_counter()
+        found[name], scored = kernel(nodes, x[nodes], query_probes,
+                                     members.get, args.k, -1.0, threads=1)
+        totals[name] += time.perf_counter() - start
+      pairs += scored
+      a, b = (set(zip(e.src.tolist(), e.tgt.tolist())) for e in found.values())
+      differ += len(a - b)
+      edges += len(a)
+    for name, total in totals.items():
+      seconds[name].append(total)
+  medians = {name: float(np.median(v)) for name, v in seconds.items()}
+  return {'n': args.kernel_n, 'd': args.lsh_d, 'groups': int(len(np.unique(home))),
+          'pairs_per_run': pairs // args.repeats, 'seconds': seconds,
+          'median_s': medians,
+          # Near ties at the k-th place: other summation orders round
+          # scores apart by an ulp.
+          'edges_per_run': edges // args.repeats,
+          'edges_only_in_numpy_per_run': differ // args.repeats,
+          'ratio_after_over_before': medians['faiss (after)'] /
+                                     medians['numpy (before)']}
+
+
 def bench_nsl_lsh(args, work):
   root = os.path.join(work, f'data-{args.nsl_lsh_n}x{args.nsl_d}')
   data = write_dataset(root, args.nsl_lsh_n, args.nsl_d, 2, 1)
@@ -773,7 +826,7 @@ def main():
   parser.add_argument('--quick', action='store_true',
                       help='small sizes, one repeat: a couple of minutes')
   parser.add_argument('--only', default='exact,nsl,lsh',
-                      help='also: nsl-lsh, faiss-sweep')
+                      help='also: nsl-lsh, faiss-sweep, partition-kernel')
   parser.add_argument('--work-dir', default='/tmp/tfx_nsl_bench_graph')
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--k', type=int, default=10)
@@ -784,6 +837,8 @@ def main():
   parser.add_argument('--nsl-d', type=int, default=64)
   parser.add_argument('--nsl-threshold', type=float, default=0.9)
   parser.add_argument('--lsh-n', type=int, default=1_000_000)
+  parser.add_argument('--kernel-n', type=int, default=200_000,
+                      help='nodes of the partition-kernel benchmark')
   parser.add_argument('--lsh-d', type=int, default=64)
   parser.add_argument('--lsh-threshold', type=float, default=-1.0)
   parser.add_argument('--approx-mode', default='partition',
@@ -850,7 +905,8 @@ def main():
     start = time.time()
     results[name] = {'exact': bench_exact, 'nsl': bench_nsl, 'lsh': bench_lsh,
                      'nsl-lsh': bench_nsl_lsh,
-                     'faiss-sweep': bench_faiss_sweep}[name](args, work)
+                     'faiss-sweep': bench_faiss_sweep,
+                     'partition-kernel': bench_partition_kernel}[name](args, work)
     results[name]['bench_seconds'] = time.time() - start
     print(json.dumps({name: results[name]}, indent=1, default=str), flush=True)
     with open(os.path.join(work, 'results.json'), 'w') as f:
