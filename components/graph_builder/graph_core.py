@@ -3,14 +3,14 @@ builder; no TFX, no Beam.
 
 Nodes are indices into a corpus sorted by example id, so "ascending index"
 means "ascending id" and every tie of equal scores is broken the same way on
-every runner (block_edges: see there). Equal vectors need not give equal scores: a blocked float32
-product may round them one ulp apart, and then that, not the id, orders them.
+every runner (block_edges: see there). Equal vectors need not give equal
+scores: a blocked float32 product may round them one ulp apart, and then
+that, not the id, orders them.
 Edges travel as parallel arrays (source index, target index, weight and,
 between workers that do not hold the whole corpus, the targets' ids) rather
 than one Python object per edge.
 """
 import collections
-from concurrent import futures
 
 import numpy as np
 
@@ -397,9 +397,9 @@ def block_edges(query_ids, queries, query_probes, members, max_neighbors,
   queries split over `threads` OpenMP threads. It scans a partition's
   members for each query that probes it; the former matrix product per
   partition was about 3x slower on one core (many small products;
-  docs/benchmarks.md). Ties at the
-  k-th place keep the member found first (probe order, then index), the
-  same on every runner; the result does not depend on `threads`.
+  docs/benchmarks.md). Ties at the k-th place keep the member found first
+  (probe order, then index), the same on every runner; the result does not
+  depend on `threads`.
   """
   import faiss  # pylint: disable=g-import-not-at-top  # scoring workers only
   from faiss.contrib import ivf_tools  # pylint: disable=g-import-not-at-top

@@ -186,8 +186,7 @@ def observed_ranges(statistics):
           continue  # no values seen: no range
         name = '.'.join(feature.path.step) or feature.name
         low, high = ranges.get(name, (np.inf, -np.inf))
-        ranges[name] = (min(low, feature.num_stats.min),
-                        max(high, feature.num_stats.max))
+        ranges[name] = (min(low, stats.min), max(high, stats.max))
   return ranges
 
 
