@@ -357,6 +357,7 @@ def _executor_run(spec, beam_args):
   return {'seconds': seconds, 'edges': stats['num_edges'],
           'nodes': stats['num_nodes'],
           'estimated_recall_at_k': stats.get('estimated_recall_at_k'),
+          'partition_probes': stats.get('partition_probes'),
           'counters': stats.get('counters')}
 
 
@@ -694,7 +695,7 @@ def bench_lsh(args, work):
   else:
     params['mode'] = {'partition': dict(
         size=args.partition_size, probes=args.partition_probes,
-        recall_sample_size=1000)}
+        target_recall=args.partition_target_recall, recall_sample_size=1000)}
 
   def spec_for(name, r):
     return {'examples': os.path.join(root, 'examples'),
@@ -844,7 +845,9 @@ def main():
   parser.add_argument('--approx-mode', default='partition',
                       choices=['partition', 'lsh'])
   parser.add_argument('--partition-size', type=int, default=500)
-  parser.add_argument('--partition-probes', type=int, default=12)
+  parser.add_argument('--partition-probes', type=int, default=None,
+                      help='fixed probes (default: chosen for the target)')
+  parser.add_argument('--partition-target-recall', type=float, default=0.95)
   parser.add_argument('--lsh-splits', type=int, default=10)
   parser.add_argument('--lsh-rounds', type=int, default=16)
   parser.add_argument('--lsh-max-bucket-size', type=int, default=2048)

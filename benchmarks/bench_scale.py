@@ -121,10 +121,11 @@ def _flink_bytes(engines):
 
 
 def kmeans_sweep(data_dir, settings, k):
-  """Partition mode's kernels in this process on the benchmark's data.npy,
-  for each `size,probes,iterations,points_per_centroid`: recall@k of 1,000
-  sampled nodes against their exact top-k, k-means and assignment seconds,
-  pairs scored per node. Not the component (no Beam, no files)."""
+  """Partition mode's k-means in this process on the benchmark's data.npy,
+  for each `size,iterations,points_per_centroid`: the recall@k that 1 to
+  64 probes give 1,000 sampled nodes against their exact top-k
+  (graph_core.recall_by_probes: exact for partition mode's scoring), and
+  the k-means seconds. Not the component (no Beam, no files)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tfx_nsl.components.graph_builder import graph_core as g  # pylint: disable=g-import-not-at-top
   x, _ = g.prepare_vectors(np.load(os.path.join(data_dir, 'data.npy')),
@@ -134,27 +135,21 @@ def kmeans_sweep(data_dir, settings, k):
   exact = g.exact_edges(sample, x, k, -1.0)
   rows = []
   for setting in settings:
-    size, probes, iterations, per = map(int, setting.split(','))
+    size, iterations, per = map(int, setting.split(','))
     start = time.time()
     num = len(x) // size
     points = x[np.sort(np.random.RandomState(0).choice(
         len(x), min(len(x), per * num), replace=False))]
     centroids = g.partition_centroids(points, num, 0, iterations=iterations)
     kmeans_s = time.time() - start
-    probed = g.nearest_partitions(x, centroids, probes)
-    assign_s = time.time() - start - kmeans_s
-    order = np.argsort(probed[:, 0], kind='stable')
-    bounds = np.searchsorted(probed[order, 0], np.arange(num + 1))
-    members = {p: (order[bounds[p]:bounds[p + 1]],
-                   x[order[bounds[p]:bounds[p + 1]]], None)
-               for p in range(num)}
-    edges, pairs = g.block_edges(sample, x[sample], probed[sample],
-                                 members.get, k, -1.0)
-    rows.append({'size': size, 'probes': probes, 'iterations': iterations,
-                 'points_per_centroid': per,
-                 'recall_at_k': g.recall_at_k(edges, exact, sample),
-                 'kmeans_s': kmeans_s, 'assign_s': assign_s,
-                 'pairs_per_node': pairs / len(sample)})
+    recall, error = g.recall_by_probes(
+        exact, sample, g.nearest_partitions(x[sample], centroids, 64),
+        g.nearest_partitions(x[exact.tgt], centroids, 1)[:, 0])
+    rows.append({'size': size, 'iterations': iterations,
+                 'points_per_centroid': per, 'kmeans_s': round(kmeans_s, 1),
+                 'recall_at_k_by_probes': {
+                     p: [round(recall[p - 1], 4), round(error[p - 1], 4)]
+                     for p in (1, 2, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64)}})
     print(json.dumps(rows[-1]), flush=True)
   return rows
 
@@ -174,7 +169,7 @@ def main():
   parser.add_argument('--output', default=None, help='results JSON path')
   parser.add_argument('--kmeans-sweep', default='',
                       help='instead of the component: space-separated '
-                      'size,probes,iterations,points_per_centroid settings '
+                      'size,iterations,points_per_centroid settings '
                       "of partition mode's kernels, run in this process")
   args = parser.parse_args()
   from tfx_nsl import engines  # pylint: disable=g-import-not-at-top
@@ -226,6 +221,8 @@ def main():
       'do_seconds': result['seconds'], 'nodes': result['nodes'],
       'edges': result['edges'],
       'estimated_recall_at_k': result['estimated_recall_at_k'],
+      'partition_probes': stats.get('partition_probes'),
+      'calibration_recall_at_k': stats.get('calibration_recall_at_k'),
       'seconds_per_million_nodes': result['seconds'] / args.n * 1e6,
       'peak_rss_mib_by_role': sampler.by_role(),
       'peak_rss_mib_all_processes': round(sampler.peak_total / 2**20),

@@ -5,7 +5,7 @@ executor does not import the others: GraphBuilder's and the
 RobustnessEvaluator's pull in TFX's standard components and TFMA (about
 150 MB and 2 s), which GraphAugmentation's executor does not need.
 """
-import importlib
+import tfx_nsl
 
 _LAZY = {
     'GraphAugmentation': 'tfx_nsl.components.graph_augmentation',
@@ -15,8 +15,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name):
-  if name in _LAZY:
-    return getattr(importlib.import_module(_LAZY[name]), name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+__getattr__ = tfx_nsl.lazy_getattr(__name__, _LAZY)

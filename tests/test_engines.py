@@ -38,8 +38,8 @@ GRAPH_CASES = {
                   undirected=True, mode=Exact(block_size=512)),
     'partition': dict(similarity_threshold=0.0, max_neighbors=5,
                       undirected=False,
-                      mode=Partition(size=150, probes=4,
-                                     recall_sample_size=300)),
+                      # probes=None: chosen on the runner (calibration).
+                      mode=Partition(size=150, recall_sample_size=300)),
 }
 
 

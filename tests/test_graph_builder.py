@@ -211,6 +211,101 @@ def test_block_edges_equal_a_brute_force_over_the_probed_members(k, threshold):
     assert (np.diff(edges.src) >= 0).all()
 
 
+def _combine(fn, inputs_by_worker):
+  accumulators = []
+  for inputs in inputs_by_worker:
+    accumulator = fn.create_accumulator()
+    for element in inputs:
+      accumulator = fn.add_input(accumulator, element)
+    accumulators.append(accumulator)
+  return fn.extract_output(fn.merge_accumulators(accumulators))
+
+
+def test_distributed_kmeans_is_the_one_process_kmeans(tmp_path):
+  """The sample stored in parts: the starting centroids do not depend on
+  how it is split, and the Lloyd steps summed over the parts give the
+  centroids of the same steps over the whole sample."""
+  vectors = clustered_embeddings(2000, 8, 20, 0.4, seed=9)
+  ids = np.arange(2000)
+  start = corpus_lib.id_hash(corpus_lib.encode_ids(
+      [f'n{i}' for i in ids]), 1)
+  def files(bounds):
+    return [scoring.SampleFile(corpus_lib.store_arrays(
+        str(tmp_path), 'sample', ids=ids[a:b], vectors=vectors[a:b],
+        start=start[a:b]), 30) for a, b in zip(bounds[:-1], bounds[1:])]
+  parts = files([0, 700, 1500, 2000])
+  first = _combine(scoring.InitialCentroids(), [parts[:2], parts[2:]])
+  again = _combine(scoring.InitialCentroids(),
+                   [[p] for p in files([0, 100, 1200, 1900, 2000])])
+  np.testing.assert_array_equal(first, again)
+  chosen = np.sort(np.argsort(start, kind='stable')[:30])
+  np.testing.assert_allclose(
+      np.sort(first, axis=0), np.sort(graph_core.lloyd_update(
+          vectors[chosen], vectors[chosen].astype(np.float64)), axis=0),
+      rtol=1e-6)
+  distributed = whole = first
+  for _ in range(5):
+    sums = _combine(scoring.SumArrays(), [
+        [scoring.lloyd_sums(p, distributed) for p in parts[:1]],
+        [scoring.lloyd_sums(p, distributed) for p in parts[1:]]])
+    distributed = scoring.lloyd_update(sums, distributed)
+    whole = graph_core.lloyd_update(whole, graph_core.lloyd_sums(vectors,
+                                                                 whole))
+  np.testing.assert_allclose(distributed, whole, atol=1e-6)
+  assert not np.allclose(distributed, first, atol=1e-3)  # the steps moved
+  model = scoring.partition_model(distributed, types.SimpleNamespace(
+      mode=Partition(seed=0)))
+  assert model.group_of.shape == (30,)
+  assert scoring.partition_model(None, None) is None
+  assert _combine(scoring.InitialCentroids(), [[], []]) is None
+
+
+def test_recall_by_probes_is_the_recall_that_block_edges_gets():
+  """The calibration curve is exact: for every probe count, the recall@k
+  of block_edges' edges against a brute force; fewest_probes picks the
+  first count that reaches the target."""
+  vectors = clustered_embeddings(3000, 16, 60, 0.9, seed=17)
+  corpus, _ = graph_core.prepare_vectors(vectors, graph_core.COSINE)
+  centroids = graph_core.partition_centroids(corpus, 40, seed=0)
+  probes = graph_core.nearest_partitions(corpus, centroids, 12)
+  members = {p: (m, corpus[m], None) for p in range(40)
+             for m in [np.flatnonzero(probes[:, 0] == p)]}
+  queries = np.sort(np.random.RandomState(1).choice(3000, 300, replace=False))
+  exact = graph_core.exact_edges(queries, corpus, 10, 0.1)
+  curve, error = graph_core.recall_by_probes(exact, queries, probes[queries],
+                                             probes[exact.tgt, 0])
+  assert len(curve) == 12 and (np.diff(curve) >= 0).all()
+  for p in range(1, 13):
+    edges, _ = graph_core.block_edges(queries, corpus[queries],
+                                      probes[queries, :p], members.get, 10, 0.1)
+    assert curve[p - 1] == graph_core.recall_at_k(edges, exact, queries)
+  assert curve[0] < 0.9 < curve[-1]  # the data make the choice matter
+  # The error: as a bootstrap over the queries gives it.
+  rng = np.random.RandomState(2)
+  boot = []
+  for _ in range(300):
+    drawn = rng.choice(len(queries), len(queries))
+    mask = np.isin(exact.src, queries[drawn])
+    counts = np.bincount(np.searchsorted(queries, exact.src[mask]),
+                         minlength=len(queries))[drawn]
+    hit = probes[exact.tgt[mask], 0][:, None] == probes[exact.src[mask], :4]
+    per_query = np.bincount(np.searchsorted(queries, exact.src[mask]),
+                            weights=hit.any(axis=1), minlength=len(queries))
+    boot.append(per_query[drawn].sum() / counts.sum())
+  assert abs(np.std(boot) / error[3] - 1) < 0.25
+  # The fewest probes whose lower bound (recall - 1.645 error) reaches it.
+  bound = curve - 1.645 * error
+  target = (bound[2] + bound[3]) / 2
+  assert graph_core.fewest_probes(curve, error, target) == 4
+  assert graph_core.fewest_probes(curve, error, bound[3]) == 4
+  assert graph_core.fewest_probes(curve, 0 * error, curve[3]) == 4
+  assert graph_core.fewest_probes(curve, error, 1.01) == 12  # unreachable
+  no_edges = graph_core.take(exact, np.zeros(len(exact.src), bool))
+  recall, error = graph_core.recall_by_probes(
+      no_edges, queries, probes[queries], probes[:0, 0])
+  assert (recall == 1).all() and (error == 0).all()
+
+
 @pytest.mark.parametrize('k, threshold', [(5, 0.0), (None, 0.6)])
 def test_partition_passes_find_the_one_pass_edges(k, threshold):
   """The executor's two passes (each group's nodes at home, then visiting
@@ -465,6 +560,46 @@ def test_executor_partition_mode_reports_recall(tmp_path):
   assert stats['num_edges'] == len(found) == 3000 * 5
   assert stats['counters']['partitions'] == 20
   assert stats['counters']['scored_pairs'] < 3000 * 3000 / 2
+  assert stats['partition_probes'] == 4
+  assert 'calibration_recall_at_k' not in stats
+
+
+def test_executor_leaves_out_components_past_the_budget(tmp_path,
+                                                       monkeypatch, caplog):
+  vectors = clustered_embeddings(300, 8, 5, 0.3, seed=8)
+  _, _, stats = _run_executor(tmp_path, {'train': _rows(vectors)},
+                              name='within', embedding_features=['emb'],
+                              max_neighbors=3, similarity_threshold=0.5)
+  assert stats['connected_components'] >= 1
+  # 300 nodes at 4 MiB each pass the 1,024 MiB budget.
+  monkeypatch.setattr(graph_core, 'COMPONENT_BYTES_PER_NODE', 4 << 20)
+  _, _, past = _run_executor(tmp_path, {'train': _rows(vectors)}, name='past',
+                             embedding_features=['emb'], max_neighbors=3,
+                             similarity_threshold=0.5)
+  assert past['connected_components'] is None is past['isolated_nodes']
+  assert past['num_edges'] == stats['num_edges']
+  assert 'over memory_budget_mb=1024' in caplog.text
+
+
+@pytest.mark.parametrize('target', [0.9, 0.99])
+def test_executor_partition_mode_calibrates_probes(tmp_path, target):
+  """probes=None: the fewest probes whose recall on the calibration sample
+  reaches the target; the recall estimate (another sample) follows it, and
+  the work with it."""
+  vectors = clustered_embeddings(4000, 16, 80, 0.6, seed=7)
+  _, found, stats = _run_executor(
+      tmp_path, {'train': _rows(vectors)}, embedding_features=['emb'],
+      similarity_threshold=-1.0, max_neighbors=10, undirected=False,
+      mode=Partition(size=100, target_recall=target, max_probes=20,
+                     recall_sample_size=400))
+  probes = stats['partition_probes']
+  assert stats['counters']['probes'] == probes
+  assert 1 < probes < 20
+  assert stats['calibration_recall_at_k'] >= target
+  assert stats['estimated_recall_at_k'] >= target - 0.03
+  assert stats['num_edges'] == len(found) == 4000 * 10
+  # Each node scans about `probes` regions of about `size` members.
+  assert stats['counters']['scored_pairs'] < 4000 * 100 * (probes + 1)
 
 
 @pytest.mark.parametrize('mode', [Exact(), Lsh(splits=3, rounds=4),
@@ -656,7 +791,8 @@ def test_graph_stats_merge_from_shards():
   shard = edges.src * 4 // 60  # 60 nodes: 50..59 have no edges
   parts = [graph_core.stats_part(graph_core.take(edges, shard == s))
            for s in range(4)]
-  merged = graph_core.final_stats(60, graph_core.merge_stats_parts(parts))
+  merged = graph_core.final_stats(60, graph_core.merge_stats_parts(parts),
+                                  [p.forest for p in parts])
   assert merged == graph_core.graph_stats(60, edges)
   assert merged['isolated_nodes'] >= 10
   # Against scipy on the whole edge list, on sparse random graphs.
@@ -673,34 +809,41 @@ def test_graph_stats_merge_from_shards():
                    shape=(400, 400)), connection='weak')
     parts = [graph_core.stats_part(graph_core.take(edges, edges.src % 7 == s))
              for s in range(7)]
-    stats = graph_core.final_stats(400, graph_core.merge_stats_parts(parts))
+    stats = graph_core.final_stats(400, graph_core.merge_stats_parts(parts),
+                                   [p.forest for p in parts])
     assert stats['connected_components'] == count
     assert stats['largest_component'] == np.bincount(labels).max()
     assert stats['isolated_nodes'] == 400 - len(np.unique(np.r_[src, tgt]))
 
 
-def test_forest_cap_counts_each_node_once(monkeypatch):
-  # 16 nodes, 15 forest pairs, under a cap of 16; the parts repeat nodes
-  # (the hub, and each node in two parts): 28 pairs in all.
-  monkeypatch.setattr(graph_core, 'MAX_FOREST_NODES', 16)
+def test_component_stats_stream_forests_that_repeat_nodes():
+  """Forests that share nodes (a hub in every one, chains across them)
+  join into one component; a long chain of forests, each linking the last
+  one's root to a new node, stays correct whatever the path lengths."""
   parts = [graph_core.stats_part(graph_core.Edges(
       np.array([s, s + 1]), np.array([0, 0]), np.ones(2, np.float32)))
            for s in range(1, 15)]
-  stats = graph_core.final_stats(16, graph_core.merge_stats_parts(parts))
-  assert stats['connected_components'] == 1
-  assert stats['isolated_nodes'] == 0
+  assert graph_core.component_stats(16, [p.forest for p in parts]) == {
+      'isolated_nodes': 0, 'connected_components': 1, 'largest_component': 16}
+  chain = [(np.array([n]), np.array([n + 1])) for n in range(200, 0, -1)]
+  assert graph_core.component_stats(300, chain) == {
+      'isolated_nodes': 99, 'connected_components': 100,
+      'largest_component': 201}
+  assert graph_core.component_stats(3, []) == {
+      'isolated_nodes': 3, 'connected_components': 3, 'largest_component': 1}
 
 
-def test_stats_drop_components_past_the_forest_cap(monkeypatch):
-  monkeypatch.setattr(graph_core, 'MAX_FOREST_NODES', 10)
+def test_stats_leave_out_components_without_forests():
   edges = graph_core.Edges(np.arange(20), np.arange(1, 21),
                            np.ones(20, np.float32))
   parts = [graph_core.stats_part(graph_core.take(edges, edges.src < 10)),
            graph_core.stats_part(graph_core.take(edges, edges.src >= 10))]
-  stats = graph_core.final_stats(30, graph_core.merge_stats_parts(parts))
+  stats = graph_core.final_stats(30, graph_core.merge_stats_parts(parts), None)
   assert stats['connected_components'] is None
   assert stats['isolated_nodes'] is None
   assert stats['num_edges'] == 20
+  assert graph_core.final_stats(30, graph_core.merge_stats_parts(parts), [
+      p.forest for p in parts])['largest_component'] == 21
 
 
 @pytest.mark.parametrize('mode, params', [

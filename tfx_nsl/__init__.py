@@ -24,7 +24,14 @@ _LAZY = {
 __all__ = ['Graph', '__version__', *_LAZY]
 
 
-def __getattr__(name):
-  if name in _LAZY:
-    return getattr(importlib.import_module(_LAZY[name]), name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+def lazy_getattr(module_name, lazy):
+  """A module __getattr__ (PEP 562) that imports each name of `lazy` ({name:
+  the module defining it}) on first use."""
+  def __getattr__(name):
+    if name in lazy:
+      return getattr(importlib.import_module(lazy[name]), name)
+    raise AttributeError(f'module {module_name!r} has no attribute {name!r}')
+  return __getattr__
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY)

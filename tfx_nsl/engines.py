@@ -52,13 +52,17 @@ SPARK_RUNNER = 'beam-runners-spark-3'
 HOST = '127.0.0.1'
 WORKERS = 2  # TaskManagers / Spark workers, one slot or core each
 
-# Ports, away from the engines' defaults so that other local clusters coexist.
-PORTS = {
-    'flink': {'rest': 18081, 'rpc': 16123, 'blob': 16124,
-              'job': 18099, 'artifact': 18098, 'expansion': 18097},
-    'spark': {'master': 17077, 'web': 18080,
-              'job': 18199, 'artifact': 18198, 'expansion': 18197},
-}
+# Ports, away from the engines' defaults so that other local clusters coexist;
+# TFX_NSL_PORT_OFFSET shifts them all, for a second cluster of ours (e.g. the
+# tests beside a long benchmark).
+_PORT_OFFSET = int(os.environ.get('TFX_NSL_PORT_OFFSET', '0'))
+PORTS = {engine: {name: port + _PORT_OFFSET for name, port in ports.items()}
+         for engine, ports in {
+             'flink': {'rest': 18081, 'rpc': 16123, 'blob': 16124,
+                       'job': 18099, 'artifact': 18098, 'expansion': 18097},
+             'spark': {'master': 17077, 'web': 18080,
+                       'job': 18199, 'artifact': 18198, 'expansion': 18197},
+         }.items()}
 
 # The engines' jars inside PyPI source archives (name, member prefix).
 _DISTRIBUTIONS = {

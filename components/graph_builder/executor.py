@@ -413,20 +413,14 @@ class _MergeWritten(beam.CombineFn):
     return accumulator
 
 
-def _merged_forest(paths):
-  """The shards' forests as one, merged a few files at a time: held in
-  memory, at most MAX_FOREST_NODES pairs (None past that)."""
-  forest = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-  for start in range(0, len(paths), 16):
-    stored = [corpus.load_arrays(p) for p in paths[start:start + 16]]
-    forest = graph_core.merge_forests(
-        [forest] + [(s['roots'], s['members']) for s in stored])
-    if forest is None:
-      break
-  return forest
+def _forests(paths):
+  """The shards' spanning forests, loaded one at a time."""
+  for path in paths:
+    stored = corpus.load_arrays(path)
+    yield stored['roots'], stored['members']
 
 
-def _finish(written, layout, sampled_recall, output_dir):
+def _finish(written, layout, sampled_recall, probes, output_dir, params):
   """After all shards are written: empty files for shards without edges (so
   readers see every shard) and the graph statistics."""
   if layout is None:  # No examples; _finish_stats reports it.
@@ -435,14 +429,25 @@ def _finish(written, layout, sampled_recall, output_dir):
     with tf.io.gfile.GFile(os.path.join(
         output_dir, graph_io.edge_shard_name(shard, layout.num_shards)), 'w'):
       pass
-  stats = graph_core.final_stats(layout.num_nodes, written.part._replace(
-      forest=_merged_forest(written.forest_files)))
-  if stats['connected_components'] is None:
-    logging.warning('GraphBuilder: more than %d nodes are on edges; the '
-                    'statistics leave out isolated nodes and components',
-                    graph_core.MAX_FOREST_NODES)
+  # The components take one process COMPONENT_BYTES_PER_NODE a node.
+  fits = (layout.num_nodes * graph_core.COMPONENT_BYTES_PER_NODE <=
+          params.memory_budget_bytes)
+  stats = graph_core.final_stats(
+      layout.num_nodes, written.part,
+      _forests(written.forest_files) if fits else None)
+  if not fits:
+    logging.warning(
+        'GraphBuilder: %d nodes need %d MiB for the connected components, '
+        'over memory_budget_mb=%d; the statistics leave out isolated nodes '
+        'and components', layout.num_nodes,
+        layout.num_nodes * graph_core.COMPONENT_BYTES_PER_NODE >> 20,
+        params.memory_budget_mb)
   if sampled_recall is not None:
     stats['estimated_recall_at_k'] = sampled_recall
+  if probes is not None:
+    stats['partition_probes'] = probes.probes
+    if probes.calibrated_recall is not None:
+      stats['calibration_recall_at_k'] = probes.calibrated_recall
   with tf.io.gfile.GFile(os.path.join(output_dir, _PARTIAL_STATS), 'w') as f:
     json.dump(stats, f)
 
@@ -484,11 +489,15 @@ class Executor(beam_executor.BeamExecutor):
         symmetric = params.mode.NAME == EXACT and params.max_neighbors is None
         reverse = params.undirected and not symmetric
         dedupe = params.mode.NAME == LSH
+        queries, exact = (None, None) if params.mode.NAME == EXACT else (
+            self._exact_for_sample(layout, shards, params))
+        probes = None
         if params.mode.NAME == PARTITION:
           # MergeFound merges a source's candidates in its own group, so
           # its top-k is final, and stores them by shard itself.
-          stored, sample = self._partition(pipeline, layout, shards, params,
-                                           corpus_dir, spread, reverse)
+          stored, sample, probes = self._partition(
+              pipeline, layout, shards, params, corpus_dir, spread, reverse,
+              queries, exact)
         else:
           # Exact units meet a source once per shard, LSH rounds meet it
           # (and a pair) several times: their candidates go through a top-k
@@ -510,7 +519,10 @@ class Executor(beam_executor.BeamExecutor):
         recall = None
         if sample is not None:
           recall = beam.pvalue.AsSingleton(
-              self._recall(sample, layout, shards, params))
+              sample
+              | 'CollectForRecall' >> beam.combiners.ToList()
+              | 'Recall' >> beam.Map(scoring.sampled_recall, exact, layout,
+                                     params))
         _ = (stored
              | 'GroupShards' >> beam.GroupByKey()
              | 'Write' >> beam.ParDo(
@@ -518,7 +530,8 @@ class Executor(beam_executor.BeamExecutor):
                      dedupe and params.max_neighbors is None)), layout)
              # With defaults: a graph without edges still gets its files.
              | 'MergeWritten' >> beam.CombineGlobally(_MergeWritten())
-             | 'Finish' >> beam.Map(_finish, layout, recall, output_dir))
+             | 'Finish' >> beam.Map(_finish, layout, recall, probes,
+                                    output_dir, params))
     finally:
       corpus.CACHE.clear()  # This process may have been a worker.
       tf.io.gfile.rmtree(corpus_dir)
@@ -567,18 +580,25 @@ class Executor(beam_executor.BeamExecutor):
             | 'Score' >> beam.FlatMap(scoring.score_bucket, layout, params))
 
   def _partition(self, pipeline, layout, shards, params, corpus_dir, spread,
-                 reverse):
+                 reverse, queries, exact):
     """Partition mode: ((source shard, stored Run) of the final edges, the
-    recall sample's edges)."""
+    recall sample's edges, the probes as a side input)."""
     model = beam.pvalue.AsSingleton(
-        shards
-        | 'KmeansSample' >> beam.Map(scoring.kmeans_sample, layout, corpus_dir,
-                                     params)
-        | 'CollectSample' >> beam.combiners.ToList()
-        | 'Kmeans' >> beam.Map(scoring.partition_model, layout, params))
+        self._kmeans(layout, shards, params, corpus_dir))
+    if scoring.calibrates(params):
+      probes = (shards
+                | 'NeighborHomes' >> beam.FlatMap(
+                    scoring.neighbor_homes, layout, exact, model, params)
+                | 'CollectHomes' >> beam.combiners.ToList()
+                | 'Calibrate' >> beam.Map(scoring.calibrate, queries, exact,
+                                          model, layout, params))
+    else:
+      probes = pipeline | 'Probes' >> beam.Create(
+          [scoring.Probes(params.mode.probes, None)])
+    probes = beam.pvalue.AsSingleton(probes)
     groups = (shards
               | 'Assign' >> beam.ParDo(scoring.Assign(params, corpus_dir),
-                                       layout, model)
+                                       layout, model, probes)
               | 'GroupPartitions' >> beam.GroupByKey()
               | 'StoreGroups' >> beam.Map(scoring.store_group, corpus_dir))
     group_files = beam.pvalue.AsDict(groups)
@@ -600,11 +620,28 @@ class Executor(beam_executor.BeamExecutor):
                   scoring.MergeFound(params, corpus_dir, reverse), layout,
                   group_files).with_outputs(scoring.MergeFound.SAMPLE,
                                             main='stored'))
-    return merged.stored, merged[scoring.MergeFound.SAMPLE]
+    return merged.stored, merged[scoring.MergeFound.SAMPLE], probes
 
-  def _recall(self, sample, layout, shards, params):
-    """Recall of the found top-k on a fixed sample of sources (`sample`:
-    their found edges)."""
+  def _kmeans(self, layout, shards, params, corpus_dir):
+    """Partition mode's model: spherical k-means on a sample stored by
+    shard, each Lloyd step summed over the sample files by the workers, so
+    no process holds the sample (only the centroids)."""
+    samples = shards | 'KmeansSample' >> beam.Map(
+        scoring.kmeans_sample, layout, corpus_dir, params)
+    centroids = samples | 'KmeansStart' >> beam.CombineGlobally(
+        scoring.InitialCentroids())
+    for step in range(graph_core.KMEANS_ITERATIONS):
+      centroids = (samples
+                   | f'Lloyd{step}' >> beam.Map(scoring.lloyd_sums,
+                                                beam.pvalue.AsSingleton(centroids))
+                   | f'SumLloyd{step}' >> beam.CombineGlobally(scoring.SumArrays())
+                   | f'Update{step}' >> beam.Map(
+                       scoring.lloyd_update, beam.pvalue.AsSingleton(centroids)))
+    return centroids | 'Kmeans' >> beam.Map(scoring.partition_model, params)
+
+  def _exact_for_sample(self, layout, shards, params):
+    """The sampled query nodes (indices, vectors) and their exact top-k, as
+    side inputs: for the recall estimate and the probes' calibration."""
     queries = beam.pvalue.AsSingleton(
         shards
         | 'SampleQueries' >> beam.FlatMap(scoring.sample_queries, layout, params)
@@ -615,9 +652,7 @@ class Executor(beam_executor.BeamExecutor):
         | 'ExactForSample' >> beam.FlatMap(scoring.exact_for_sample, layout,
                                            queries, params)
         | 'MergeExact' >> beam.CombineGlobally(scoring.TopK(params.max_neighbors)))
-    return (sample
-            | 'CollectForRecall' >> beam.combiners.ToList()
-            | 'Recall' >> beam.Map(scoring.sampled_recall, exact, layout, params))
+    return queries, exact
 
   def _read_split(self, pipeline, examples, model, split, params):
     pattern = io_utils.all_files_pattern(

@@ -319,34 +319,53 @@ def bucket_edges(ids, vectors, max_neighbors, threshold, names=None):
 
 
 # Spherical k-means settings of partition mode: Lloyd iterations and sample
-# points per centroid. Against 4 and 32, at 1,000,000 x 64 (bench_scale's
-# data, 2,000 centroids, 8 probes) recall@10 rose from 0.947 to 0.965 for
-# about 2 s more of k-means (docs/benchmarks.md, section e).
+# points per centroid. On bench_scale's data (size 500), 100 points instead
+# of 40 raised the recall of 8 probes from 0.973 to 0.987 at 1M and from
+# 0.935 to 0.950 at 10M (docs/benchmarks.md, section e); the steps are
+# distributed, so the sample is bounded by disk, not by a worker's memory.
 KMEANS_ITERATIONS = 10
-KMEANS_POINTS_PER_CENTROID = 40
+KMEANS_POINTS_PER_CENTROID = 100
+
+
+def _unit(rows):
+  return rows / np.maximum(np.linalg.norm(rows, axis=1), 1e-30)[:, None]
+
+
+def lloyd_sums(sample, centroids, max_entries=MAX_CHUNK_ENTRIES):
+  """One spherical k-means (Lloyd) step over part of the sample: the sum
+  of the unit rows nearest to each centroid (float64; the parts add up)."""
+  sums = np.zeros(centroids.shape, np.float64)
+  step = chunk_rows(len(centroids), max_entries)
+  for start in range(0, len(sample), step):
+    rows = _unit(sample[start:start + step])
+    np.add.at(sums, np.argmax(rows @ centroids.T, axis=1), rows)
+  return sums
+
+
+def lloyd_update(centroids, sums):
+  """The step's new unit centroids; a centroid that no row chose stays."""
+  norms = np.linalg.norm(sums, axis=1)
+  filled = norms > 0
+  updated = centroids.copy()
+  updated[filled] = sums[filled] / norms[filled, None]
+  return updated.astype(np.float32)
 
 
 def partition_centroids(corpus, num_partitions, seed,
                         iterations=KMEANS_ITERATIONS):
-  """Unit centroids of `num_partitions` regions: spherical k-means, a few
-  Lloyd iterations on a sample of the corpus, started at random points."""
+  """Unit centroids of `num_partitions` regions in one process: spherical
+  k-means, Lloyd iterations on a sample of the corpus, started at random
+  points (the component runs the same steps distributed, scoring.py)."""
   rng = np.random.RandomState(seed)
   num_partitions = max(1, min(num_partitions, len(corpus)))
   sample = corpus[np.sort(rng.choice(
       len(corpus), min(len(corpus), KMEANS_POINTS_PER_CENTROID * num_partitions),
       replace=False))]
-  sample = sample / np.maximum(np.linalg.norm(sample, axis=1), 1e-30)[:, None]
-  centroids = sample[rng.choice(len(sample), num_partitions, replace=False)]
+  centroids = _unit(sample[rng.choice(len(sample), num_partitions,
+                                      replace=False)]).astype(np.float32)
   for _ in range(iterations):
-    nearest = np.concatenate([
-        np.argmax(sample[b:b + 8192] @ centroids.T, axis=1)
-        for b in range(0, len(sample), 8192)])
-    sums = np.zeros_like(centroids)
-    np.add.at(sums, nearest, sample)
-    norms = np.linalg.norm(sums, axis=1)
-    filled = norms > 0  # an empty region keeps its old centroid
-    centroids[filled] = sums[filled] / norms[filled, None]
-  return centroids.astype(np.float32)
+    centroids = lloyd_update(centroids, lloyd_sums(sample, centroids))
+  return centroids
 
 
 def nearest_partitions(corpus, centroids, probes,
@@ -365,6 +384,45 @@ def nearest_partitions(corpus, centroids, probes,
       out[start + index, probe] = best
       scores[index, best] = -np.inf
   return out
+
+
+def recall_by_probes(exact, query_ids, query_probes, target_homes):
+  """The recall@k that 1..P probes give the queries: ([P] recall, [P] its
+  standard error over queries). Recall is the share of the queries' exact
+  edges whose target's nearest partition (`target_homes`, one per edge) is
+  among the source's first p probes ([len(query_ids), P], query_ids
+  sorted); exact for these queries, as partition mode scores every member
+  of a probed partition. The error is the ratio estimator's, the queries
+  being the sampled units (their edges are not independent)."""
+  width = query_probes.shape[1]
+  if not len(exact.src):
+    return np.ones(width), np.zeros(width)
+  rows = np.searchsorted(query_ids, exact.src)
+  hits = query_probes[rows] == target_homes[:, None]
+  first = np.where(hits.any(axis=1), hits.argmax(axis=1), width)
+  # [queries, P + 1] edges first found at each probe count, then summed up.
+  found = np.zeros((len(query_ids), width + 1))
+  np.add.at(found, (rows, first), 1)
+  found = np.cumsum(found, axis=1)[:, :width]
+  edges = np.bincount(rows, minlength=len(query_ids)).astype(np.float64)
+  recall = found.sum(axis=0) / edges.sum()
+  queries = max(len(query_ids), 2)
+  residuals = found - recall[None, :] * edges[:, None]
+  error = np.sqrt((residuals**2).sum(axis=0) / (queries - 1) / queries) / (
+      edges.mean())
+  return recall, error
+
+
+# One-sided 95% normal quantile: probes=None asks the calibration recall's
+# lower bound, not its estimate, to reach the target.
+_LOWER_BOUND_Z = 1.645
+
+
+def fewest_probes(recall, error, target):
+  """The fewest probes whose recall's lower bound (recall_by_probes) reaches
+  `target`; all of them if none does."""
+  reached = np.flatnonzero(recall - _LOWER_BOUND_Z * error >= target)
+  return int(reached[0]) + 1 if len(reached) else len(recall)
 
 
 # Partitions whose nodes form one unit of work: neighbouring partitions
@@ -472,13 +530,14 @@ def recall_at_k(found, exact, sample):
 # Graph statistics in parts that merge: each shard of sources gives one, so
 # no process needs the edge list for them. degree_counts: {out-degree >= 1:
 # sources with it}; forest: (roots, members), a spanning forest of the
-# edges seen, one (root, member) pair per non-root node on an edge (so at
-# most one pair per node, whatever the number of edges), or None once it
-# would hold more than MAX_FOREST_NODES nodes.
+# shard's edges, one (root, member) pair per non-root node on an edge.
 StatsPart = collections.namedtuple('StatsPart',
                                    ['num_edges', 'degree_counts', 'forest'])
-MAX_FOREST_NODES = 20_000_000
 _NO_FOREST = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+# Bytes a node that the connected components take in one process: an int32
+# label, a flag and, at the end, the labels of the touched nodes and an
+# int64 count (18 bytes measured at 10M nodes, docs/benchmarks.md).
+COMPONENT_BYTES_PER_NODE = 20
 
 
 def spanning_forest(src, tgt):
@@ -512,32 +571,51 @@ def stats_part(edges):
                    spanning_forest(edges.src, edges.tgt))
 
 
-def merge_forests(forests):
-  """One spanning forest of the union of `forests`; None if one of them is
-  None or it would pass MAX_FOREST_NODES nodes."""
-  forests = list(forests)
-  if any(f is None for f in forests):
-    return None
-  forest = spanning_forest(
-      np.concatenate([f[0] for f in forests] + [_NO_FOREST[0]]),
-      np.concatenate([f[1] for f in forests] + [_NO_FOREST[1]]))
-  # A node has one pair in a forest: the pairs count the nodes on edges
-  # (less the components), however often the parts repeat a node.
-  return None if len(forest[0]) >= MAX_FOREST_NODES else forest
+def _roots(parent, nodes):
+  """The root of each node (parent[root] == root), compressing their paths."""
+  found = nodes
+  while True:
+    up = parent[found]
+    if (up == found).all():
+      parent[nodes] = found
+      return found
+    found = up
+
+
+def component_stats(num_nodes, forests):
+  """Isolated nodes and weakly connected components of the union of
+  spanning forests, streamed one forest at a time: a union-find over
+  num_nodes int32 labels (COMPONENT_BYTES_PER_NODE a node), whatever the
+  number of forests and edges."""
+  parent = np.arange(num_nodes, dtype=np.int32)
+  touched = np.zeros(num_nodes, bool)
+  for roots, members in forests:
+    touched[roots] = touched[members] = True
+    # The forest joins the components of its pairs' ends: link their roots.
+    joined, linked = spanning_forest(_roots(parent, roots),
+                                     _roots(parent, members))
+    parent[linked] = joined
+  labels = _roots(parent, np.flatnonzero(touched).astype(np.int32))
+  sizes = np.bincount(labels)
+  sizes = sizes[sizes > 0]
+  return {'isolated_nodes': int(num_nodes - len(labels)),
+          'connected_components': int(num_nodes - len(labels) + len(sizes)),
+          'largest_component': int(sizes.max()) if len(sizes) else int(
+              num_nodes > 0)}
 
 
 def merge_stats_parts(parts):
-  num_edges, counts, forests = 0, collections.Counter(), []
+  """The parts' counts as one part (no forest: component_stats takes them)."""
+  num_edges, counts = 0, collections.Counter()
   for part in parts:
     num_edges += part.num_edges
     counts.update(part.degree_counts)
-    forests.append(part.forest)
-  return StatsPart(num_edges, dict(counts), merge_forests(forests))
+  return StatsPart(num_edges, dict(counts), None)
 
 
-def final_stats(num_nodes, part):
-  """Nodes, edges, out-degree histogram and, while the forest was kept,
-  isolated nodes and weakly connected components."""
+def final_stats(num_nodes, part, forests):
+  """Nodes, edges, out-degree histogram and, given the parts' `forests`
+  (None: left out), isolated nodes and weakly connected components."""
   histogram = dict(part.degree_counts)
   without = num_nodes - sum(histogram.values())
   if without:
@@ -549,19 +627,14 @@ def final_stats(num_nodes, part):
       'max_out_degree': max(histogram) if histogram else 0,
       'mean_out_degree': part.num_edges / num_nodes if num_nodes else 0.0,
   }
-  if part.forest is None:  # more than MAX_FOREST_NODES nodes on edges
+  if forests is None:
     stats.update(isolated_nodes=None, connected_components=None)
-    return stats
-  roots, members = part.forest
-  touched = len(np.unique(np.r_[roots, members]))
-  sizes = np.unique(roots, return_counts=True)[1] + 1
-  stats['isolated_nodes'] = int(num_nodes - touched)
-  stats['connected_components'] = int(num_nodes - touched + len(sizes))
-  stats['largest_component'] = int(sizes.max()) if len(sizes) else int(
-      num_nodes > 0)
+  else:
+    stats.update(component_stats(num_nodes, forests))
   return stats
 
 
 def graph_stats(num_nodes, edges):
   """final_stats of one edge list."""
-  return final_stats(num_nodes, stats_part(edges))
+  part = stats_part(edges)
+  return final_stats(num_nodes, part, [part.forest])

@@ -36,6 +36,7 @@ COUNTERS = {
     'scored_pairs': 'similarities computed',
     'lsh_buckets': 'LSH buckets scored (lsh mode)',
     'partitions': 'k-means regions (partition mode)',
+    'probes': 'regions each node is compared with (partition mode)',
     'edges_written': 'edges written to the edge files',
 }
 
@@ -76,13 +77,20 @@ class Partition:
 
   size: mean nodes a region.
   probes: regions each node is compared with; more probes, higher recall,
-    proportionally more work.
-  recall_sample_size: nodes on which recall against exact is measured.
-  seed: seed of the k-means and of the recall sample.
+    proportionally more work. None: the fewest probes (at most
+    `max_probes`) whose recall@k on a calibration sample of nodes reaches
+    `target_recall`, chosen on each run after the k-means.
+  target_recall: the recall@k that probes=None aims for.
+  max_probes: the most probes that probes=None may choose.
+  recall_sample_size: nodes on which recall against exact is measured (and
+    as many again, other nodes, on which probes=None calibrates).
+  seed: seed of the k-means and of the samples.
   """
   NAME: ClassVar[str] = 'partition'
   size: int = 500
-  probes: int = 8
+  probes: Optional[int] = None
+  target_recall: float = 0.95
+  max_probes: int = 64
   recall_sample_size: int = 1000
   seed: int = 0
 
@@ -123,8 +131,12 @@ def parse_mode(value) -> Mode:
         'holding the JSON of the whole section, e.g. '
         f'\'{{"{mode.NAME}": {{"{runtime[0]}": ...}}}}\'')
   checker = parameters.check(mode, f'{COMPONENT} mode {mode.NAME!r}')
-  for name in [f.name for f in dataclasses.fields(mode) if f.name != 'seed']:
+  for name in [f.name for f in dataclasses.fields(mode)
+               if f.name not in ('seed', 'target_recall')]:
     checker.require(name, lambda v: v >= 1, 'must be >= 1')
+  if isinstance(mode, Partition):
+    checker.require('target_recall', lambda v: 0.0 < v <= 1.0,
+                    'must be in (0, 1]')
   if hasattr(mode, 'seed'):
     checker.require('seed', lambda v: 0 <= v < 2**32, 'must be in [0, 2**32)')
   if isinstance(mode, Lsh):

@@ -8,6 +8,7 @@ keyed for the top-k merge.
 """
 import collections
 
+from absl import logging
 import apache_beam as beam
 import numpy as np
 
@@ -15,6 +16,7 @@ from tfx_nsl.components.graph_builder import corpus
 from tfx_nsl.components.graph_builder import graph_core
 from tfx_nsl.components.graph_builder.params import COUNTERS
 from tfx_nsl.components.graph_builder.params import NAMESPACE
+from tfx_nsl.components.graph_builder.params import PARTITION
 
 
 def counter(name):
@@ -30,6 +32,11 @@ GroupFile = collections.namedtuple('GroupFile', ['group', 'path'])
 # The k-means model of partition mode: centroids and the group of each.
 PartitionModel = collections.namedtuple('PartitionModel',
                                         ['centroids', 'group_of'])
+# A stored part of the k-means sample and the number of partitions wanted.
+SampleFile = collections.namedtuple('SampleFile', ['path', 'num_partitions'])
+# Partition mode's probes a node and, when calibrated (probes=None), the
+# recall@k they gave the calibration sample (else None).
+Probes = collections.namedtuple('Probes', ['probes', 'calibrated_recall'])
 
 
 def cache_bytes(params):
@@ -159,32 +166,86 @@ def _num_partitions(layout, params):
   return max(1, layout.num_nodes // params.mode.size)
 
 
-def _sample_size(layout, dim, params):
-  """Rows of the k-means sample: enough per centroid, within a quarter of
-  the memory budget."""
-  return min(graph_core.KMEANS_POINTS_PER_CENTROID *
-             _num_partitions(layout, params),
-             params.memory_budget_bytes // 4 // (4 * dim))
-
-
 def kmeans_sample(shard, layout, directory, params):
   """One shard's part of the k-means sample, stored as a file (its path):
   rows whose seeded id hash falls below the sampling rate, so the sample
-  does not depend on the sharding."""
+  does not depend on the sharding (nor does `start`, the hash that picks
+  the initial centroids)."""
   ids, names, vectors = layout.nodes(shard, cache_bytes(params))
-  rate = _sample_size(layout, vectors.shape[1], params) / layout.num_nodes
+  rate = min(1.0, graph_core.KMEANS_POINTS_PER_CENTROID *
+             _num_partitions(layout, params) / layout.num_nodes)
   keep = corpus.id_hash(names, params.mode.seed) < rate * 2.0**32
-  return corpus.store_arrays(directory, f'sample{shard}', ids=ids[keep],
-                             vectors=vectors[keep])
+  return SampleFile(corpus.store_arrays(
+      directory, f'sample{shard}', ids=ids[keep], vectors=vectors[keep],
+      start=corpus.id_hash(names[keep], params.mode.seed + 1)),
+                    _num_partitions(layout, params))
 
 
-def partition_model(sample_files, layout, params):
-  samples = [corpus.load_arrays(path) for path in sample_files]
-  # In node order, so the k-means does not depend on the order of shards.
-  ids = np.concatenate([s['ids'] for s in samples])
-  sample = np.concatenate([s['vectors'] for s in samples])[np.argsort(ids)]
-  centroids = graph_core.partition_centroids(
-      sample, _num_partitions(layout, params), params.mode.seed)
+class InitialCentroids(beam.CombineFn):
+  """SampleFiles -> the unit rows of the smallest `start` hashes (ties:
+  node index) over all files, one per partition: the k-means' starting
+  points, chosen without one process loading the sample. The accumulator
+  is (count, start hashes, node indices, vectors)."""
+
+  @staticmethod
+  def _smallest(parts):
+    count = parts[0][0]
+    start, ids, vectors = (np.concatenate([p[i] for p in parts])
+                           for i in (1, 2, 3))
+    order = np.lexsort((ids, start))[:count]
+    return count, start[order], ids[order], vectors[order]
+
+  def create_accumulator(self):
+    return None
+
+  def add_input(self, accumulator, sample):
+    stored = corpus.load_arrays(sample.path)
+    return self.merge_accumulators([accumulator, self._smallest([(
+        sample.num_partitions, stored['start'], stored['ids'],
+        stored['vectors'])])])
+
+  def merge_accumulators(self, accumulators):
+    parts = [a for a in accumulators if a is not None]
+    return self._smallest(parts) if parts else None
+
+  def extract_output(self, accumulator):
+    if accumulator is None:  # No nodes: nothing to partition.
+      return None
+    vectors = accumulator[3]
+    return graph_core.lloyd_update(vectors.astype(np.float32),
+                                   vectors.astype(np.float64))
+
+
+def lloyd_sums(sample, centroids):
+  """One sample file's part of a Lloyd step."""
+  return graph_core.lloyd_sums(corpus.load_arrays(sample.path)['vectors'],
+                               centroids)
+
+
+class SumArrays(beam.CombineFn):
+
+  def create_accumulator(self):
+    return None
+
+  def add_input(self, accumulator, sums):
+    return sums if accumulator is None else accumulator + sums
+
+  def merge_accumulators(self, accumulators):
+    parts = [a for a in accumulators if a is not None]
+    return sum(parts[1:], parts[0]) if parts else None
+
+  def extract_output(self, accumulator):
+    return accumulator
+
+
+def lloyd_update(sums, centroids):
+  return None if centroids is None else graph_core.lloyd_update(centroids,
+                                                                sums)
+
+
+def partition_model(centroids, params):
+  if centroids is None:  # No nodes.
+    return None
   counter('partitions').inc(len(centroids))
   return PartitionModel(centroids, graph_core.partition_groups(
       centroids, params.mode.seed))
@@ -198,10 +259,10 @@ class Assign(beam.DoFn):
     self._params = params
     self._directory = directory
 
-  def process(self, shard, layout, model):
+  def process(self, shard, layout, model, probes):
     ids, names, vectors = layout.nodes(shard, cache_bytes(self._params))
     probes = graph_core.nearest_partitions(vectors, model.centroids,
-                                           self._params.mode.probes)
+                                           probes.probes)
     for group, run in corpus.store_runs(
         self._directory, f'assigned{shard}', model.group_of[probes[:, 0]],
         ids=ids, names=names, vectors=vectors, probes=probes):
@@ -439,10 +500,31 @@ def recall_sample(layout, params):
       layout.num_nodes, size, replace=False))
 
 
+def calibrates(params):
+  return params.mode.NAME == PARTITION and params.mode.probes is None
+
+
+def calibration_sample(layout, params):
+  """The nodes on which probes=None chooses the probes: drawn apart from
+  the recall sample, so the recall estimate stays out of sample."""
+  size = min(params.mode.recall_sample_size, layout.num_nodes)
+  return np.sort(np.random.default_rng([params.mode.seed, 1]).choice(
+      layout.num_nodes, size, replace=False))
+
+
+def query_nodes(layout, params):
+  """The nodes whose exact top-k is computed: the recall sample and, when
+  probes are calibrated, the calibration sample."""
+  nodes = recall_sample(layout, params)
+  if calibrates(params):
+    nodes = np.union1d(nodes, calibration_sample(layout, params))
+  return nodes
+
+
 def sample_queries(shard, layout, params):
-  """The recall sample's nodes in one shard: (indices, vectors)."""
+  """The query nodes in one shard: (indices, vectors)."""
   ids, _, vectors = layout.nodes(shard, cache_bytes(params))
-  keep = np.isin(ids, recall_sample(layout, params))
+  keep = np.isin(ids, query_nodes(layout, params))
   if keep.any():
     yield ids[keep], vectors[keep]
 
@@ -454,6 +536,54 @@ def exact_for_sample(shard, layout, queries, params):
   yield graph_core.cross_edges(sample_ids, sample_vectors, ids, vectors,
                                params.max_neighbors,
                                params.similarity_threshold)
+
+
+def _calibration_edges(exact, layout, params):
+  return graph_core.take(exact, np.isin(exact.src,
+                                        calibration_sample(layout, params)))
+
+
+def neighbor_homes(shard, layout, exact, model, params):
+  """The nearest partition of each of one shard's nodes that is an exact
+  neighbor of the calibration sample: (node indices, partitions)."""
+  ids, _, vectors = layout.nodes(shard, cache_bytes(params))
+  keep = np.isin(ids, _calibration_edges(exact, layout, params).tgt)
+  if keep.any():
+    yield ids[keep], graph_core.nearest_partitions(
+        vectors[keep], model.centroids, 1)[:, 0]
+
+
+def calibrate(homes, queries, exact, model, layout, params):
+  """Probes for probes=None: the fewest that give the calibration sample
+  the target recall@k against its exact neighbors (at most max_probes)."""
+  mode = params.mode
+  if layout is None:  # No examples: nothing is scored.
+    return Probes(1, None)
+  nodes = np.concatenate([h[0] for h in homes] + [np.zeros(0, np.int64)])
+  order = np.argsort(nodes)
+  nodes, partitions = nodes[order], np.concatenate(
+      [h[1] for h in homes] + [np.zeros(0, np.int32)])[order]
+  edges = _calibration_edges(exact, layout, params)
+  query_ids, vectors = queries
+  sample = np.isin(query_ids, calibration_sample(layout, params))
+  recall, error = graph_core.recall_by_probes(
+      edges, query_ids[sample],
+      graph_core.nearest_partitions(vectors[sample], model.centroids,
+                                    mode.max_probes),
+      partitions[np.searchsorted(nodes, edges.tgt)] if len(edges.src)
+      else partitions)
+  probes = graph_core.fewest_probes(recall, error, mode.target_recall)
+  chosen = float(recall[probes - 1])
+  counter('probes').inc(probes)
+  logging.info('GraphBuilder: %d probes of %d regions give the calibration '
+               'sample recall@k %.4f +- %.4f (target %.4f; 1 probe: %.4f)',
+               probes, len(model.centroids), chosen, error[probes - 1],
+               mode.target_recall, recall[0])
+  if chosen < mode.target_recall:
+    logging.warning('GraphBuilder: max_probes=%d reach only recall@k %.4f, '
+                    'below target_recall=%.4f; raise max_probes or lower '
+                    'the size', mode.max_probes, chosen, mode.target_recall)
+  return Probes(probes, chosen)
 
 
 class TopK(beam.CombineFn):
