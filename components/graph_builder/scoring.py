@@ -639,5 +639,10 @@ def sampled_recall(found_parts, exact, layout, params):
 
 
 def concat_queries(parts):
-  return (np.concatenate([p[0] for p in parts] + [np.zeros(0, np.int64)]),
-          np.concatenate([p[1] for p in parts]) if parts else None)
+  """The shards' query parts (in any order) as (node indices, sorted;
+  vectors)."""
+  if not parts:
+    return np.zeros(0, np.int64), None
+  ids = np.concatenate([p[0] for p in parts])
+  order = np.argsort(ids)
+  return ids[order], np.concatenate([p[1] for p in parts])[order]
