@@ -149,7 +149,8 @@ def kmeans_sweep(data_dir, settings, k):
                  'points_per_centroid': per, 'kmeans_s': round(kmeans_s, 1),
                  'recall_at_k_by_probes': {
                      p: [round(recall[p - 1], 4), round(error[p - 1], 4)]
-                     for p in (1, 2, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64)}})
+                     for p in (1, 2, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64)
+                     if p <= len(recall)}})
     print(json.dumps(rows[-1]), flush=True)
   return rows
 

@@ -131,6 +131,22 @@ def test_select_neighbors_is_exact_with_long_rows_and_ties(seed):
       scores, rows, np.arange(cols), k, threshold)
 
 
+@pytest.mark.parametrize('probes', [3, 25])
+def test_nearest_partitions_by_score_then_index(probes):
+  """The centroids by decreasing score, ties to the lower index, in
+  chunks."""
+  rng = np.random.RandomState(probes)
+  corpus = rng.standard_normal((500, 6)).astype(np.float32)
+  centroids = rng.standard_normal((40, 6)).astype(np.float32)
+  centroids[7] = centroids[3]  # a tie: 3 before 7
+  scores = corpus @ centroids.T
+  expected = np.lexsort((np.broadcast_to(np.arange(40), scores.shape),
+                         -scores))[:, :probes]
+  found = graph_core.nearest_partitions(corpus, centroids, probes,
+                                        max_entries=40 * 64)
+  np.testing.assert_array_equal(found, expected)
+
+
 def test_partition_mode_finds_most_exact_neighbors_and_only_true_edges():
   vectors = clustered_embeddings(4000, 16, 80, 0.3, seed=12)
   corpus, _ = graph_core.prepare_vectors(vectors, graph_core.COSINE)
@@ -211,20 +227,11 @@ def test_block_edges_equal_a_brute_force_over_the_probed_members(k, threshold):
     assert (np.diff(edges.src) >= 0).all()
 
 
-def _combine(fn, inputs_by_worker):
-  accumulators = []
-  for inputs in inputs_by_worker:
-    accumulator = fn.create_accumulator()
-    for element in inputs:
-      accumulator = fn.add_input(accumulator, element)
-    accumulators.append(accumulator)
-  return fn.extract_output(fn.merge_accumulators(accumulators))
-
-
 def test_distributed_kmeans_is_the_one_process_kmeans(tmp_path):
   """The sample stored in parts: the starting centroids do not depend on
-  how it is split, and the Lloyd steps summed over the parts give the
-  centroids of the same steps over the whole sample."""
+  how it is split, and the Lloyd steps summed over the parts (any order,
+  any bundling) give exactly the centroids of the same steps over the
+  whole sample."""
   vectors = clustered_embeddings(2000, 8, 20, 0.4, seed=9)
   ids = np.arange(2000)
   start = corpus_lib.id_hash(corpus_lib.encode_ids(
@@ -234,30 +241,55 @@ def test_distributed_kmeans_is_the_one_process_kmeans(tmp_path):
         str(tmp_path), 'sample', ids=ids[a:b], vectors=vectors[a:b],
         start=start[a:b]), 30) for a, b in zip(bounds[:-1], bounds[1:])]
   parts = files([0, 700, 1500, 2000])
-  first = _combine(scoring.InitialCentroids(), [parts[:2], parts[2:]])
-  again = _combine(scoring.InitialCentroids(),
-                   [[p] for p in files([0, 100, 1200, 1900, 2000])])
-  np.testing.assert_array_equal(first, again)
-  chosen = np.sort(np.argsort(start, kind='stable')[:30])
-  np.testing.assert_allclose(
-      np.sort(first, axis=0), np.sort(graph_core.lloyd_update(
-          vectors[chosen], vectors[chosen].astype(np.float64)), axis=0),
-      rtol=1e-6)
+  first = scoring.initial_centroids(parts)
+  np.testing.assert_array_equal(
+      first, scoring.initial_centroids(files([0, 100, 1200, 1900, 2000])))
+  chosen = np.lexsort((ids, start))[:30]
+  np.testing.assert_array_equal(
+      first, graph_core.unit_rows(vectors[chosen]).astype(np.float32))
   distributed = whole = first
-  for _ in range(5):
-    sums = _combine(scoring.SumArrays(), [
-        [scoring.lloyd_sums(p, distributed) for p in parts[:1]],
-        [scoring.lloyd_sums(p, distributed) for p in parts[1:]]])
-    distributed = scoring.lloyd_update(sums, distributed)
+  for step in range(5):
+    sums_files = []
+    for bundle in ([parts[2], parts[0]], [parts[1]]) if step % 2 else (
+        [parts[:1], parts[1:]]):
+      fn = scoring.LloydSums(str(tmp_path))
+      fn.start_bundle()
+      for part in bundle:
+        assert not list(fn.process(part, distributed) or [])
+      sums_files += [v.value for v in fn.finish_bundle()]
+    assert len(sums_files) == 2
+    distributed = scoring.lloyd_update(sums_files[::-1], distributed)
     whole = graph_core.lloyd_update(whole, graph_core.lloyd_sums(vectors,
                                                                  whole))
-  np.testing.assert_allclose(distributed, whole, atol=1e-6)
+    np.testing.assert_array_equal(distributed, whole)
   assert not np.allclose(distributed, first, atol=1e-3)  # the steps moved
+  # The one-process k-means is the same steps.
+  np.testing.assert_allclose(
+      np.linalg.norm(graph_core.partition_centroids(vectors, 30, 0), axis=1),
+      1, rtol=1e-5)
   model = scoring.partition_model(distributed, types.SimpleNamespace(
       mode=Partition(seed=0)))
   assert model.group_of.shape == (30,)
   assert scoring.partition_model(None, None) is None
-  assert _combine(scoring.InitialCentroids(), [[], []]) is None
+  assert scoring.initial_centroids([]) is None
+  assert scoring.lloyd_update([], None) is None
+
+
+def test_calibration_sample_is_apart_from_the_recall_sample():
+  for nodes, size in ((100_000, 1000), (1500, 1000), (800, 1000)):
+    layout = types.SimpleNamespace(num_nodes=nodes)
+    params = types.SimpleNamespace(mode=Partition(recall_sample_size=size))
+    recall = scoring.recall_sample(layout, params)
+    calibration = scoring.calibration_sample(layout, params)
+    assert (np.diff(calibration) > 0).all()
+    if nodes > size:
+      assert len(calibration) == min(size, nodes - size)
+      assert not np.isin(calibration, recall).any()
+    else:  # every node is in the recall sample: it is the calibration too
+      np.testing.assert_array_equal(calibration, recall)
+    np.testing.assert_array_equal(
+        scoring.query_nodes(layout, params),
+        np.union1d(recall, calibration))
 
 
 def test_query_parts_come_together_sorted_by_node():

@@ -55,7 +55,13 @@ WORKERS = 2  # TaskManagers / Spark workers, one slot or core each
 # Ports, away from the engines' defaults so that other local clusters coexist;
 # TFX_NSL_PORT_OFFSET shifts them all, for a second cluster of ours (e.g. the
 # tests beside a long benchmark).
-_PORT_OFFSET = int(os.environ.get('TFX_NSL_PORT_OFFSET', '0'))
+_PORT_OFFSET = os.environ.get('TFX_NSL_PORT_OFFSET', '0')
+if not (_PORT_OFFSET.isdigit() and int(_PORT_OFFSET) % 1000 == 0 and
+        int(_PORT_OFFSET) <= 40000):
+  raise ValueError(f'TFX_NSL_PORT_OFFSET={_PORT_OFFSET!r}: give a multiple '
+                   'of 1000 up to 40000 (smaller steps collide with the '
+                   "other engine's ports)")
+_PORT_OFFSET = int(_PORT_OFFSET)
 PORTS = {engine: {name: port + _PORT_OFFSET for name, port in ports.items()}
          for engine, ports in {
              'flink': {'rest': 18081, 'rpc': 16123, 'blob': 16124,

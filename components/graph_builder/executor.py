@@ -14,9 +14,11 @@ is a batch of arrays, never one Python object per pair.
             id-range shard; each shard sorted by id and stored as one file
   score     (scoring.py) exact: a block of one shard's rows against one shard;
             lsh: the rows of one (round, bucket) grouped, one matrix product
-            per bucket piece; partition: k-means centroids from a capped
-            sample, nodes shuffled to groups of neighbouring partitions,
-            each group scored against the groups its nodes probe
+            per bucket piece; partition: k-means centroids, each Lloyd
+            step summed over the stored sample by the workers, probes
+            chosen on a calibration sample (unless given), nodes shuffled
+            to groups of neighbouring partitions, each group scored
+            against the groups its nodes probe
   merge     edges keyed by (source shard, block of sources): exact and
             lsh meet a source in several units of work, so a top-k
             combiner merges them (after a dedupe keeping the largest
@@ -28,10 +30,11 @@ is a batch of arrays, never one Python object per pair.
             (not needed for exact graphs without a top-k, symmetric by
             construction), grouped per shard and written as sorted TSV
   stats     counts and the degree histogram merged by a combiner, each
-            shard's spanning forest stored as a file and merged a few at a
-            time at the end (isolated nodes, components); recall on a fixed
-            sample of queries against their exact top-k, computed shard by
-            shard and merged by a combiner
+            shard's spanning forest stored as a file and streamed through a
+            union-find at the end (isolated nodes, components; within the
+            memory budget); recall on a fixed sample of queries against
+            their exact top-k, computed shard by shard and merged by a
+            combiner
 """
 import collections
 import json
@@ -429,7 +432,9 @@ def _finish(written, layout, sampled_recall, probes, output_dir, params):
     with tf.io.gfile.GFile(os.path.join(
         output_dir, graph_io.edge_shard_name(shard, layout.num_shards)), 'w'):
       pass
-  # The components take one process COMPONENT_BYTES_PER_NODE a node.
+  # The components take one process COMPONENT_BYTES_PER_NODE a node, in
+  # place of the node files it may still hold.
+  corpus.CACHE.clear()
   fits = (layout.num_nodes * graph_core.COMPONENT_BYTES_PER_NODE <=
           params.memory_budget_bytes)
   stats = graph_core.final_stats(
@@ -583,8 +588,8 @@ class Executor(beam_executor.BeamExecutor):
                  reverse, queries, exact):
     """Partition mode: ((source shard, stored Run) of the final edges, the
     recall sample's edges, the probes as a side input)."""
-    model = beam.pvalue.AsSingleton(
-        self._kmeans(layout, shards, params, corpus_dir))
+    model_pc = self._kmeans(layout, shards, params, corpus_dir)
+    model = beam.pvalue.AsSingleton(model_pc)
     if scoring.calibrates(params):
       probes = (shards
                 | 'NeighborHomes' >> beam.FlatMap(
@@ -593,8 +598,7 @@ class Executor(beam_executor.BeamExecutor):
                 | 'Calibrate' >> beam.Map(scoring.calibrate, queries, exact,
                                           model, layout, params))
     else:
-      probes = pipeline | 'Probes' >> beam.Create(
-          [scoring.Probes(params.mode.probes, None)])
+      probes = model_pc | 'Probes' >> beam.Map(scoring.fixed_probes, params)
     probes = beam.pvalue.AsSingleton(probes)
     groups = (shards
               | 'Assign' >> beam.ParDo(scoring.Assign(params, corpus_dir),
@@ -628,13 +632,15 @@ class Executor(beam_executor.BeamExecutor):
     no process holds the sample (only the centroids)."""
     samples = shards | 'KmeansSample' >> beam.Map(
         scoring.kmeans_sample, layout, corpus_dir, params)
-    centroids = samples | 'KmeansStart' >> beam.CombineGlobally(
-        scoring.InitialCentroids())
+    centroids = (samples
+                 | 'CollectSamples' >> beam.combiners.ToList()
+                 | 'KmeansStart' >> beam.Map(scoring.initial_centroids))
     for step in range(graph_core.KMEANS_ITERATIONS):
       centroids = (samples
-                   | f'Lloyd{step}' >> beam.Map(scoring.lloyd_sums,
-                                                beam.pvalue.AsSingleton(centroids))
-                   | f'SumLloyd{step}' >> beam.CombineGlobally(scoring.SumArrays())
+                   | f'Lloyd{step}' >> beam.ParDo(
+                       scoring.LloydSums(corpus_dir),
+                       beam.pvalue.AsSingleton(centroids))
+                   | f'CollectLloyd{step}' >> beam.combiners.ToList()
                    | f'Update{step}' >> beam.Map(
                        scoring.lloyd_update, beam.pvalue.AsSingleton(centroids)))
     return centroids | 'Kmeans' >> beam.Map(scoring.partition_model, params)

@@ -167,80 +167,72 @@ def _num_partitions(layout, params):
 
 
 def kmeans_sample(shard, layout, directory, params):
-  """One shard's part of the k-means sample, stored as a file (its path):
-  rows whose seeded id hash falls below the sampling rate, so the sample
-  does not depend on the sharding (nor does `start`, the hash that picks
-  the initial centroids)."""
+  """One shard's part of the k-means sample, stored as a file: rows whose
+  seeded id hash falls below the sampling rate, so the sample does not
+  depend on the sharding (nor does `start`, the other hash that picks the
+  starting centroids)."""
   ids, names, vectors = layout.nodes(shard, cache_bytes(params))
   rate = min(1.0, graph_core.KMEANS_POINTS_PER_CENTROID *
              _num_partitions(layout, params) / layout.num_nodes)
   keep = corpus.id_hash(names, params.mode.seed) < rate * 2.0**32
   return SampleFile(corpus.store_arrays(
       directory, f'sample{shard}', ids=ids[keep], vectors=vectors[keep],
-      start=corpus.id_hash(names[keep], params.mode.seed + 1)),
+      start=corpus.id_hash(np.char.add(b'start:', names[keep]),
+                           params.mode.seed)),
                     _num_partitions(layout, params))
 
 
-class InitialCentroids(beam.CombineFn):
-  """SampleFiles -> the unit rows of the smallest `start` hashes (ties:
-  node index) over all files, one per partition: the k-means' starting
-  points, chosen without one process loading the sample. The accumulator
-  is (count, start hashes, node indices, vectors)."""
-
-  @staticmethod
-  def _smallest(parts):
-    count = parts[0][0]
-    start, ids, vectors = (np.concatenate([p[i] for p in parts])
-                           for i in (1, 2, 3))
-    order = np.lexsort((ids, start))[:count]
-    return count, start[order], ids[order], vectors[order]
-
-  def create_accumulator(self):
+def initial_centroids(samples):
+  """The unit rows of the smallest `start` hashes (ties: node index), one
+  per partition, over all sample files: read a file at a time, holding the
+  chosen rows only."""
+  if not samples:  # No nodes: nothing to partition.
     return None
-
-  def add_input(self, accumulator, sample):
+  count = samples[0].num_partitions
+  start, ids, vectors = (np.zeros(0, np.uint32), np.zeros(0, np.int64),
+                         None)
+  for sample in sorted(samples):
     stored = corpus.load_arrays(sample.path)
-    return self.merge_accumulators([accumulator, self._smallest([(
-        sample.num_partitions, stored['start'], stored['ids'],
-        stored['vectors'])])])
-
-  def merge_accumulators(self, accumulators):
-    parts = [a for a in accumulators if a is not None]
-    return self._smallest(parts) if parts else None
-
-  def extract_output(self, accumulator):
-    if accumulator is None:  # No nodes: nothing to partition.
-      return None
-    vectors = accumulator[3]
-    return graph_core.lloyd_update(vectors.astype(np.float32),
-                                   vectors.astype(np.float64))
+    start, ids = (np.r_[start, stored['start']], np.r_[ids, stored['ids']])
+    vectors = stored['vectors'] if vectors is None else np.concatenate(
+        [vectors, stored['vectors']])
+    order = np.lexsort((ids, start))[:count]
+    start, ids, vectors = start[order], ids[order], vectors[order]
+  return graph_core.unit_rows(vectors).astype(np.float32)
 
 
-def lloyd_sums(sample, centroids):
-  """One sample file's part of a Lloyd step."""
-  return graph_core.lloyd_sums(corpus.load_arrays(sample.path)['vectors'],
-                               centroids)
+class LloydSums(beam.DoFn):
+  """A Lloyd step's sums over a bundle's sample files, stored as one file
+  (its path): a partitions x d array would pass the size that a Flink
+  sort buffer takes as one record (10 MB at 20,000 x 64 failed)."""
+
+  def __init__(self, directory):
+    self._directory = directory
+
+  def start_bundle(self):
+    self._sums = None
+
+  def process(self, sample, centroids):
+    sums = graph_core.lloyd_sums(corpus.load_arrays(sample.path)['vectors'],
+                                 centroids)
+    self._sums = sums if self._sums is None else self._sums + sums
+
+  def finish_bundle(self):
+    if self._sums is not None:
+      yield beam.utils.windowed_value.WindowedValue(
+          corpus.store_arrays(self._directory, 'lloyd', sums=self._sums), 0,
+          [beam.transforms.window.GlobalWindow()])
 
 
-class SumArrays(beam.CombineFn):
-
-  def create_accumulator(self):
+def lloyd_update(paths, centroids):
+  """The step's centroids from its stored sums (exact integers: the
+  order of the files does not matter)."""
+  if centroids is None:  # No nodes.
     return None
-
-  def add_input(self, accumulator, sums):
-    return sums if accumulator is None else accumulator + sums
-
-  def merge_accumulators(self, accumulators):
-    parts = [a for a in accumulators if a is not None]
-    return sum(parts[1:], parts[0]) if parts else None
-
-  def extract_output(self, accumulator):
-    return accumulator
-
-
-def lloyd_update(sums, centroids):
-  return None if centroids is None else graph_core.lloyd_update(centroids,
-                                                                sums)
+  sums = np.zeros(centroids.shape, np.int64)
+  for path in paths:
+    sums += corpus.load_arrays(path)['sums']
+  return graph_core.lloyd_update(centroids, sums)
 
 
 def partition_model(centroids, params):
@@ -505,11 +497,16 @@ def calibrates(params):
 
 
 def calibration_sample(layout, params):
-  """The nodes on which probes=None chooses the probes: drawn apart from
-  the recall sample, so the recall estimate stays out of sample."""
-  size = min(params.mode.recall_sample_size, layout.num_nodes)
-  return np.sort(np.random.default_rng([params.mode.seed, 1]).choice(
-      layout.num_nodes, size, replace=False))
+  """The nodes on which probes=None chooses the probes: none of them in
+  the recall sample, so the recall estimate stays out of sample; the
+  recall sample itself when it holds every node."""
+  recall = recall_sample(layout, params)
+  size = min(params.mode.recall_sample_size, layout.num_nodes - len(recall))
+  if size <= 0:
+    return recall
+  drawn = np.random.default_rng([params.mode.seed, 1]).choice(
+      layout.num_nodes, size + len(recall), replace=False)
+  return np.sort(drawn[~np.isin(drawn, recall)][:size])
 
 
 def query_nodes(layout, params):
@@ -579,11 +576,22 @@ def calibrate(homes, queries, exact, model, layout, params):
                'sample recall@k %.4f +- %.4f (target %.4f; 1 probe: %.4f)',
                probes, len(model.centroids), chosen, error[probes - 1],
                mode.target_recall, recall[0])
-  if chosen < mode.target_recall:
-    logging.warning('GraphBuilder: max_probes=%d reach only recall@k %.4f, '
-                    'below target_recall=%.4f; raise max_probes or lower '
-                    'the size', mode.max_probes, chosen, mode.target_recall)
+  bound = chosen - graph_core.LOWER_BOUND_Z * error[probes - 1]
+  if bound < mode.target_recall:
+    logging.warning('GraphBuilder: %d probes (max_probes=%d, or every '
+                    'region) reach recall@k %.4f +- %.4f, short of '
+                    'target_recall=%.4f with 95%% confidence; raise '
+                    'max_probes or recall_sample_size', probes,
+                    mode.max_probes, chosen, error[probes - 1],
+                    mode.target_recall)
   return Probes(probes, chosen)
+
+
+def fixed_probes(model, params):
+  """Probes as given (probes=...), at most one a region."""
+  probes = params.mode.probes
+  return Probes(probes if model is None else min(probes, len(
+      model.centroids)), None)
 
 
 class TopK(beam.CombineFn):
