@@ -549,10 +549,10 @@ def recall_at_k(found, exact, sample):
 StatsPart = collections.namedtuple('StatsPart',
                                    ['num_edges', 'degree_counts', 'forest'])
 _NO_FOREST = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-# Bytes a node that the connected components take in one process: an int32
-# label, a flag and, at the end, the labels of the touched nodes and an
-# int64 count (18 bytes measured at 10M nodes, docs/benchmarks.md).
-COMPONENT_BYTES_PER_NODE = 20
+# Bytes a node that the connected components take in one process: int32
+# labels, a flag, the labels of the nodes on edges and bincount's int64
+# copies (21 bytes measured at 10M nodes, docs/benchmarks.md).
+COMPONENT_BYTES_PER_NODE = 24
 
 
 def spanning_forest(src, tgt):
