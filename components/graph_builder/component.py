@@ -65,10 +65,11 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
   Outputs:
     graph: `edges-*.tsv` shards (`source<TAB>target<TAB>weight`, readable
       by `nsl.tools`) and `stats.json` (nodes, edges, degree histogram,
-      isolated nodes and weakly connected components (null past 20M nodes
-      on edges), the recall estimate, the examples left out and why,
-      the counters, the parameters used); custom properties `num_nodes` and
-      `num_edges`.
+      isolated nodes and weakly connected components (null where 24
+      bytes a node pass `memory_budget_mb`), the recall estimate, in
+      partition mode the probes used and their calibration recall, the
+      examples left out and why, the counters, the parameters used);
+      custom properties `num_nodes` and `num_edges`.
 
   Bad input:
     A parameter out of range or of the wrong type: ValueError naming the
