@@ -78,8 +78,9 @@ class Partition:
   size: mean nodes a region.
   probes: regions each node is compared with; more probes, higher recall,
     proportionally more work. None: the fewest probes (at most
-    `max_probes`) whose recall@k on a calibration sample of nodes reaches
-    `target_recall`, chosen on each run after the k-means.
+    `max_probes`) whose recall@k on a calibration sample of nodes, less
+    1.645 standard errors, reaches `target_recall`, chosen on each run
+    after the k-means.
   target_recall: the recall@k that probes=None aims for.
   max_probes: the most probes that probes=None may choose.
   recall_sample_size: nodes on which recall against exact is measured (and
