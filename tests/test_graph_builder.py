@@ -294,11 +294,11 @@ def test_calibration_sample_is_apart_from_the_recall_sample():
 
 def test_query_parts_come_together_sorted_by_node():
   vectors = np.arange(8, dtype=np.float32).reshape(4, 2)
-  ids, joined = scoring.concat_queries([(np.array([9, 5]), vectors[:2]),
+  ids, joined = scoring.concat_by_node([(np.array([9, 5]), vectors[:2]),
                                         (np.array([7, 1]), vectors[2:])])
   np.testing.assert_array_equal(ids, [1, 5, 7, 9])
   np.testing.assert_array_equal(joined, vectors[[3, 1, 2, 0]])
-  assert scoring.concat_queries([])[1] is None
+  assert scoring.concat_by_node([])[1] is None
 
 
 def test_recall_by_probes_is_the_recall_that_block_edges_gets():

@@ -55,13 +55,16 @@ WORKERS = 2  # TaskManagers / Spark workers, one slot or core each
 # Ports, away from the engines' defaults so that other local clusters coexist;
 # TFX_NSL_PORT_OFFSET shifts them all, for a second cluster of ours (e.g. the
 # tests beside a long benchmark).
-_PORT_OFFSET = os.environ.get('TFX_NSL_PORT_OFFSET', '0')
-if not (_PORT_OFFSET.isdigit() and int(_PORT_OFFSET) % 1000 == 0 and
-        int(_PORT_OFFSET) <= 40000):
-  raise ValueError(f'TFX_NSL_PORT_OFFSET={_PORT_OFFSET!r}: give a multiple '
-                   'of 1000 up to 40000 (smaller steps collide with the '
-                   "other engine's ports)")
-_PORT_OFFSET = int(_PORT_OFFSET)
+def _port_offset() -> int:
+  value = os.environ.get('TFX_NSL_PORT_OFFSET', '0')
+  if not (value.isdigit() and int(value) % 1000 == 0 and int(value) <= 40000):
+    raise ValueError(f'TFX_NSL_PORT_OFFSET={value!r}: give a multiple of 1000 '
+                     "up to 40000 (smaller steps collide with the other "
+                     "engine's ports)")
+  return int(value)
+
+
+_PORT_OFFSET = _port_offset()
 PORTS = {engine: {name: port + _PORT_OFFSET for name, port in ports.items()}
          for engine, ports in {
              'flink': {'rest': 18081, 'rpc': 16123, 'blob': 16124,

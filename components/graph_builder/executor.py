@@ -652,7 +652,7 @@ class Executor(beam_executor.BeamExecutor):
         shards
         | 'SampleQueries' >> beam.FlatMap(scoring.sample_queries, layout, params)
         | 'CollectQueries' >> beam.combiners.ToList()
-        | 'Queries' >> beam.Map(scoring.concat_queries))
+        | 'Queries' >> beam.Map(scoring.concat_by_node))
     exact = beam.pvalue.AsSingleton(
         shards
         | 'ExactForSample' >> beam.FlatMap(scoring.exact_for_sample, layout,

@@ -556,10 +556,8 @@ def calibrate(homes, queries, exact, model, layout, params):
   mode = params.mode
   if layout is None:  # No examples: nothing is scored.
     return Probes(1, None)
-  nodes = np.concatenate([h[0] for h in homes] + [np.zeros(0, np.int64)])
-  order = np.argsort(nodes)
-  nodes, partitions = nodes[order], np.concatenate(
-      [h[1] for h in homes] + [np.zeros(0, np.int32)])[order]
+  # No homes only where the calibration sample has no exact edges.
+  nodes, partitions = concat_by_node(homes)
   edges = _calibration_edges(exact, layout, params)
   query_ids, vectors = queries
   sample = np.isin(query_ids, calibration_sample(layout, params))
@@ -568,7 +566,7 @@ def calibrate(homes, queries, exact, model, layout, params):
       graph_core.nearest_partitions(vectors[sample], model.centroids,
                                     mode.max_probes),
       partitions[np.searchsorted(nodes, edges.tgt)] if len(edges.src)
-      else partitions)
+      else None)
   probes = graph_core.fewest_probes(recall, error, mode.target_recall)
   chosen = float(recall[probes - 1])
   counter('probes').inc(probes)
@@ -646,9 +644,9 @@ def sampled_recall(found_parts, exact, layout, params):
                                 recall_sample(layout, params))
 
 
-def concat_queries(parts):
-  """The shards' query parts (in any order) as (node indices, sorted;
-  vectors)."""
+def concat_by_node(parts):
+  """The shards' parts (node indices, values; in any order) as one
+  (node indices, sorted; their values), values None without parts."""
   if not parts:
     return np.zeros(0, np.int64), None
   ids = np.concatenate([p[0] for p in parts])
