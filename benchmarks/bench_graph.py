@@ -44,6 +44,10 @@ Wall time is the timed section inside the subprocess (process start and
 imports, ~5 s, are reported apart). Peak memory is the largest sum of RSS over
 the subprocess and all its descendants (Beam workers included), polled every
 50 ms with psutil; RSS sums count shared library pages once per process.
+Peak disk is the largest total, polled every 0.5 s, of the files under the
+run's output, its Beam temporary folder and a private TMPDIR: the output
+plus whatever the run spills (the corpus GraphBuilder stores while it runs);
+the output alone is reported beside it.
 Results go to stdout and to <work-dir>/results.json.
 """
 import argparse
@@ -466,21 +470,48 @@ def child_main(name, spec_path, result_path):
 # --- the parent: run, measure, compare ---------------------------------------
 
 
+def _bytes_under(paths):
+  """Bytes of the files under each path (a file or a folder), now."""
+  total = 0
+  for path in paths:
+    if os.path.isfile(path):
+      total += os.path.getsize(path)
+    for root, _, files in os.walk(path):
+      for name in files:
+        try:
+          total += os.path.getsize(os.path.join(root, name))
+        except OSError:  # Removed while walking.
+          pass
+  return total
+
+
 def run_contender(name, spec, work, tag):
   import psutil  # pylint: disable=g-import-not-at-top
   spec_path = os.path.join(work, f'{tag}.spec.json')
   result_path = os.path.join(work, f'{tag}.result.json')
   with open(spec_path, 'w') as f:
     json.dump(spec, f)
+  # Disk: everything the run has on disk at once, its output included: the
+  # output, Beam's temporary folder and a private TMPDIR (spill).
+  scratch = os.path.join(work, f'{tag}.tmp')
+  folders = [scratch]
+  if 'graph_out' in spec:
+    folders += [spec['graph_out'], spec['graph_out'] + '-tmp']
+  for folder in folders:  # A previous repeat's output is not this run's.
+    if os.path.isfile(folder):
+      os.remove(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+  os.makedirs(scratch)
   env = dict(os.environ, TF_USE_LEGACY_KERAS='1', TF_CPP_MIN_LOG_LEVEL='3',
-             PYTHONWARNINGS='ignore')
+             PYTHONWARNINGS='ignore', TMPDIR=scratch)
   log = open(os.path.join(work, f'{tag}.log'), 'w')
   start = time.time()
   proc = subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), '--child', name, spec_path,
        result_path], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=_REPO)
   parent = psutil.Process(proc.pid)
-  peak = 0
+  peak = peak_disk = 0
+  tick = 0
   while proc.poll() is None:
     total = 0
     try:
@@ -492,6 +523,9 @@ def run_contender(name, spec, work, tag):
     except psutil.Error:
       pass
     peak = max(peak, total)
+    if tick % 10 == 0:  # Walking the folders costs more than the RSS poll.
+      peak_disk = max(peak_disk, _bytes_under(folders))
+    tick += 1
     time.sleep(0.05)
   wall = time.time() - start
   log.close()
@@ -500,9 +534,14 @@ def run_contender(name, spec, work, tag):
                        f'{os.path.join(work, tag + ".log")}')
   with open(result_path) as f:
     result = json.load(f)
-  result.update(peak_tree_rss_mb=peak / 2**20, process_wall_s=wall)
-  print(f'  {tag}: {result["seconds"]:.1f} s, peak {peak / 2**20:.0f} MB',
-        flush=True)
+  output = _bytes_under(folders)
+  shutil.rmtree(scratch, ignore_errors=True)
+  result.update(peak_tree_rss_mb=peak / 2**20, process_wall_s=wall,
+                peak_disk_mb=max(peak_disk, output) / 2**20,
+                output_mb=output / 2**20)
+  print(f'  {tag}: {result["seconds"]:.1f} s (process {wall:.1f} s), peak '
+        f'RSS {peak / 2**20:.0f} MB, peak disk {result["peak_disk_mb"]:.0f} '
+        f'MB (output {output / 2**20:.0f} MB)', flush=True)
   return result
 
 
@@ -521,6 +560,9 @@ def run_side_by_side(names, spec_for, work, repeats, label):
                                             for x in runs),
         'median_process_wall_s': statistics.median(x['process_wall_s']
                                                    for x in runs),
+        'median_peak_disk_mb': statistics.median(x['peak_disk_mb']
+                                                 for x in runs),
+        'output_mb': runs[-1]['output_mb'],
         'last': runs[-1],
     }
   return summary
