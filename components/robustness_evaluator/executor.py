@@ -112,12 +112,16 @@ def robustness_eval_config(head, gates, user_config=None):
       spec.output_names for spec in user_config.metrics_specs):
     raise ValueError('eval_config metrics_specs must not set output_names: '
                      'RobustnessEvaluator names one output per attack')
+  # The models are Keras SavedModels (_serving_model loads them so): saying
+  # so spares TFMA loading each one more time to find out.
   model_specs = [tfma.ModelSpec(name=report.CANDIDATE,
-                                label_key=gates.label_key)]
+                                label_key=gates.label_key,
+                                model_type=tfma.TF_KERAS)]
   if gates.with_baseline:
     model_specs.append(tfma.ModelSpec(name=report.BASELINE,
                                       label_key=gates.label_key,
-                                      is_baseline=True))
+                                      is_baseline=True,
+                                      model_type=tfma.TF_KERAS))
   else:
     model_specs[0].name = ''
   gates.check(head)
