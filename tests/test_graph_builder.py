@@ -643,6 +643,26 @@ def test_executor_partition_mode_calibrates_probes(tmp_path, target):
   assert stats['counters']['scored_pairs'] < 4000 * 100 * (probes + 1)
 
 
+def test_calibration_curve_is_the_pipelines_recall(tmp_path):
+  """Where both samples hold every node, the recall the calibration
+  predicts for the probes it chose is the recall the pipeline's graph has
+  against a brute force: the curve is exact, not an estimate of another
+  quantity."""
+  vectors = clustered_embeddings(400, 8, 40, 0.7, seed=9)
+  _, found, stats = _run_executor(
+      tmp_path, {'train': _rows(vectors)}, embedding_features=['emb'],
+      similarity_threshold=-1.0, max_neighbors=5, undirected=False,
+      mode=Partition(size=10, target_recall=0.9, max_probes=30,
+                     recall_sample_size=400))
+  exact = {(f'n{s:04d}', f'n{t:04d}')
+           for s, t in _brute_force_top_k(vectors, 5, -1.0)}
+  recall = len(exact & set(found)) / len(exact)
+  assert 1 < stats['partition_probes'] < 30
+  assert recall < 1.0  # the probes chosen leave some neighbours out
+  assert stats['calibration_recall_at_k'] == pytest.approx(recall, abs=1e-9)
+  assert stats['estimated_recall_at_k'] == pytest.approx(recall, abs=1e-9)
+
+
 @pytest.mark.parametrize('mode', [Exact(), Lsh(splits=3, rounds=4),
                                   Partition(size=8, probes=3)])
 def test_undirected_adds_reverse_edges(tmp_path, mode):
