@@ -12,6 +12,7 @@ from graph_testing import (clustered_embeddings, linear_embedding_model,
                            read_graph, write_examples_artifact)
 from tfx_nsl import graph_io
 from tfx_nsl.components.graph_builder import corpus as corpus_lib
+from tfx_nsl.components.graph_builder import connectivity
 from tfx_nsl.components.graph_builder import graph_core
 from tfx_nsl.components.graph_builder import scoring
 from tfx_nsl.components.graph_builder.params import Exact, Lsh, Partition
@@ -605,21 +606,36 @@ def test_executor_partition_mode_reports_recall(tmp_path):
   assert 'calibration_recall_at_k' not in stats
 
 
-def test_executor_leaves_out_components_past_the_budget(tmp_path,
-                                                       monkeypatch, caplog):
-  vectors = clustered_embeddings(300, 8, 5, 0.3, seed=8)
-  _, _, stats = _run_executor(tmp_path, {'train': _rows(vectors)},
-                              name='within', embedding_features=['emb'],
-                              max_neighbors=3, similarity_threshold=0.5)
-  assert stats['connected_components'] >= 1
-  # 300 nodes at 4 MiB each pass the 1,024 MiB budget.
+@pytest.mark.parametrize('mode', [Exact(), Partition(size=20, probes=2)])
+def test_executor_contracts_components_past_the_budget(tmp_path, monkeypatch,
+                                                       caplog, mode):
+  """Past the budget the components come from the contraction rounds on the
+  workers, equal to the one-process union-find's; where even the rounds'
+  residue is over the budget, they are left out with a warning."""
+  vectors = clustered_embeddings(300, 8, 12, 0.6, seed=8)
+  settings = dict(embedding_features=['emb'], max_neighbors=3,
+                  similarity_threshold=0.8, mode=mode, num_shards=3)
+  _, found, within = _run_executor(tmp_path, {'train': _rows(vectors)},
+                                   name='within', **settings)
+  assert within['connected_components'] > 1
+  assert within['isolated_nodes'] == 300 - len(
+      {n for pair in found for n in pair}) > 0
+  # 300 nodes at 4 MiB each pass the 1,024 MiB budget; the residue is
+  # budgeted the same way.
   monkeypatch.setattr(graph_core, 'COMPONENT_BYTES_PER_NODE', 4 << 20)
-  _, _, past = _run_executor(tmp_path, {'train': _rows(vectors)}, name='past',
-                             embedding_features=['emb'], max_neighbors=3,
-                             similarity_threshold=0.5)
-  assert past['connected_components'] is None is past['isolated_nodes']
-  assert past['num_edges'] == stats['num_edges']
-  assert 'over memory_budget_mb=1024' in caplog.text
+  caplog.set_level('INFO')
+  _, found_past, past = _run_executor(tmp_path, {'train': _rows(vectors)},
+                                      name='past', **settings)
+  assert found_past == found
+  assert past == {**within, 'counters': past['counters']}
+  assert 'contraction rounds over' in caplog.text
+  monkeypatch.setattr(connectivity, 'CONTRACTION_ROUNDS', 0)
+  _, _, left_out = _run_executor(tmp_path, {'train': _rows(vectors)},
+                                 name='left_out', **settings)
+  assert left_out['connected_components'] is None is left_out[
+      'isolated_nodes']
+  assert left_out['num_edges'] == within['num_edges']
+  assert 'more than memory_budget_mb=1024' in caplog.text
 
 
 @pytest.mark.parametrize('target', [0.9, 0.99])
@@ -892,6 +908,58 @@ def test_component_stats_stream_forests_that_repeat_nodes():
       'largest_component': 201}
   assert graph_core.component_stats(3, []) == {
       'isolated_nodes': 3, 'connected_components': 3, 'largest_component': 1}
+
+
+def _contracted_stats(num_nodes, forests, rounds, buckets):
+  """connectivity's rounds then its union-find, as component_stats says."""
+  roots = np.concatenate([f[0] for f in forests] + [np.zeros(0, np.int64)])
+  members = np.concatenate([f[1] for f in forests] + [np.zeros(0, np.int64)])
+  finished, pairs, weights = connectivity.contract_all(
+      connectivity.merge_pairs([connectivity.forest_pairs(roots, members)]),
+      connectivity.node_weights(0, num_nodes), rounds, buckets)
+  sizes = np.concatenate(finished + [connectivity.finish(pairs, weights)])
+  assert sizes.sum() == num_nodes  # every node in exactly one component
+  return {'isolated_nodes': int((finished[0] == 1).sum()) if finished else
+          None, 'connected_components': len(sizes),
+          'largest_component': int(sizes.max())}, len(weights.nodes)
+
+
+@pytest.mark.parametrize('graph', ['knn', 'sequence', 'stars', 'chain'])
+def test_contraction_rounds_give_the_union_finds_components(graph):
+  """The contraction (any rounds, any buckets) gives component_stats'
+  components on graphs that are hard for it: neighbours at nearby ids (a
+  sequence), one large star, forests chained across shards."""
+  rng = np.random.RandomState(3)
+  n = 3000
+  if graph == 'knn':  # 10 neighbours within clusters of 50, ids shuffled
+    ids = rng.permutation(n)
+    src = np.repeat(np.arange(n - 100), 10)
+    tgt = src // 50 * 50 + rng.randint(50, size=len(src))
+    src, tgt = ids[src], ids[tgt]
+  elif graph == 'sequence':  # each node to the next 5 ids, in 3 runs
+    src = np.repeat(np.arange(n), 5)
+    tgt = src + np.tile(np.arange(1, 6), n)
+    keep = (tgt < n) & (tgt // 1000 == src // 1000)
+    src, tgt = src[keep], tgt[keep]
+  elif graph == 'stars':
+    src, tgt = np.full(n - 1, 1234), np.r_[0:1234, 1235:n]
+  else:
+    src, tgt = np.arange(200, 0, -1), np.arange(201, 1, -1)
+  forests = [graph_core.spanning_forest(src[part], tgt[part]) for part in
+             np.array_split(rng.permutation(len(src)), 7)]
+  expected = graph_core.component_stats(n, forests)
+  residues = []
+  for rounds, buckets in [(0, 1), (1, 1), (2, 5), (4, 7)]:
+    found, residue = _contracted_stats(n, forests, rounds, buckets)
+    if rounds:
+      assert found == expected, (rounds, buckets)
+    else:  # no round: everything is left to the union-find
+      assert residue == n
+      assert {**found, 'isolated_nodes': expected['isolated_nodes']} == (
+          expected)
+    residues.append(residue)
+  # The rounds shrink what is left.
+  assert residues[-1] < residues[0] / 10
 
 
 def test_stats_leave_out_components_without_forests():

@@ -65,8 +65,9 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
   Outputs:
     graph: `edges-*.tsv` shards (`source<TAB>target<TAB>weight`, readable
       by `nsl.tools`) and `stats.json` (nodes, edges, degree histogram,
-      isolated nodes and weakly connected components (null where 24
-      bytes a node pass `memory_budget_mb`), the recall estimate, in
+      isolated nodes and weakly connected components (by contraction
+      rounds on the workers past `memory_budget_mb` at 24 bytes a node;
+      null where even what they leave does not fit), the recall estimate, in
       partition mode the probes used and their calibration recall, the
       examples left out and why, the counters, the parameters used);
       custom properties `num_nodes` and `num_edges`.

@@ -31,8 +31,10 @@ is a batch of arrays, never one Python object per pair.
             construction), grouped per shard and written as sorted TSV
   stats     counts and the degree histogram merged by a combiner, each
             shard's spanning forest stored as a file and streamed through a
-            union-find at the end (isolated nodes, components; within the
-            memory budget); recall on a fixed sample of queries against
+            union-find at the end (isolated nodes, components), after
+            contraction rounds on the workers where every node's label
+            would not fit the memory budget (connectivity.py); recall on
+            a fixed sample of queries against
             their exact top-k, computed shard by shard and merged by a
             combiner
 """
@@ -56,6 +58,7 @@ from tfx.utils import path_utils
 
 from tfx_nsl import beam_executor
 from tfx_nsl import graph_io
+from tfx_nsl.components.graph_builder import connectivity
 from tfx_nsl.components.graph_builder import corpus
 from tfx_nsl.components.graph_builder import graph_core
 from tfx_nsl.components.graph_builder import scoring
@@ -68,6 +71,7 @@ from tfx_nsl.components.graph_builder.params import PARTITION
 _RAW_RECORD = '__raw_record__'
 _PARTIAL_STATS = '.stats-partial.json'
 _CORPUS_DIR = '.corpus'  # Removed when the pipeline is done.
+_CONTRACTION = 'contraction_plan'  # in the partial stats, for _contract
 _EXAMPLES_NAMED_IN_LOGS = 5
 _NO_EXAMPLES = ('GraphBuilder found no examples in splits {splits}; nothing to '
                 'build a graph from')
@@ -425,7 +429,9 @@ def _forests(paths):
 
 def _finish(written, layout, sampled_recall, probes, output_dir, params):
   """After all shards are written: empty files for shards without edges (so
-  readers see every shard) and the graph statistics."""
+  readers see every shard) and the graph statistics. Their components come
+  from the forests in this process where every node's label fits the
+  budget; else the plan for Executor._contract goes with them."""
   if layout is None:  # No examples; _finish_stats reports it.
     return
   for shard in set(range(layout.num_shards)) - written.shards:
@@ -441,12 +447,11 @@ def _finish(written, layout, sampled_recall, probes, output_dir, params):
       layout.num_nodes, written.part,
       _forests(written.forest_files) if fits else None)
   if not fits:
-    logging.warning(
-        'GraphBuilder: %d nodes need %d MiB for the connected components, '
-        'over memory_budget_mb=%d; the statistics leave out isolated nodes '
-        'and components', layout.num_nodes,
-        layout.num_nodes * graph_core.COMPONENT_BYTES_PER_NODE >> 20,
-        params.memory_budget_mb)
+    stats[_CONTRACTION] = {
+        'buckets': connectivity.num_buckets(
+            layout.num_nodes, written.part.num_edges,
+            params.memory_budget_bytes),
+        'forest_files': written.forest_files}
   if sampled_recall is not None:
     stats['estimated_recall_at_k'] = sampled_recall
   if probes is not None:
@@ -454,6 +459,26 @@ def _finish(written, layout, sampled_recall, probes, output_dir, params):
     if probes.calibrated_recall is not None:
       stats['calibration_recall_at_k'] = probes.calibrated_recall
   with tf.io.gfile.GFile(os.path.join(output_dir, _PARTIAL_STATS), 'w') as f:
+    json.dump(stats, f)
+
+
+def _summarize(partial, finished, residue, stats, buckets, params):
+  """The contraction's components into the partial statistics."""
+  components, left = connectivity.summarize(finished, residue,
+                                            params.memory_budget_bytes)
+  logging.info('GraphBuilder: components of %d nodes by %d contraction '
+               'rounds over %d buckets; %d nodes left for the union-find',
+               stats['num_nodes'], connectivity.CONTRACTION_ROUNDS, buckets,
+               left)
+  if components is None:
+    logging.warning(
+        'GraphBuilder: %d nodes are left after %d contraction rounds, and '
+        'their union-find needs more than memory_budget_mb=%d; the '
+        'statistics leave out isolated nodes and components', left,
+        connectivity.CONTRACTION_ROUNDS, params.memory_budget_mb)
+  else:
+    stats.update(components)
+  with tf.io.gfile.GFile(partial, 'w') as f:
     json.dump(stats, f)
 
 
@@ -537,6 +562,7 @@ class Executor(beam_executor.BeamExecutor):
              | 'MergeWritten' >> beam.CombineGlobally(_MergeWritten())
              | 'Finish' >> beam.Map(_finish, layout, recall, probes,
                                     output_dir, params))
+      self._contract(output_dir, params, corpus_dir)
     finally:
       corpus.CACHE.clear()  # This process may have been a worker.
       tf.io.gfile.rmtree(corpus_dir)
@@ -545,6 +571,61 @@ class Executor(beam_executor.BeamExecutor):
     graph.set_int_custom_property('num_edges', stats['num_edges'])
     logging.info('GraphBuilder wrote %d nodes, %d edges to %s',
                  stats['num_nodes'], stats['num_edges'], output_dir)
+
+  def _contract(self, output_dir, params, corpus_dir):
+    """Where _finish left a plan (every node's label past the budget): the
+    components by connectivity.py's contraction rounds, as a second job on
+    the same runner (none otherwise, so graphs within the budget pay no
+    extra steps), then the union-find of what they leave, within the
+    budget, or none."""
+    partial = os.path.join(output_dir, _PARTIAL_STATS)
+    if not tf.io.gfile.exists(partial):
+      return
+    with tf.io.gfile.GFile(partial) as f:
+      stats = json.load(f)
+    plan = stats.pop(_CONTRACTION, None)
+    if plan is None:
+      return
+    buckets, num_nodes = plan['buckets'], stats['num_nodes']
+    step = connectivity.ContractBucket
+    with self._make_beam_pipeline() as pipeline:
+      spread = not _single_local_worker(pipeline)
+      forests = pipeline | 'Forests' >> beam.Create(plan['forest_files'])
+      ranges = pipeline | 'NodeRanges' >> beam.Create(
+          connectivity.node_ranges(num_nodes))
+      if spread:
+        forests = forests | 'DistributeForests' >> beam.Reshuffle()
+        ranges = ranges | 'DistributeRanges' >> beam.Reshuffle()
+      pairs = forests | 'ForestPairs' >> beam.FlatMap(
+          connectivity.forest_to_buckets, buckets, corpus_dir)
+      weights = ranges | 'NodeWeights' >> beam.FlatMap(
+          connectivity.range_weights_to_buckets, buckets, corpus_dir)
+      finished = []
+      for r in range(connectivity.CONTRACTION_ROUNDS):
+        out = ({'pairs': pairs, 'weights': weights}
+               | f'JoinRound{r}' >> beam.CoGroupByKey()
+               | f'Contract{r}' >> beam.ParDo(
+                   step(r, corpus_dir), buckets).with_outputs(
+                       step.LABELS, step.WEIGHTS, step.REQUESTS,
+                       step.FINISHED))
+        pairs = ({'requests': out[step.REQUESTS], 'labels': out[step.LABELS]}
+                 | f'JoinLabels{r}' >> beam.CoGroupByKey()
+                 | f'Relabel{r}' >> beam.FlatMap(
+                     connectivity.relabel_to_buckets, buckets, corpus_dir))
+        weights = out[step.WEIGHTS]
+        finished.append(out[step.FINISHED])
+      residue = ({'pairs': pairs, 'weights': weights}
+                 | 'JoinResidue' >> beam.CoGroupByKey()
+                 | 'Residue' >> beam.FlatMap(connectivity.residue_bucket,
+                                             corpus_dir))
+      if not finished:
+        finished = [pipeline | 'NoRounds' >> beam.Create([])]
+      _ = (pipeline
+           | 'Once' >> beam.Create([partial])
+           | 'Summarize' >> beam.Map(
+               _summarize, beam.pvalue.AsList(
+                   finished | 'Finished' >> beam.Flatten()),
+               beam.pvalue.AsList(residue), stats, buckets, params))
 
   def _corpus(self, pipeline, examples, model, params, corpus_dir):
     """Reads the splits and stores the node shards; their Layout."""
