@@ -2,6 +2,7 @@
 import collections
 import os
 import pickle
+import tempfile
 import types
 
 import apache_beam as beam
@@ -911,7 +912,8 @@ def test_component_stats_stream_forests_that_repeat_nodes():
 
 
 def _contracted_stats(num_nodes, forests, rounds, buckets):
-  """connectivity's rounds then its union-find, as component_stats says."""
+  """connectivity's rounds, then summarize() as the executor calls it:
+  (component stats, nodes left for the union-find)."""
   roots = np.concatenate([f[0] for f in forests] + [np.zeros(0, np.int64)])
   members = np.concatenate([f[1] for f in forests] + [np.zeros(0, np.int64)])
   finished, pairs, weights = connectivity.contract_all(
@@ -919,9 +921,16 @@ def _contracted_stats(num_nodes, forests, rounds, buckets):
       connectivity.node_weights(0, num_nodes), rounds, buckets)
   sizes = np.concatenate(finished + [connectivity.finish(pairs, weights)])
   assert sizes.sum() == num_nodes  # every node in exactly one component
-  return {'isolated_nodes': int((finished[0] == 1).sum()) if finished else
-          None, 'connected_components': len(sizes),
-          'largest_component': int(sizes.max())}, len(weights.nodes)
+  with tempfile.TemporaryDirectory() as directory:
+    residue = [(len(weights.nodes), len(pairs.src), corpus_lib.store_arrays(
+        directory, 'w', a=weights.nodes, b=weights.weights),
+                corpus_lib.store_arrays(directory, 'p', a=pairs.src,
+                                        b=pairs.tgt))]
+    stats, left = connectivity.summarize(
+        [(r, len(f), int(f.max(initial=0))) for r, f in enumerate(finished)
+         if len(f)], residue, 1 << 30)
+  assert stats['connected_components'] == len(sizes)
+  return stats, left
 
 
 @pytest.mark.parametrize('graph', ['knn', 'sequence', 'stars', 'chain'])
@@ -951,13 +960,9 @@ def test_contraction_rounds_give_the_union_finds_components(graph):
   residues = []
   for rounds, buckets in [(0, 1), (1, 1), (2, 5), (4, 7)]:
     found, residue = _contracted_stats(n, forests, rounds, buckets)
-    if rounds:
-      assert found == expected, (rounds, buckets)
-    else:  # no round: everything is left to the union-find
-      assert residue == n
-      assert {**found, 'isolated_nodes': expected['isolated_nodes']} == (
-          expected)
+    assert found == expected, (rounds, buckets)
     residues.append(residue)
+  assert residues[0] == n  # no round: everything is left to the union-find
   # The rounds shrink what is left.
   assert residues[-1] < residues[0] / 10
 

@@ -342,6 +342,11 @@ def summarize(finished, residue, budget_bytes):
   sizes = finish(Pairs(_concat([a for a, _ in loaded]),
                        _concat([b for _, b in loaded])), weights)
   largest = max([f[2] for f in finished] + [int(sizes.max(initial=0))])
-  return {'isolated_nodes': sum(f[1] for f in finished if f[0] == 0),
+  # Isolated: the first round's finished nodes, or (without rounds) the
+  # residue's nodes of weight 1 on no pair; after a round, a node of weight
+  # 1 still has a pair (its neighbours took other labels).
+  alone = int(((weights.weights == 1) & ~np.isin(
+      weights.nodes, _concat([a for a, _ in loaded]))).sum())
+  return {'isolated_nodes': sum(f[1] for f in finished if f[0] == 0) + alone,
           'connected_components': sum(f[1] for f in finished) + len(sizes),
           'largest_component': largest}, nodes
