@@ -5,6 +5,7 @@ Each engine's cluster (tfx_nsl/engines.py: 2 TaskManagers or 2 Spark
 workers, SDK workers as processes) is started once for this module and
 stopped after it, unless it was already running.
 """
+import json
 import os
 
 import numpy as np
@@ -14,8 +15,11 @@ from tfx_nsl import beam_executor
 from tfx_nsl import constants
 from tfx_nsl import engines
 from tfx_nsl.components.graph_augmentation import executor as augment_executor
+from tfx_nsl.components.graph_builder import corpus
 from tfx_nsl.components.graph_builder import executor as graph_executor
-from tfx_nsl.components.graph_builder.params import Exact, Lsh, Partition
+from tfx_nsl.components.graph_builder import graph_core
+from tfx_nsl.components.graph_builder.params import Exact, GraphBuilderParams
+from tfx_nsl.components.graph_builder.params import Lsh, Partition
 
 import test_graph_augmentation as augmentation_tests
 import test_graph_builder as graph_tests
@@ -140,6 +144,35 @@ def test_graph_builder_model_embeddings_same_graph(engine, tmp_path):
   assert direct[2]['num_nodes'] == NUM
   assert direct[2]['num_edges'] >= NUM * 5  # Top 5 and their reverses.
   _assert_same_graph(direct, remote, near_ties=True)
+
+
+@pytest.mark.engines
+def test_graph_builder_contraction_job(engine, tmp_path):
+  """The components' second job (graphs whose every node's label would not
+  fit the budget: connectivity.py) on the engine, from forests as the write
+  shards store them: the one-process union-find's components."""
+  name, args = engine
+  rng = np.random.RandomState(5)
+  num_nodes, num_edges = 5000, 8000  # a giant component and many small
+  src, tgt = rng.randint(num_nodes, size=(2, num_edges))
+  corpus_dir = str(tmp_path / 'corpus')
+  os.makedirs(corpus_dir)
+  forests = [graph_core.spanning_forest(src[part], tgt[part])
+             for part in np.array_split(np.arange(num_edges), 4)]
+  files = [corpus.store_arrays(corpus_dir, f'forest{i}', roots=r, members=m)
+           for i, (r, m) in enumerate(forests)]
+  partial = tmp_path / graph_executor._PARTIAL_STATS
+  partial.write_text(json.dumps({'num_nodes': num_nodes,
+                                 graph_executor._CONTRACTION: {
+                                     'buckets': 3, 'forest_files': files}}))
+  graph_executor.Executor(graph_executor.Executor.Context(
+      beam_pipeline_args=args, tmp_dir=str(tmp_path / 'tmp')))._contract(
+          str(tmp_path), GraphBuilderParams(embedding_features=['emb']),
+          corpus_dir)
+  stats = json.loads(partial.read_text())
+  assert stats == {'num_nodes': num_nodes,
+                   **graph_core.component_stats(num_nodes, forests)}
+  assert 1 < stats['connected_components'] < num_nodes - num_edges / 2
 
 
 @pytest.mark.engines
