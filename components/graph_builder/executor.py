@@ -34,9 +34,8 @@ is a batch of arrays, never one Python object per pair.
             union-find at the end (isolated nodes, components), after
             contraction rounds on the workers where every node's label
             would not fit the memory budget (connectivity.py); recall on
-            a fixed sample of queries against
-            their exact top-k, computed shard by shard and merged by a
-            combiner
+            a fixed sample of queries against their exact top-k, computed
+            shard by shard and merged by a combiner
 """
 import collections
 import json
