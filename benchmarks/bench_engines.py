@@ -47,8 +47,9 @@ def _graph(spec, beam_args):
 def _augment(work, beam_args, tag):
   out = os.path.join(work, f'augment-out-{tag}')
   shutil.rmtree(out, ignore_errors=True)
+  # The engine's args replace the DirectRunner mode; no variant.
   seconds, _ = bench_augment._run_ours(os.path.join(work, 'augment'), out,
-                                       None, beam_args=beam_args)
+                                       '', beam_args=beam_args)
   return seconds
 
 
