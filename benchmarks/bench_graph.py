@@ -376,7 +376,12 @@ def beam_in_memory_contract(spec):
   contraction rounds' second job (connectivity.py), timed apart."""
   from tfx_nsl.components.graph_builder import executor  # pylint: disable=g-import-not-at-top
   from tfx_nsl.components.graph_builder import graph_core  # pylint: disable=g-import-not-at-top
-  graph_core.COMPONENT_BYTES_PER_NODE = 1 << 40  # every graph is past it
+  from tfx_nsl.components.graph_builder.params import GraphBuilderParams  # pylint: disable=g-import-not-at-top
+  # Bytes a node such that the graph's union-find passes the budget twice
+  # over (so the contraction runs) and one of at most half its nodes, what
+  # the rounds leave, still fits.
+  budget = GraphBuilderParams(embedding_features=['emb']).memory_budget_bytes
+  graph_core.COMPONENT_BYTES_PER_NODE = -(-2 * budget // spec['n'])
   contract, timed = executor.Executor._contract, []
 
   def timed_contract(self, *args):
@@ -765,7 +770,7 @@ def bench_lsh(args, work):
             'npy': os.path.join(root, 'data.npy'),
             'graph_out': os.path.join(work, f'lsh-graph-{name}'),
             'edges_out': os.path.join(work, f'lsh-edges-{name}.npz'),
-            'k': args.k, 'threshold': args.lsh_threshold,
+            'k': args.k, 'threshold': args.lsh_threshold, 'n': args.lsh_n,
             'params': params, 'faiss': faiss_knobs(args)}
 
   names = args.lsh_modes.split(',')
