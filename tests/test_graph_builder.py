@@ -621,8 +621,7 @@ def test_executor_contracts_components_past_the_budget(tmp_path, monkeypatch,
   assert within['connected_components'] > 1
   assert within['isolated_nodes'] == 300 - len(
       {n for pair in found for n in pair}) > 0
-  # 300 nodes at 4 MiB each pass the 1,024 MiB budget; the residue is
-  # budgeted the same way.
+  # 300 nodes at 4 MiB each pass the 1,024 MiB budget.
   monkeypatch.setattr(graph_core, 'COMPONENT_BYTES_PER_NODE', 4 << 20)
   caplog.set_level('INFO')
   _, found_past, past = _run_executor(tmp_path, {'train': _rows(vectors)},
@@ -630,7 +629,9 @@ def test_executor_contracts_components_past_the_budget(tmp_path, monkeypatch,
   assert found_past == found
   assert past == {**within, 'counters': past['counters']}
   assert 'contraction rounds over' in caplog.text
+  # Without rounds all 300 nodes are left, at 4 MiB each in the residue.
   monkeypatch.setattr(connectivity, 'CONTRACTION_ROUNDS', 0)
+  monkeypatch.setattr(connectivity, 'RESIDUE_BYTES_PER_NODE', 4 << 20)
   _, _, left_out = _run_executor(tmp_path, {'train': _rows(vectors)},
                                  name='left_out', **settings)
   assert left_out['connected_components'] is None is left_out[

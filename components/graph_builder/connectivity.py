@@ -36,12 +36,20 @@ CONTRACTION_ROUNDS = 4
 # while a bucket is contracted or relabelled: the arrays, their sort orders
 # and sorted copies. Measured (tracemalloc): 1M edges and 1M nodes in one
 # bucket peaked at 151 MiB contracting and 183 MiB relabelling, beside
-# their 48 MB of loaded inputs; these give 246 MiB.
+# their 48 MB of loaded inputs; these give 244 MiB. A bucket holds all the
+# pairs of its nodes, so one node with more pairs than a bucket's share (a
+# hub that many shards' forests link to) makes its bucket pass the budget.
 BUCKET_BYTES_PER_PAIR = 160
 BUCKET_BYTES_PER_NODE = 96
+# Bytes a residue node and a residue pair (one direction) take in finish()
+# and summarize(): the loaded int64 arrays, their concatenation, unique()
+# with its inverse, the forest's sort and sparse matrix copies. Measured
+# (tracemalloc): 1M nodes and 2M pairs peaked at 205 MiB; these give 252.
+RESIDUE_BYTES_PER_NODE = 72
+RESIDUE_BYTES_PER_PAIR = 96
 
-# A round's pairs, both directions, keyed by the bucket of `src`; and a
-# bucket's nodes (unique, ascending) with their weights.
+# A round's pairs, both directions, keyed by the bucket of `src`; and nodes
+# with their weights (unique and ascending once merge_weights ran).
 Pairs = collections.namedtuple('Pairs', ['src', 'tgt'])
 Weights = collections.namedtuple('Weights', ['nodes', 'weights'])
 
@@ -334,8 +342,8 @@ def summarize(finished, residue, budget_bytes):
   (residue_bucket's): (stats, residue nodes), stats None where the
   residue's union-find does not fit the budget."""
   nodes = sum(r[0] for r in residue)
-  if nodes * graph_core.COMPONENT_BYTES_PER_NODE + sum(
-      r[1] for r in residue) * 16 > budget_bytes:
+  if nodes * RESIDUE_BYTES_PER_NODE + sum(
+      r[1] for r in residue) * RESIDUE_BYTES_PER_PAIR > budget_bytes:
     return None, nodes
   weights = merge_weights(Weights(*w) for w in _load(r[2] for r in residue))
   loaded = list(_load(r[3] for r in residue))
