@@ -50,17 +50,6 @@ def _role(process, driver):
   return None
 
 
-def _folder_bytes(path):
-  total = 0
-  for root, _, files in os.walk(path):
-    for name in files:
-      try:
-        total += os.path.getsize(os.path.join(root, name))
-      except OSError:
-        pass
-  return total
-
-
 class Sampler(threading.Thread):
   """Peak RSS per process (by role) and peak bytes under a folder."""
 
@@ -91,7 +80,8 @@ class Sampler(threading.Thread):
         self.peaks[process.pid] = (role, max(peak, rss))
       self.peak_total = max(self.peak_total, total)
       if tick % 5 == 0:
-        self.peak_disk = max(self.peak_disk, _folder_bytes(self._folder))
+        self.peak_disk = max(self.peak_disk,
+                             bench_graph._bytes_under([self._folder]))
       tick += 1
       self._done.wait(self._interval)
 
