@@ -148,6 +148,16 @@ Contracted = collections.namedtuple('Contracted', [
     'labels', 'label_weights', 'requests', 'finished'])
 
 
+def _rows(table, keys, error):
+  """The positions of `keys` in the sorted `table`; ValueError(error) where
+  one is missing."""
+  rows = np.searchsorted(table, keys)
+  if (rows >= len(table)).any() or (table[np.minimum(
+      rows, len(table) - 1)] != keys).any():
+    raise ValueError(error)
+  return rows
+
+
 def contract_bucket(pairs, weights, round_index):
   """One bucket's step 1 and 3 and the first half of step 2 (module doc):
   `pairs` are the bucket's pairs (src in the bucket, both directions of
@@ -157,10 +167,7 @@ def contract_bucket(pairs, weights, round_index):
   has_pairs = np.zeros(len(nodes), bool)
   labels = nodes.copy()
   if len(src):
-    rows = np.searchsorted(nodes, src)
-    if (rows >= len(nodes)).any() or (nodes[np.minimum(
-        rows, len(nodes) - 1)] != src).any():
-      raise ValueError('a pair names a node without a weight')
+    rows = _rows(nodes, src, 'a pair names a node without a weight')
     has_pairs[rows] = True
     # Each source's neighbour of smallest priority, then against itself.
     order = np.lexsort((priority(tgt, round_index), rows))
@@ -187,10 +194,7 @@ def relabel_requests(requests, labels):
   node, other = requests
   if not len(node):
     return Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64))
-  rows = np.searchsorted(labels.nodes, node)
-  if (rows >= len(labels.nodes)).any() or (
-      labels.nodes[np.minimum(rows, len(labels.nodes) - 1)] != node).any():
-    raise ValueError('a request names a node without a label')
+  rows = _rows(labels.nodes, node, 'a request names a node without a label')
   mine = labels.weights[rows]  # Weights(nodes, labels) here
   keep = mine != other
   return Pairs(np.r_[mine[keep], other[keep]], np.r_[other[keep], mine[keep]])
