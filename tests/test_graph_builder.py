@@ -494,6 +494,69 @@ def test_graph_stats():
   assert stats['out_degree_histogram'] == {'0': 3, '1': 2, '2': 1}
 
 
+@pytest.mark.parametrize('ids', [
+    [[b'a'], [b'b\xc3\xa9']], [[b'a'], [b'']], [[b'a'], [b'x\ty']],
+    [[b'a'], [b'x\ry']], [[b'a'], [b'x\ny']], [[b'a'], [b'\xff']],
+    [[b'a'], [b'x\x00']], [[b'a'], []], [[b'a'], [b'b', b'c']],
+    [[b'a'], None], [[5], [7]]])
+@pytest.mark.parametrize('large', [False, True])
+def test_ids_from_arrow_equal_node_id(ids, large):
+  """The arrow path for plain text ids gives graph_io.node_id's ids, and
+  leaves every other case (derived, unusable, int64) to the row loop."""
+  import pyarrow as pa
+  from tfx_nsl.components.graph_builder import executor
+  binary = pa.large_list(pa.large_binary()) if large else pa.list_(
+      pa.binary())
+  column = pa.array(ids, pa.list_(pa.int64()) if ids[0] == [5] else binary)
+  raw = [b'raw1', b'raw2']
+  batch = pa.RecordBatch.from_arrays(
+      [column, pa.array([[r] for r in raw], pa.list_(pa.binary()))],
+      ['id', '__raw_record__'])
+  found, _ = executor._ids_from(batch, 'id')
+  assert list(found) == [graph_io.node_id(v or [], r) for v, r in zip(ids,
+                                                                     raw)]
+  plain = executor._plain_text_ids(column)
+  assert (plain is not None) == (ids == [[b'a'], [b'b\xc3\xa9']])
+
+
+@pytest.mark.parametrize('offset', [0, 1 << 32])  # past uint32: lexsort
+def test_packed_sorts_equal_lexsort(offset):
+  """source_weight_order and dedupe_max against np.lexsort: ties (equal
+  weights of one source, duplicate pairs), -0.0 beside 0.0, infinities."""
+  rng = np.random.RandomState(7)
+  levels = np.float32([0.5, -0.5, 0.0, -0.0, 1.0, 0.9, np.inf, -np.inf])
+  for trial in range(200):
+    n = rng.randint(0, 300)
+    src = rng.randint(0, rng.randint(1, 30), n).astype(np.int64) + offset
+    tgt = rng.randint(0, rng.randint(1, 30), n).astype(np.int64)
+    weight = (rng.choice(levels, n) if trial % 2 else
+              rng.randn(n).astype(np.float32))
+    expected = np.lexsort((tgt, -weight, src))
+    order = graph_core.source_weight_order(src, weight, tgt)
+    for column in (src, weight, tgt):
+      np.testing.assert_array_equal(column[order], column[expected])
+    edges = graph_core.Edges(src, tgt, weight, tgt.astype('S'))
+    first = graph_core.take(edges, np.lexsort((-weight, tgt, src)))
+    first = graph_core.take(first, np.r_[True, (
+        first.src[1:] != first.src[:-1]) | (first.tgt[1:] != first.tgt[:-1])]
+                            [:len(first.src)])
+    for got, want in zip(graph_core.dedupe_max(edges), first):
+      np.testing.assert_array_equal(got, want)
+
+
+def test_dense_unique_and_counts_equal_numpy():
+  rng = np.random.RandomState(3)
+  for _ in range(300):
+    span = rng.choice([1, 10, 1000, 10**12])
+    values = (rng.randint(0, min(span, 2**62), rng.randint(0, 60)) +
+              rng.choice([0, 5, 2**40])).astype(np.int64)
+    unique = graph_core.sorted_unique(values)
+    np.testing.assert_array_equal(unique, np.unique(values))
+    assert unique.dtype == np.int64
+    np.testing.assert_array_equal(graph_core.value_counts(values),
+                                  np.unique(values, return_counts=True)[1])
+
+
 # --- The Beam executor -------------------------------------------------------
 
 

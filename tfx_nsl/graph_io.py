@@ -19,7 +19,9 @@ def edge_shard_name(index, num_shards):
   return f'edges-{index:05d}-of-{num_shards:05d}.tsv'
 
 
-EDGE_LINE = '%s\t%s\t%f\n'  # % (source, target, weight)
+# % (source, target, weight), the ids as UTF-8 bytes: formatting bytes skips
+# decoding every id (a third of the writing time).
+EDGE_LINE = b'%b\t%b\t%f\n'
 DERIVED_ID_PREFIX = 'sha256-'
 
 

@@ -173,9 +173,45 @@ def _ties_top_k(scores, k, threshold):
           np.concatenate([cols] + extra_cols).astype(np.int64))
 
 
+def _fits_uint32(*arrays):
+  return all(not len(a) or (a.min() >= 0 and a.max() < 1 << 32)
+             for a in arrays)
+
+
+def _descending_weight_keys(weight):
+  """uint32 keys that ascend as the float32 weights descend (-0.0 as 0.0)."""
+  bits = (np.asarray(weight, np.float32) + np.float32(0)).view(np.uint32)
+  ascending = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))
+  return ~ascending
+
+
+def source_weight_order(src, weight, tgt):
+  """The order by (src, weight desc, tgt): np.lexsort's, about 4x faster.
+
+  (src, weight) packed in one uint64 key take one stable sort, which also
+  runs fast over the presorted stretches edges usually come in (a block's
+  sources in order, runs merged); only equal keys (tied weights of one
+  source) are ordered by tgt afterwards.
+  """
+  if not _fits_uint32(src):
+    return np.lexsort((tgt, -np.asarray(weight), src))
+  keys = (src.astype(np.uint64) << np.uint64(32)) | _descending_weight_keys(
+      weight).astype(np.uint64)
+  order = np.argsort(keys, kind='stable')
+  keys = keys[order]
+  equal = keys[1:] == keys[:-1]
+  if equal.any():
+    tied = np.flatnonzero(np.r_[equal, False] | np.r_[False, equal])
+    # Tied positions form runs in key order: sorting them by (key, tgt)
+    # and putting them back keeps each run in its place.
+    members = order[tied]
+    order[tied] = members[np.lexsort((tgt[members], keys[tied]))]
+  return order
+
+
 def top_k_per_source(edges, max_neighbors):
   """Sorts by (src, weight desc, tgt) and keeps `max_neighbors` per source."""
-  edges = take(edges, np.lexsort((edges.tgt, -edges.weight, edges.src)))
+  edges = take(edges, source_weight_order(edges.src, edges.weight, edges.tgt))
   if max_neighbors is None or not len(edges.src):
     return edges
   starts = np.flatnonzero(np.r_[True, edges.src[1:] != edges.src[:-1]])
@@ -188,10 +224,19 @@ def dedupe_max(edges):
   """One edge per (src, tgt), keeping the largest weight (as NSL does)."""
   if not len(edges.src):
     return edges
-  edges = take(edges, np.lexsort((-edges.weight, edges.tgt, edges.src)))
-  first = np.r_[True, (edges.src[1:] != edges.src[:-1]) |
-                (edges.tgt[1:] != edges.tgt[:-1])]
-  return take(edges, first)
+  if not _fits_uint32(edges.src, edges.tgt):
+    edges = take(edges, np.lexsort((-edges.weight, edges.tgt, edges.src)))
+    return take(edges, np.r_[True, (edges.src[1:] != edges.src[:-1]) |
+                             (edges.tgt[1:] != edges.tgt[:-1])])
+  # One stable sort of packed (src, tgt) keys, then each run's largest
+  # weight: a third of lexsort's passes.
+  keys = (edges.src.astype(np.uint64) << np.uint64(32)) | edges.tgt.astype(
+      np.uint64)
+  order = np.argsort(keys, kind='stable')
+  keys = keys[order]
+  starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+  return take(edges, order[starts])._replace(
+      weight=np.maximum.reduceat(edges.weight[order], starts))
 
 
 def merge_edges(parts, max_neighbors, dedupe):
@@ -555,12 +600,41 @@ _NO_FOREST = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 COMPONENT_BYTES_PER_NODE = 24
 
 
+def _dense_span(values):
+  """The lowest value where non-negative integer `values` span at most a
+  few times their count (node indices of a shard's edges), else None."""
+  if not len(values):
+    return None
+  low, high = int(values.min()), int(values.max())
+  return low if low >= 0 and high - low < 8 * len(values) else None
+
+
+def sorted_unique(values):
+  """np.unique, by a mask over the values' span where it is dense (no
+  sort; the mask is at most the values' own size)."""
+  low = _dense_span(values)
+  if low is None:
+    return np.unique(values).astype(np.int64)
+  seen = np.zeros(int(values.max()) - low + 1, bool)
+  seen[values - low] = True
+  return np.flatnonzero(seen) + low
+
+
+def value_counts(values):
+  """np.unique(values, return_counts=True)[1], by bincount where dense."""
+  low = _dense_span(values)
+  if low is None:
+    return np.unique(values, return_counts=True)[1]
+  counts = np.bincount(values - low)
+  return counts[counts > 0]
+
+
 def spanning_forest(src, tgt):
   """A star per weakly connected component of the edges src -> tgt: (roots,
   members), the root being the component's smallest node."""
   from scipy.sparse import coo_matrix  # pylint: disable=g-import-not-at-top
   from scipy.sparse.csgraph import connected_components  # pylint: disable=g-import-not-at-top
-  nodes = np.unique(np.r_[src, tgt]).astype(np.int64)
+  nodes = sorted_unique(np.r_[src, tgt])
   if not len(nodes):
     return _NO_FOREST
   adjacency = coo_matrix((np.ones(len(src), np.int8),
@@ -580,7 +654,7 @@ def stats_part(edges):
   """The statistics of one set of sources' edges (all edges of each)."""
   if not len(edges.src):
     return StatsPart(0, {}, _NO_FOREST)
-  histogram = np.bincount(np.unique(edges.src, return_counts=True)[1])
+  histogram = np.bincount(value_counts(edges.src))
   return StatsPart(len(edges.src),
                    {d: int(c) for d, c in enumerate(histogram) if d and c},
                    spanning_forest(edges.src, edges.tgt))
