@@ -550,8 +550,10 @@ def test_dense_unique_and_counts_equal_numpy():
     span = rng.choice([1, 10, 1000, 10**12])
     values = (rng.randint(0, min(span, 2**62), rng.randint(0, 60)) +
               rng.choice([0, 5, 2**40])).astype(np.int64)
-    unique = graph_core.sorted_unique(values)
-    np.testing.assert_array_equal(unique, np.unique(values))
+    unique, inverse = graph_core.unique_inverse(values)
+    expected, expected_inverse = np.unique(values, return_inverse=True)
+    np.testing.assert_array_equal(unique, expected)
+    np.testing.assert_array_equal(inverse, expected_inverse)
     assert unique.dtype == np.int64
     np.testing.assert_array_equal(graph_core.value_counts(values),
                                   np.unique(values, return_counts=True)[1])
@@ -1158,6 +1160,36 @@ def test_routed_rows_travel_as_files(tmp_path):
   both = corpus.load_runs([routed[0][1], routed[1][1]])
   assert both['vectors'].shape == (30_000, 64)
   assert corpus.store_runs(str(tmp_path), 'none', ids[:0], ids=ids[:0]) == []
+
+
+@pytest.mark.parametrize('gap', [0, 100, 1 << 20])
+def test_runs_load_the_same_rows_in_stretches(tmp_path, monkeypatch, gap):
+  """load_runs reads neighbouring runs of a file in one stretch (skipping
+  the runs between that were not asked for) and gives each asked run's
+  rows, whatever the gap allowed."""
+  from tfx_nsl.components.graph_builder import corpus
+  monkeypatch.setattr(corpus, '_RUN_GAP_BYTES', gap)
+  rng = np.random.RandomState(5)
+  keys = rng.randint(0, 6, 500)
+  ids = np.arange(500, dtype=np.int64)
+  vectors = rng.rand(500, 7).astype(np.float32)
+  probes = rng.randint(0, 9, (500, 3)).astype(np.int32)
+  runs = [dict(corpus.store_runs(str(tmp_path), f'f{i}', keys, ids=ids + i,
+                                 vectors=vectors, probes=probes))
+          for i in (0, 1000)]
+  asked = [runs[0][4], runs[1][0], runs[0][0], runs[0][2], runs[0][3]]
+  loaded = corpus.load_runs(asked)
+  order = np.argsort(loaded['ids'])
+  rows = np.r_[np.flatnonzero(np.isin(keys, [0, 2, 3, 4])),
+               np.flatnonzero(keys == 0)]
+  expected_ids = np.r_[ids[np.isin(keys, [0, 2, 3, 4])],
+                       ids[keys == 0] + 1000]
+  expected = np.argsort(expected_ids)
+  np.testing.assert_array_equal(loaded['ids'][order], expected_ids[expected])
+  np.testing.assert_array_equal(loaded['vectors'][order],
+                                vectors[rows][expected])
+  np.testing.assert_array_equal(loaded['probes'][order],
+                                probes[rows][expected])
 
 
 def test_duplicate_ids_meet_in_one_shard(tmp_path):

@@ -13,6 +13,7 @@ Ids travel and are stored as UTF-8 bytes ('S' arrays): their byte order is
 their code point order, and the arrays need no pickle.
 """
 import collections
+import functools
 import io
 import math
 import os
@@ -250,17 +251,24 @@ def store_runs(directory, prefix, keys, **columns):
   if not len(keys):
     return []
   path = os.path.join(directory, f'{prefix}-{uuid.uuid4().hex}.runs')
-  found, offset = [], 0
+  found, offset, pending, written = [], 0, [], 0
   with tf.io.gfile.GFile(path, 'wb') as f:
     for key, rows in runs(keys):
       fields, start = [], offset
       for name, column in columns.items():
         data = np.ascontiguousarray(column[rows])
-        f.write(data.tobytes())
+        pending.append(data.tobytes())
         offset += data.nbytes
         fields.append((name, data.dtype.str, data.shape[1:], len(rows)))
       found.append((key.item(), Run(path, start, tuple(fields))))
+      if offset - written >= _WRITE_BYTES:  # few gfile calls
+        f.write(b''.join(pending))
+        pending, written = [], offset
+    f.write(b''.join(pending))
   return found
+
+
+_WRITE_BYTES = 8 << 20
 
 
 def load_runs(stored_runs):
@@ -272,14 +280,45 @@ def load_runs(stored_runs):
   parts = collections.defaultdict(list)
   for path, found in sorted(by_path.items()):
     with tf.io.gfile.GFile(path, 'rb') as f:
-      for run in sorted(found, key=lambda r: r.offset):
-        f.seek(run.offset)
-        for name, dtype, shape, count in run.fields:
-          dtype = np.dtype(dtype)
-          size = count * dtype.itemsize * int(np.prod(shape))
-          parts[name].append(np.frombuffer(f.read(size), dtype).reshape(
-              (count,) + tuple(shape)))
+      # One read a stretch of runs at most _RUN_GAP_BYTES apart, not one a
+      # field: a gfile read costs about 20 us however small (35x a
+      # built-in file's), and the profile of 1M nodes had ~10^5 of them.
+      for start, stretch in _stretches(found):
+        f.seek(start)
+        data = f.read(stretch[-1][0] - start)
+        for _, run, fields in stretch:
+          at = run.offset - start
+          for name, dtype, shape, values in fields:
+            parts[name].append(np.frombuffer(data, dtype, values, at).reshape(
+                shape))
+            at += values * dtype.itemsize
   return {name: np.concatenate(p) for name, p in parts.items()}
+
+
+_RUN_GAP_BYTES = 1 << 16
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype(name):
+  return np.dtype(name)
+
+
+def _stretches(found):
+  """Runs of one file as (start, [(end, run, fields), ...]) stretches, in
+  offset order, a stretch's runs at most _RUN_GAP_BYTES apart; fields:
+  (name, dtype, array shape, values) of each of the run's fields."""
+  stretches = []
+  for run in sorted(found, key=lambda r: r.offset):
+    fields, end = [], run.offset
+    for name, dtype, shape, count in run.fields:
+      dtype, values = _dtype(dtype), count * math.prod(shape)
+      fields.append((name, dtype, (count,) + tuple(shape), values))
+      end += values * dtype.itemsize
+    if stretches and run.offset - stretches[-1][1][-1][0] <= _RUN_GAP_BYTES:
+      stretches[-1][1].append((end, run, fields))
+    else:
+      stretches.append((run.offset, [(end, run, fields)]))
+  return stretches
 
 
 def run_batches(stored_runs, max_rows):

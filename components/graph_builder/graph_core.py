@@ -609,15 +609,18 @@ def _dense_span(values):
   return low if low >= 0 and high - low < 8 * len(values) else None
 
 
-def sorted_unique(values):
-  """np.unique, by a mask over the values' span where it is dense (no
-  sort; the mask is at most the values' own size)."""
+def unique_inverse(values):
+  """np.unique(values, return_inverse=True) for non-negative integers, by
+  a mask over their span where it is dense."""
   low = _dense_span(values)
   if low is None:
-    return np.unique(values).astype(np.int64)
+    unique, inverse = np.unique(values, return_inverse=True)
+    return unique.astype(np.int64), inverse
   seen = np.zeros(int(values.max()) - low + 1, bool)
   seen[values - low] = True
-  return np.flatnonzero(seen) + low
+  unique = np.flatnonzero(seen)
+  rank = np.cumsum(seen) - 1
+  return unique + low, rank[values - low]
 
 
 def value_counts(values):
@@ -634,12 +637,11 @@ def spanning_forest(src, tgt):
   members), the root being the component's smallest node."""
   from scipy.sparse import coo_matrix  # pylint: disable=g-import-not-at-top
   from scipy.sparse.csgraph import connected_components  # pylint: disable=g-import-not-at-top
-  nodes = sorted_unique(np.r_[src, tgt])
+  nodes, ends = unique_inverse(np.r_[src, tgt])
   if not len(nodes):
     return _NO_FOREST
   adjacency = coo_matrix((np.ones(len(src), np.int8),
-                          (np.searchsorted(nodes, src),
-                           np.searchsorted(nodes, tgt))),
+                          (ends[:len(src)], ends[len(src):])),
                          shape=(len(nodes),) * 2)
   _, labels = connected_components(adjacency, directed=True,
                                    connection='weak')
