@@ -229,6 +229,62 @@ def test_block_edges_equal_a_brute_force_over_the_probed_members(k, threshold):
     assert (np.diff(edges.src) >= 0).all()
 
 
+def _kernel_pairs(kernel, corpus, threshold, unit=True):
+  """{(src, tgt): weight} of one scoring kernel over all of `corpus`."""
+  n = len(corpus)
+  ids = np.arange(n)
+  names = corpus_lib.encode_ids([f'n{i}' for i in range(n)])
+  half = n // 2
+  if kernel == 'cross':
+    edges = graph_core.exact_edges(ids, corpus, None, threshold, unit=unit)
+  elif kernel == 'pair':
+    edges = graph_core.pair_edges(0, n, corpus, threshold, unit=unit)
+  elif kernel == 'cross_pair':  # two halves against each other, and within
+    edges = graph_core.concat_edges([
+        graph_core.cross_pair_edges(ids[:half], corpus[:half], names[:half],
+                                    ids[half:], corpus[half:], names[half:],
+                                    threshold, unit=unit),
+        graph_core.pair_edges(0, half, corpus[:half], threshold, unit=unit),
+        graph_core.pair_edges(0, n - half, corpus[half:], threshold,
+                              offset=half, unit=unit)])
+  elif kernel == 'bucket':
+    edges = graph_core.bucket_edges(ids, corpus, None, threshold, names,
+                                    unit)
+  else:  # partition: one partition holding every node
+    edges, _ = graph_core.block_edges(
+        ids, corpus, np.zeros((n, 1), np.int32),
+        {0: (ids, corpus, names)}.get, None, threshold, unit=unit)
+  return dict(zip(zip(edges.src.tolist(), edges.tgt.tolist()),
+                  edges.weight.tolist()))
+
+
+@pytest.mark.parametrize('kernel',
+                         ['cross', 'pair', 'cross_pair', 'bucket', 'block'])
+@pytest.mark.parametrize('similarity', [graph_core.COSINE, graph_core.DOT])
+def test_edges_at_the_threshold_are_decided_in_float64(kernel, similarity):
+  """A threshold between a pair's float32 score and its float64 similarity
+  (of the float32 inputs) keeps the pair by the float64 one, in every
+  kernel: the float32 score alone would decide it the other way."""
+  raw = clustered_embeddings(400, 24, 8, 0.3, seed=4).astype(np.float32)
+  corpus, _ = graph_core.prepare_vectors(raw, similarity)
+  unit = similarity == graph_core.COSINE
+  exact = raw.astype(np.float64) @ raw.astype(np.float64).T
+  if unit:
+    norms = np.linalg.norm(raw.astype(np.float64), axis=1)
+    exact /= norms[:, None] * norms[None, :]
+  float32 = _kernel_pairs(kernel, corpus, -1.0 if unit else -1e30, unit)
+  pairs = np.array(list(float32))
+  gaps = np.array(list(float32.values())) - exact[pairs[:, 0], pairs[:, 1]]
+  worst = np.argmax(np.abs(gaps))
+  assert np.abs(gaps[worst]) > 1e-8  # float32 rounding shows
+  src, tgt = pairs[worst]
+  threshold = float(exact[src, tgt] + gaps[worst] / 2)
+  found = _kernel_pairs(kernel, corpus, threshold, unit)
+  expected = {(s, t) for s, t in pairs.tolist() if exact[s, t] >= threshold}
+  assert set(found) == expected
+  assert ((src, tgt) in found) == (exact[src, tgt] >= threshold)
+
+
 def test_distributed_kmeans_is_the_one_process_kmeans(tmp_path):
   """The sample stored in parts: the starting centroids do not depend on
   how it is split, and the Lloyd steps summed over the parts (any order,

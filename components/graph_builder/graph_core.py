@@ -93,6 +93,45 @@ def _self_mask(scores, row_ids, col_ids):
   scores[np.flatnonzero(own), position[own]] = -np.inf
 
 
+# Scores this close to the threshold (relative past magnitude 1, for dot
+# similarity) are decided again in float64: a float32 product of unit
+# vectors is off by up to about 1e-6, and by how it was blocked, so an edge
+# at the threshold would depend on the shard layout (at 20,000 nodes one
+# pair at cosine 0.89999985 came out >= 0.9).
+THRESHOLD_SLACK = 1e-5
+
+
+def _slack(threshold):
+  return THRESHOLD_SLACK * max(1.0, abs(threshold))
+
+
+def lowered(threshold):
+  """The threshold candidates are found with: reach_threshold decides them."""
+  return threshold - _slack(threshold)
+
+
+def _float64_scores(left, right, unit):
+  """Row-wise similarity of two [n, d] float32 arrays in float64; `unit`:
+  rows meant to be unit (cosine), renormalized first."""
+  left, right = left.astype(np.float64), right.astype(np.float64)
+  dots = np.einsum('ij,ij->i', left, right)
+  if unit:
+    dots /= np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
+  return dots
+
+
+def reach_threshold(weights, threshold, left, right, unit=True):
+  """Mask of the candidates (float32 `weights`, found with the lowered
+  threshold) whose similarity reaches `threshold`: those within the slack
+  of it by float64 scores of left(i), right(i), the vectors of candidates
+  i."""
+  keep = weights >= threshold
+  near = np.flatnonzero(np.abs(weights - threshold) <= _slack(threshold))
+  if len(near):
+    keep[near] = _float64_scores(left(near), right(near), unit) >= threshold
+  return keep
+
+
 def _top_k_lower_bound(scores, k):
   """Per row, a value that at least k of the row's scores reach.
 
@@ -107,7 +146,7 @@ def _top_k_lower_bound(scores, k):
 
 
 def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold,
-                     col_names=None):
+                     col_names=None, vectors=None, unit=True):
   """Edges row -> col with score >= threshold, at most `max_neighbors` a row.
 
   Args:
@@ -118,6 +157,9 @@ def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold,
       semantics), else the top-k by (score desc, node index asc).
     threshold: minimum similarity.
     col_names: the columns' ids, for the edges' tgt_id (None: no ids).
+    vectors: (rows' vectors, columns' vectors) that gave `scores`: scores
+      near the threshold are decided in float64 (reach_threshold); None:
+      in float32. unit: the vectors are unit (cosine).
 
   Exact, and cheap when k is small against the row length: one comparison
   pass with a per-row lower bound of the k-th score (from a column sample)
@@ -127,16 +169,21 @@ def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold,
   _self_mask(scores, row_ids, col_ids)
   rows_n, cols_n = scores.shape
   k = max_neighbors
+  low = threshold if vectors is None else lowered(threshold)
   if k is None or k >= cols_n - 1 or not rows_n:
-    rows, cols = _sparse_nonzero(scores >= threshold)
+    rows, cols = _sparse_nonzero(scores >= low)
   else:
-    bound = np.maximum(_top_k_lower_bound(scores, k), threshold)
+    bound = np.maximum(_top_k_lower_bound(scores, k), low)
     passing = scores >= bound[:, None]
     if np.count_nonzero(passing) <= _MAX_CANDIDATES_PER_K * k * rows_n:
       rows, cols = _sparse_nonzero(passing)
     else:  # many exact ties (e.g. duplicate vectors): exact k-th per row
-      rows, cols = _ties_top_k(scores, k, threshold)
+      rows, cols = _ties_top_k(scores, k, low)
   weights = scores[rows, cols]
+  if vectors is not None:
+    keep = reach_threshold(weights, threshold, lambda i: vectors[0][rows[i]],
+                           lambda i: vectors[1][cols[i]], unit)
+    rows, cols, weights = rows[keep], cols[keep], weights[keep]
   edges = Edges(row_ids[rows].astype(np.int64), col_ids[cols].astype(np.int64),
                 weights.astype(np.float32),
                 None if col_names is None else col_names[cols])
@@ -253,30 +300,32 @@ def chunk_rows(num_corpus, max_entries=MAX_CHUNK_ENTRIES):
 
 
 def cross_edges(query_ids, queries, col_ids, columns, max_neighbors,
-                threshold, col_names=None, max_entries=MAX_CHUNK_ENTRIES):
+                threshold, col_names=None, max_entries=MAX_CHUNK_ENTRIES,
+                unit=True):
   """Edges from the `queries` (node indices `query_ids`) to their neighbors
   among `columns` (node indices `col_ids`, sorted): one matrix product per
   chunk of queries; memory is the columns plus one chunk of scores."""
   step = chunk_rows(len(columns), max_entries)
   parts = []
   for start in range(0, len(query_ids), step):
-    scores = queries[start:start + step] @ columns.T
-    parts.append(select_neighbors(scores, query_ids[start:start + step],
-                                  col_ids, max_neighbors, threshold,
-                                  col_names))
+    chunk = queries[start:start + step]
+    parts.append(select_neighbors(chunk @ columns.T,
+                                  query_ids[start:start + step], col_ids,
+                                  max_neighbors, threshold, col_names,
+                                  (chunk, columns), unit))
   return concat_edges(parts)
 
 
 def exact_edges(query_ids, corpus, max_neighbors, threshold,
-                max_entries=MAX_CHUNK_ENTRIES):
+                max_entries=MAX_CHUNK_ENTRIES, unit=True):
   """Edges from the corpus rows `query_ids` to their neighbors in `corpus`."""
   return cross_edges(query_ids, corpus[query_ids], np.arange(len(corpus)),
                      corpus, max_neighbors, threshold,
-                     max_entries=max_entries)
+                     max_entries=max_entries, unit=unit)
 
 
 def pair_edges(start, end, corpus, threshold, max_entries=MAX_CHUNK_ENTRIES,
-               offset=0, names=None):
+               offset=0, names=None, unit=True):
   """Every pair {i, j} with i in [start, end), j > i and similarity >=
   threshold, as both directed edges: NSL's semantics (all neighbors above
   the threshold, no top-k), each pair scored once, as NSL scores it. Half
@@ -290,9 +339,12 @@ def pair_edges(start, end, corpus, threshold, max_entries=MAX_CHUNK_ENTRIES,
     scores = corpus[a:b] @ corpus[a:].T
     # Column c is node a + c; keep c > row (j > i).
     scores[:, :b - a][np.tri(b - a, dtype=bool)] = -np.inf
-    rows, cols = _sparse_nonzero(scores >= threshold)
+    rows, cols = _sparse_nonzero(scores >= lowered(threshold))
     src, tgt = rows + a, cols + a
     weights = scores[rows, cols].astype(np.float32)
+    keep = reach_threshold(weights, threshold, lambda i: corpus[src[i]],
+                           lambda i: corpus[tgt[i]], unit)
+    src, tgt, weights = src[keep], tgt[keep], weights[keep]
     parts.append(Edges(np.r_[src, tgt] + offset, np.r_[tgt, src] + offset,
                        np.r_[weights, weights],
                        None if names is None else names[np.r_[tgt, src]]))
@@ -300,15 +352,19 @@ def pair_edges(start, end, corpus, threshold, max_entries=MAX_CHUNK_ENTRIES,
 
 
 def cross_pair_edges(query_ids, queries, query_names, col_ids, columns,
-                     col_names, threshold, max_entries=MAX_CHUNK_ENTRIES):
+                     col_names, threshold, max_entries=MAX_CHUNK_ENTRIES,
+                     unit=True):
   """pair_edges between two disjoint node sets: every pair (query, column)
   with similarity >= threshold, as both directed edges, each scored once."""
   parts = []
   step = chunk_rows(len(columns), max_entries)
   for a in range(0, len(query_ids), step):
     scores = queries[a:a + step] @ columns.T
-    rows, cols = _sparse_nonzero(scores >= threshold)
+    rows, cols = _sparse_nonzero(scores >= lowered(threshold))
     weights = scores[rows, cols].astype(np.float32)
+    keep = reach_threshold(weights, threshold, lambda i: queries[a + rows[i]],
+                           lambda i: columns[cols[i]], unit)
+    rows, cols, weights = rows[keep], cols[keep], weights[keep]
     src, tgt = query_ids[a + rows], col_ids[cols]
     parts.append(Edges(np.r_[src, tgt].astype(np.int64),
                        np.r_[tgt, src].astype(np.int64),
@@ -356,11 +412,12 @@ def lsh_buckets(corpus, num_splits, seed, max_bucket_size):
                        max_bucket_size)
 
 
-def bucket_edges(ids, vectors, max_neighbors, threshold, names=None):
+def bucket_edges(ids, vectors, max_neighbors, threshold, names=None,
+                 unit=True):
   """All-pairs edges inside one LSH bucket (node indices `ids`, sorted), as
   one matrix product."""
   return select_neighbors(vectors @ vectors.T, ids, ids, max_neighbors,
-                          threshold, names)
+                          threshold, names, (vectors, vectors), unit)
 
 
 # Spherical k-means settings of partition mode: Lloyd iterations and sample
@@ -500,7 +557,7 @@ def partition_groups(centroids, seed=0):
 
 
 def block_edges(query_ids, queries, query_probes, members, max_neighbors,
-                threshold, threads=1):
+                threshold, threads=1, unit=True):
   """Edges from each query to its neighbors among the members of the
   partitions its probes name (-1: none). Returns (edges, pairs scored).
 
@@ -517,7 +574,8 @@ def block_edges(query_ids, queries, query_probes, members, max_neighbors,
   partition was about 3x slower on one core (many small products;
   docs/benchmarks.md). Ties at the k-th place keep the member found first
   (probe order, then index), the same on every runner; the result does not
-  depend on `threads`.
+  depend on `threads`. Scores near the threshold are decided in float64
+  (reach_threshold).
   """
   import faiss  # pylint: disable=g-import-not-at-top  # scoring workers only
   from faiss.contrib import ivf_tools  # pylint: disable=g-import-not-at-top
@@ -553,11 +611,12 @@ def block_edges(query_ids, queries, query_probes, members, max_neighbors,
   queries = np.ascontiguousarray(queries, np.float32)
   if max_neighbors is None:
     # Range search keeps scores above the radius: the next float down
-    # keeps those equal to the threshold too.
-    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+    # keeps those equal to the lowered threshold too.
+    radius = float(np.nextafter(np.float32(lowered(threshold)),
+                                np.float32(-np.inf)))
     lims, weights, found = ivf_tools.range_search_preassigned(
         index, queries, radius, probes)
-    src = np.repeat(query_ids, np.diff(lims.astype(np.int64)))
+    rows = np.repeat(np.arange(len(query_ids)), np.diff(lims.astype(np.int64)))
   else:
     # faiss's default mode would not split search_preassigned over threads
     # (its range search splits by query in it, and fails in this one).
@@ -565,11 +624,15 @@ def block_edges(query_ids, queries, query_probes, members, max_neighbors,
     # One more: a query may find itself.
     weights, found = ivf_tools.search_preassigned(
         index, queries, max_neighbors + 1, probes)
-    src = np.repeat(query_ids, found.shape[1])
+    rows = np.repeat(np.arange(len(query_ids)), found.shape[1])
     weights, found = weights.ravel(), found.ravel()
+  src = query_ids[rows]
   keep = found >= 0
   keep[keep] = col_ids[found[keep]] != src[keep]
-  keep &= weights >= threshold
+  candidates = np.flatnonzero(keep)
+  keep[candidates] = reach_threshold(
+      weights[candidates], threshold, lambda i: queries[rows[candidates[i]]],
+      lambda i: columns[found[candidates[i]]], unit)
   found = found[keep]
   edges = Edges(src[keep], col_ids[found], weights[keep].astype(np.float32),
                 None if names is None else names[found])

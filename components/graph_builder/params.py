@@ -193,6 +193,12 @@ class GraphBuilderParams:
   def memory_budget_bytes(self) -> int:
     return self.memory_budget_mb * 2**20
 
+  @property
+  def unit_vectors(self) -> bool:
+    """Whether the scored vectors are unit (cosine): float64 rechecks near
+    the threshold renormalize them (graph_core.reach_threshold)."""
+    return self.similarity == graph_core.COSINE
+
   @classmethod
   def from_exec_properties(cls, exec_properties: Dict[str, Any]):
     return parameters.from_exec_properties(cls, exec_properties)

@@ -109,18 +109,20 @@ class ScoreExact(beam.DoFn):
     if params.max_neighbors is not None:
       edges = graph_core.cross_edges(
           query_ids[rows], queries[rows], col_ids, columns,
-          params.max_neighbors, params.similarity_threshold, col_names)
+          params.max_neighbors, params.similarity_threshold, col_names,
+          unit=params.unit_vectors)
       pairs = (end - start) * len(col_ids)
     elif i == j:
       edges = graph_core.pair_edges(start, end, queries,
                                     params.similarity_threshold,
-                                    offset=query_ids[0], names=query_names)
+                                    offset=query_ids[0], names=query_names,
+                                    unit=params.unit_vectors)
       num = len(query_ids)
       pairs = (end - start) * (num - 1) - (start + end - 1) * (end - start) // 2
     else:
       edges = graph_core.cross_pair_edges(
           query_ids[rows], queries[rows], query_names[rows], col_ids, columns,
-          col_names, params.similarity_threshold)
+          col_names, params.similarity_threshold, unit=params.unit_vectors)
       pairs = (end - start) * len(col_ids)
     counter('scored_pairs').inc(pairs)
     yield from _candidates(edges, layout, params)
@@ -157,7 +159,8 @@ def score_bucket(keyed, layout, params):
   counter('scored_pairs').inc(sum(len(p) ** 2 for p in pieces))
   edges = graph_core.concat_edges([
       graph_core.bucket_edges(ids[p], vectors[p], params.max_neighbors,
-                              params.similarity_threshold, names[p])
+                              params.similarity_threshold, names[p],
+                              params.unit_vectors)
       for p in pieces])
   yield from _candidates(edges, layout, params)
 
@@ -301,7 +304,8 @@ def score_members(query_ids, queries, probes, members, params, threads=1):
     edges, scored = graph_core.block_edges(
         query_ids[rows], queries[rows], probes[rows],
         lambda p: members.get(p, empty), params.max_neighbors,
-        params.similarity_threshold, threads=threads)
+        params.similarity_threshold, threads=threads,
+        unit=params.unit_vectors)
     parts.append(edges)
     pairs += scored
   return graph_core.concat_edges(parts), pairs
@@ -532,7 +536,8 @@ def exact_for_sample(shard, layout, queries, params):
   sample_ids, sample_vectors = queries
   yield graph_core.cross_edges(sample_ids, sample_vectors, ids, vectors,
                                params.max_neighbors,
-                               params.similarity_threshold)
+                               params.similarity_threshold,
+                               unit=params.unit_vectors)
 
 
 def _calibration_edges(exact, layout, params):
