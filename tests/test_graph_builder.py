@@ -419,7 +419,8 @@ def test_partition_passes_find_the_one_pass_edges(k, threshold):
   members = {p: (m, corpus[m], names[m]) for p in range(40)
              for m in [np.flatnonzero(probes[:, 0] == p)]}
   params = types.SimpleNamespace(max_neighbors=k,
-                                 similarity_threshold=threshold)
+                                 similarity_threshold=threshold,
+                                 unit_vectors=True)
   everything = np.arange(4000)
   one_pass, _ = scoring.score_members(everything, corpus, probes, members,
                                       params)
@@ -472,7 +473,8 @@ def _partition_passes(tmp_path, budget_bytes):
                                  graph_core.partition_groups(centroids))
   probes = graph_core.nearest_partitions(corpus, centroids, 4)
   params = types.SimpleNamespace(max_neighbors=5, similarity_threshold=0.0,
-                                 memory_budget_bytes=budget_bytes)
+                                 memory_budget_bytes=budget_bytes,
+                                 unit_vectors=True)
   assigned = corpus_lib.store_runs(
       str(tmp_path), 'assigned', model.group_of[probes[:, 0]],
       ids=np.arange(2000), vectors=corpus, probes=probes,
