@@ -396,7 +396,7 @@ def beam_in_memory_contract(spec):
 
 
 def _numpy_block_edges(query_ids, queries, query_probes, members,
-                       max_neighbors, threshold, threads=1):
+                       max_neighbors, threshold, threads=1, unit=True):
   """Partition mode's kernel before faiss (to 669274f): one numpy matrix
   product per probed partition, against the queries that probe it, on one
   BLAS thread (many small products)."""
@@ -411,7 +411,7 @@ def _numpy_block_edges(query_ids, queries, query_probes, members,
       if len(col_ids) and len(rows):
         edges.append(graph_core.cross_edges(
             query_ids[rows], queries[rows], col_ids, columns, max_neighbors,
-            threshold, names))
+            threshold, names, unit=unit))
         pairs += len(rows) * len(col_ids)
   return graph_core.top_k_per_source(graph_core.concat_edges(edges),
                                      max_neighbors), pairs

@@ -285,6 +285,58 @@ def test_edges_at_the_threshold_are_decided_in_float64(kernel, similarity):
   assert ((src, tgt) in found) == (exact[src, tgt] >= threshold)
 
 
+def test_equal_and_opposite_rows_reach_thresholds_one_and_minus_one():
+  """In float64, equal unit rows score exactly 1 and opposite ones -1, so
+  duplicates meet threshold 1.0 (a product of two norms missed by an ulp)."""
+  rng = np.random.RandomState(2)
+  for _ in range(50):
+    x = rng.standard_normal((1, 16)).astype(np.float32)
+    corpus, _ = graph_core.prepare_vectors(np.r_[x, x, -x],
+                                           graph_core.COSINE)
+    assert len(graph_core.pair_edges(0, 3, corpus, 1.0).src) == 2
+    opposite = graph_core.exact_edges(np.arange(3), corpus, None, -1.0)
+    assert len(opposite.src) == 6
+
+
+def _near_pair(cosines):
+  """2-d unit rows at these cosines to [1, 0]."""
+  cosines = np.asarray(cosines, np.float64)
+  return np.stack([cosines, np.sqrt(1 - cosines**2)], axis=1).astype(
+      np.float32)
+
+
+def test_top_k_refills_a_row_whose_candidate_fails_in_float64():
+  """k = 1: the best float32 candidate A is within the slack and fails in
+  float64, the next one B is within it and reaches the threshold: the row
+  gets B (the sampled bound had left B out before A was dropped)."""
+  cols, a, b = 5000, 10, 20
+  scores = np.random.RandomState(0).uniform(0, 0.5, (1, cols)).astype(
+      np.float32)
+  scores[0, a], scores[0, b] = 0.900004, 0.899996
+  columns = _near_pair(np.full(cols, 0.1))
+  columns[[a, b]] = _near_pair([0.85, 0.95])  # their float64 cosines
+  found = graph_core.select_neighbors(
+      scores, np.array([cols]), np.arange(cols), 1, 0.9,
+      vectors=(_near_pair([1.0]), columns))
+  assert found.tgt.tolist() == [b]
+
+
+def test_block_top_k_refills_a_query_whose_result_fails_in_float64(
+    monkeypatch):
+  """The same in partition mode: faiss's k + 1 results (the query itself
+  and A) leave B out; A fails in float64, so the query searches again."""
+  vectors = _near_pair([1.0, 0.900002, 0.900001, 0.1, 0.1])  # q, A, B, ...
+  ids = np.arange(5)
+  real = graph_core._float64_scores
+  monkeypatch.setattr(
+      graph_core, '_float64_scores', lambda left, right, unit: np.where(
+          right[:, 0] == vectors[1, 0], 0.0, real(left, right, unit)))
+  edges, _ = graph_core.block_edges(
+      ids[:1], vectors[:1], np.zeros((1, 1), np.int32),
+      {0: (ids, vectors, None)}.get, 1, 0.9)
+  assert edges.tgt.tolist() == [2]
+
+
 def test_distributed_kmeans_is_the_one_process_kmeans(tmp_path):
   """The sample stored in parts: the starting centroids do not depend on
   how it is split, and the Lloyd steps summed over the parts (any order,
@@ -575,6 +627,20 @@ def test_ids_from_arrow_equal_node_id(ids, large):
                                                                      raw)]
   plain = executor._plain_text_ids(column)
   assert (plain is not None) == (ids == [[b'a'], [b'b\xc3\xa9']])
+
+
+def test_ids_from_a_null_typed_column_are_derived():
+  """A batch where the id feature has no value kind decodes as pa.null():
+  every id is derived from the record, as from an empty list."""
+  import pyarrow as pa
+  from tfx_nsl.components.graph_builder import executor
+  raw = [b'raw1', b'raw2']
+  batch = pa.RecordBatch.from_arrays(
+      [pa.nulls(2), pa.array([[r] for r in raw], pa.list_(pa.binary()))],
+      ['id', '__raw_record__'])
+  found, derived = executor._ids_from(batch, 'id')
+  assert list(found) == [graph_io.node_id([], r) for r in raw]
+  assert derived == 2
 
 
 @pytest.mark.parametrize('offset', [0, 1 << 32])  # past uint32: lexsort

@@ -121,8 +121,9 @@ class GraphBuilder(base_beam_component.BaseBeamComponent):
       similarity: 'cosine' (NSL's) or 'dot'.
       similarity_threshold: minimum similarity of an edge. Scores within
         1e-5 of it (relative past 1, for dot) are computed again in float64,
-        so whether an edge at the threshold exists does not depend on how a
-        float32 product was blocked.
+        so for cosine whether an edge at the threshold exists does not
+        depend on how a float32 product was blocked (for dot with long
+        vectors the float32 error can pass that slack).
       max_neighbors: at most this many neighbors a node (top-k); None keeps
         every neighbor above the threshold, as `nsl.tools.build_graph` does.
       undirected: also add each edge's reverse (NSL's graphs are undirected).

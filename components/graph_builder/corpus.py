@@ -257,7 +257,12 @@ def store_runs(directory, prefix, keys, **columns):
       fields, start = [], offset
       for name, column in columns.items():
         data = np.ascontiguousarray(column[rows])
-        pending.append(data.tobytes())
+        if data.nbytes >= _WRITE_BYTES:  # alone: no run held twice over
+          f.write(b''.join(pending))
+          f.write(data.tobytes())
+          pending, written = [], offset + data.nbytes
+        else:
+          pending.append(data.tobytes())
         offset += data.nbytes
         fields.append((name, data.dtype.str, data.shape[1:], len(rows)))
       found.append((key.item(), Run(path, start, tuple(fields))))

@@ -94,9 +94,12 @@ def _plain_text_ids(column):
   """The ids as str where every example has one UTF-8 bytes value that
   graph_io.node_id takes as it is (the common case, checked by arrow
   kernels: a Python loop over the rows took 2 s a million); else None."""
-  if column is None or not pa.types.is_binary(
-      column.type.value_type) and not pa.types.is_large_binary(
-          column.type.value_type):
+  # A feature without a value kind in a batch decodes as pa.null().
+  if column is None or not (pa.types.is_list(column.type) or
+                            pa.types.is_large_list(column.type)):
+    return None
+  if not (pa.types.is_binary(column.type.value_type) or
+          pa.types.is_large_binary(column.type.value_type)):
     return None
   if pc.any(pc.not_equal(pc.list_value_length(column).fill_null(0),
                          1)).as_py():

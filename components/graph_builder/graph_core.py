@@ -116,7 +116,11 @@ def _float64_scores(left, right, unit):
   left, right = left.astype(np.float64), right.astype(np.float64)
   dots = np.einsum('ij,ij->i', left, right)
   if unit:
-    dots /= np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
+    # One square root of the product of squared norms: equal rows give
+    # exactly 1 (opposite rows -1), which the product of two norms misses
+    # by an ulp, and an edge at threshold 1.0 would be lost.
+    dots /= np.sqrt(np.einsum('ij,ij->i', left, left) *
+                    np.einsum('ij,ij->i', right, right))
   return dots
 
 
@@ -130,6 +134,14 @@ def reach_threshold(weights, threshold, left, right, unit=True):
   if len(near):
     keep[near] = _float64_scores(left(near), right(near), unit) >= threshold
   return keep
+
+
+def _reaching(rows, cols, weights, threshold, vectors, unit):
+  """The candidates (rows, cols, weights) that reach the threshold, and the
+  rows that lost one to the float64 decision."""
+  keep = reach_threshold(weights, threshold, lambda i: vectors[0][rows[i]],
+                         lambda i: vectors[1][cols[i]], unit)
+  return rows[keep], cols[keep], weights[keep], np.unique(rows[~keep])
 
 
 def _top_k_lower_bound(scores, k):
@@ -181,9 +193,19 @@ def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold,
       rows, cols = _ties_top_k(scores, k, low)
   weights = scores[rows, cols]
   if vectors is not None:
-    keep = reach_threshold(weights, threshold, lambda i: vectors[0][rows[i]],
-                           lambda i: vectors[1][cols[i]], unit)
-    rows, cols, weights = rows[keep], cols[keep], weights[keep]
+    rows, cols, weights, short = _reaching(rows, cols, weights, threshold,
+                                           vectors, unit)
+    if k is not None and len(short):
+      # A candidate dropped in float64 may have kept out one within the
+      # slack that reaches the threshold: those rows take every column
+      # that reaches the lowered threshold, and the top-k below keeps k.
+      kept = ~np.isin(rows, short)
+      more_rows, more_cols = np.nonzero(scores[short] >= low)
+      more_rows = short[more_rows]
+      more = _reaching(more_rows, more_cols, scores[more_rows, more_cols],
+                       threshold, vectors, unit)
+      rows, cols, weights = (np.r_[a[kept], b] for a, b in zip(
+          (rows, cols, weights), more[:3]))
   edges = Edges(row_ids[rows].astype(np.int64), col_ids[cols].astype(np.int64),
                 weights.astype(np.float32),
                 None if col_names is None else col_names[cols])
@@ -609,32 +631,55 @@ def block_edges(query_ids, queries, query_probes, members, max_neighbors,
   # thread.
   faiss.omp_set_num_threads(threads)
   queries = np.ascontiguousarray(queries, np.float32)
-  if max_neighbors is None:
-    # Range search keeps scores above the radius: the next float down
-    # keeps those equal to the lowered threshold too.
+
+  def reaching(rows, weights, found):
+    """(rows, weights, found) of the results that are members other than
+    the query itself and reach the threshold; and the rows that lost a
+    result within the slack to the float64 decision."""
+    keep = found >= 0
+    keep[keep] = col_ids[found[keep]] != query_ids[rows[keep]]
+    candidates = np.flatnonzero(keep)
+    reached = reach_threshold(
+        weights[candidates], threshold, lambda i: queries[rows[candidates[i]]],
+        lambda i: columns[found[candidates[i]]], unit)
+    keep[candidates] = reached
+    lost = ~reached & (weights[candidates] >= lowered(threshold))
+    return (rows[keep], weights[keep], found[keep],
+            np.unique(rows[candidates[lost]]))
+
+  def within(positions):
+    """Every probed member of the queries at `positions` that reaches the
+    lowered threshold (the next float down keeps those equal to it)."""
+    index.parallel_mode = 0  # range search splits by query in mode 0
     radius = float(np.nextafter(np.float32(lowered(threshold)),
                                 np.float32(-np.inf)))
     lims, weights, found = ivf_tools.range_search_preassigned(
-        index, queries, radius, probes)
-    rows = np.repeat(np.arange(len(query_ids)), np.diff(lims.astype(np.int64)))
+        index, queries[positions], radius, probes[positions])
+    return reaching(positions[np.repeat(np.arange(len(positions)), np.diff(
+        lims.astype(np.int64)))], weights, found)
+
+  if max_neighbors is None:
+    rows, weights, found, _ = within(np.arange(len(query_ids)))
   else:
     # faiss's default mode would not split search_preassigned over threads
-    # (its range search splits by query in it, and fails in this one).
+    # (its range search does, in it, and fails in this one).
     index.parallel_mode = 3
     # One more: a query may find itself.
     weights, found = ivf_tools.search_preassigned(
         index, queries, max_neighbors + 1, probes)
-    rows = np.repeat(np.arange(len(query_ids)), found.shape[1])
-    weights, found = weights.ravel(), found.ravel()
-  src = query_ids[rows]
-  keep = found >= 0
-  keep[keep] = col_ids[found[keep]] != src[keep]
-  candidates = np.flatnonzero(keep)
-  keep[candidates] = reach_threshold(
-      weights[candidates], threshold, lambda i: queries[rows[candidates[i]]],
-      lambda i: columns[found[candidates[i]]], unit)
-  found = found[keep]
-  edges = Edges(src[keep], col_ids[found], weights[keep].astype(np.float32),
+    rows, weights, found, short = reaching(
+        np.repeat(np.arange(len(query_ids)), found.shape[1]),
+        weights.ravel(), found.ravel())
+    if len(short):
+      # A result dropped in float64 may have kept out one within the slack
+      # that reaches the threshold: those queries take every member that
+      # reaches the lowered threshold, and the top-k below keeps k.
+      kept = ~np.isin(rows, short)
+      more = within(short)
+      rows, weights, found = (np.r_[a[kept], b] for a, b in zip(
+          (rows, weights, found), more[:3]))
+  edges = Edges(query_ids[rows], col_ids[found],
+                weights.astype(np.float32),
                 None if names is None else names[found])
   return top_k_per_source(edges, max_neighbors), pairs
 
@@ -682,8 +727,10 @@ def unique_inverse(values):
   seen = np.zeros(int(values.max()) - low + 1, bool)
   seen[values - low] = True
   unique = np.flatnonzero(seen)
-  rank = np.cumsum(seen) - 1
-  return unique + low, rank[values - low]
+  # int32 ranks (the span is under 8 x 2**31 only where the values are
+  # that many): 4 bytes a span slot, not int64's 8.
+  rank = np.cumsum(seen, dtype=np.int32 if len(seen) < 2**31 else np.int64)
+  return unique + low, rank[values - low] - 1
 
 
 def value_counts(values):
