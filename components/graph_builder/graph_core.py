@@ -137,11 +137,13 @@ def reach_threshold(weights, threshold, left, right, unit=True):
 
 
 def _reaching(rows, cols, weights, threshold, vectors, unit):
-  """The candidates (rows, cols, weights) that reach the threshold, and the
-  rows that lost one to the float64 decision."""
+  """The candidates (rows of vectors[0], cols of vectors[1], weights) that
+  reach the threshold, and the rows that lost one within the slack to the
+  float64 decision."""
   keep = reach_threshold(weights, threshold, lambda i: vectors[0][rows[i]],
                          lambda i: vectors[1][cols[i]], unit)
-  return rows[keep], cols[keep], weights[keep], np.unique(rows[~keep])
+  lost = ~keep & (weights >= lowered(threshold))
+  return rows[keep], cols[keep], weights[keep], np.unique(rows[lost])
 
 
 def _top_k_lower_bound(scores, k):
@@ -247,6 +249,11 @@ def _fits_uint32(*arrays):
              for a in arrays)
 
 
+def _packed(high, low):
+  """uint64 keys ordered by (high, low), both under 2**32."""
+  return (high.astype(np.uint64) << np.uint64(32)) | low.astype(np.uint64)
+
+
 def _descending_weight_keys(weight):
   """uint32 keys that ascend as the float32 weights descend (-0.0 as 0.0)."""
   bits = (np.asarray(weight, np.float32) + np.float32(0)).view(np.uint32)
@@ -264,8 +271,7 @@ def source_weight_order(src, weight, tgt):
   """
   if not _fits_uint32(src):
     return np.lexsort((tgt, -np.asarray(weight), src))
-  keys = (src.astype(np.uint64) << np.uint64(32)) | _descending_weight_keys(
-      weight).astype(np.uint64)
+  keys = _packed(src, _descending_weight_keys(weight))
   order = np.argsort(keys, kind='stable')
   keys = keys[order]
   equal = keys[1:] == keys[:-1]
@@ -299,8 +305,7 @@ def dedupe_max(edges):
                              (edges.tgt[1:] != edges.tgt[:-1])])
   # One stable sort of packed (src, tgt) keys, then each run's largest
   # weight: a third of lexsort's passes.
-  keys = (edges.src.astype(np.uint64) << np.uint64(32)) | edges.tgt.astype(
-      np.uint64)
+  keys = _packed(edges.src, edges.tgt)
   order = np.argsort(keys, kind='stable')
   keys = keys[order]
   starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
@@ -362,11 +367,10 @@ def pair_edges(start, end, corpus, threshold, max_entries=MAX_CHUNK_ENTRIES,
     # Column c is node a + c; keep c > row (j > i).
     scores[:, :b - a][np.tri(b - a, dtype=bool)] = -np.inf
     rows, cols = _sparse_nonzero(scores >= lowered(threshold))
+    rows, cols, weights, _ = _reaching(
+        rows, cols, scores[rows, cols].astype(np.float32), threshold,
+        (corpus[a:b], corpus[a:]), unit)
     src, tgt = rows + a, cols + a
-    weights = scores[rows, cols].astype(np.float32)
-    keep = reach_threshold(weights, threshold, lambda i: corpus[src[i]],
-                           lambda i: corpus[tgt[i]], unit)
-    src, tgt, weights = src[keep], tgt[keep], weights[keep]
     parts.append(Edges(np.r_[src, tgt] + offset, np.r_[tgt, src] + offset,
                        np.r_[weights, weights],
                        None if names is None else names[np.r_[tgt, src]]))
@@ -383,10 +387,9 @@ def cross_pair_edges(query_ids, queries, query_names, col_ids, columns,
   for a in range(0, len(query_ids), step):
     scores = queries[a:a + step] @ columns.T
     rows, cols = _sparse_nonzero(scores >= lowered(threshold))
-    weights = scores[rows, cols].astype(np.float32)
-    keep = reach_threshold(weights, threshold, lambda i: queries[a + rows[i]],
-                           lambda i: columns[cols[i]], unit)
-    rows, cols, weights = rows[keep], cols[keep], weights[keep]
+    rows, cols, weights, _ = _reaching(
+        rows, cols, scores[rows, cols].astype(np.float32), threshold,
+        (queries[a:a + step], columns), unit)
     src, tgt = query_ids[a + rows], col_ids[cols]
     parts.append(Edges(np.r_[src, tgt].astype(np.int64),
                        np.r_[tgt, src].astype(np.int64),
@@ -638,14 +641,10 @@ def block_edges(query_ids, queries, query_probes, members, max_neighbors,
     result within the slack to the float64 decision."""
     keep = found >= 0
     keep[keep] = col_ids[found[keep]] != query_ids[rows[keep]]
-    candidates = np.flatnonzero(keep)
-    reached = reach_threshold(
-        weights[candidates], threshold, lambda i: queries[rows[candidates[i]]],
-        lambda i: columns[found[candidates[i]]], unit)
-    keep[candidates] = reached
-    lost = ~reached & (weights[candidates] >= lowered(threshold))
-    return (rows[keep], weights[keep], found[keep],
-            np.unique(rows[candidates[lost]]))
+    rows, found, weights, lost = _reaching(
+        rows[keep], found[keep], weights[keep], threshold, (queries, columns),
+        unit)
+    return rows, weights, found, lost
 
   def within(positions):
     """Every probed member of the queries at `positions` that reaches the
