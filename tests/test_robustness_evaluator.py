@@ -175,6 +175,57 @@ def test_eval_config_has_one_output_per_attack_with_thresholds():
   assert not config.options.include_default_metrics.value
 
 
+@pytest.mark.parametrize('example_weighted', [False, True])
+def test_native_accuracy_equals_keras_sparse_categorical_accuracy(
+    example_weighted):
+  """The native metric against the Keras metric it replaces, per model and
+  output, with tied maxima, float labels, weights and an empty output."""
+  import tensorflow as tf
+  import tensorflow_model_analysis as tfma
+  from tensorflow_model_analysis.metrics import metric_types
+  from tfx_nsl.components.robustness_evaluator import tfma_module
+  rng = np.random.RandomState(0)
+  n, classes = 300, 4
+  labels = rng.randint(classes, size=(n, 1)).astype(np.float32)
+  # Rounded, so that many rows have tied maxima.
+  predictions = {(m, o): np.round(rng.rand(n, classes), 1)
+                 for m in ('candidate', 'baseline') for o in ('clean', 'pgd')}
+  weights = rng.rand(n).astype(np.float32)
+  metric = tfma_module.SparseCategoricalAccuracy()
+  config = tfma.EvalConfig(model_specs=[
+      tfma.ModelSpec(name='candidate', label_key='label'),
+      tfma.ModelSpec(name='baseline', label_key='label', is_baseline=True)])
+  computations = metric.computations(
+      eval_config=config, model_names=['candidate', 'baseline'],
+      output_names=['clean', 'pgd'], example_weighted=example_weighted)
+  assert len(computations) == 4
+  for computation in computations:
+    key, = computation.keys
+    assert key.name == 'sparse_categorical_accuracy'
+    assert key.example_weighted == example_weighted
+    combiner = computation.combiner
+    parts = []
+    for part in np.array_split(np.arange(n), 3):
+      accumulator = combiner.create_accumulator()
+      for i in part:
+        accumulator = combiner.add_input(accumulator, (
+            metric_types.StandardMetricInputs(
+                label=labels[i],
+                prediction={m: {o: p[i] for (mm, o), p in predictions.items()
+                                if mm == m} for m in ('candidate', 'baseline')},
+                example_weight=np.array([weights[i]]))))
+      parts.append(accumulator)
+    value = combiner.extract_output(combiner.merge_accumulators(parts))[key]
+    keras = tf.keras.metrics.SparseCategoricalAccuracy()
+    keras.update_state(labels, predictions[(key.model_name, key.output_name)],
+                       sample_weight=weights if example_weighted else None)
+    assert value == pytest.approx(float(keras.result().numpy()), abs=1e-6)
+    empty = combiner.extract_output(combiner.create_accumulator())[key]
+    assert empty == 0.0
+  with pytest.raises(ValueError, match='binarization'):
+    metric.computations(sub_keys=[metric_types.SubKey(class_id=1)])
+
+
 def test_component_validates_at_construction():
   from tfx.types import channel_utils, standard_artifacts
   from tfx_nsl.components import RobustnessEvaluator
@@ -726,9 +777,12 @@ def test_report_per_class_gates_grid_and_configuration(tmp_path,
   """The report's parts beside the curve: accuracy per class (adding up to
   TFMA's accuracy), each gate with pass/fail, a grid of clean vs attacked
   digits (a worker's first examples: eval digits with their labels, the
-  attacked ones within eps), and the configuration with the model's URI."""
+  attacked ones within eps), and the configuration with the model's URI.
+  The model is loaded once: TFMA's workers (here in this process) take the
+  one the executor loaded for its checks."""
   import base64
   import re
+  import tensorflow as tf
   from tfx.types import standard_artifacts
   from graph_testing import write_examples_artifact
   import tabular_testing as tabular
@@ -744,10 +798,15 @@ def test_report_per_class_gates_grid_and_configuration(tmp_path,
   examples = write_examples_artifact(tmp_path / 'examples', {'eval': [
       {'pixels': row, 'label': np.int64(label)} for row, label in zip(x, y)]})
   attack = 'fgsm_linf_eps0.1'
+  loads = []
+  load = tf.keras.models.load_model
+  monkeypatch.setattr(tf.keras.models, 'load_model',
+                      lambda path, **k: loads.append(path) or load(path, **k))
   _, uri = tabular.evaluate(str(tmp_path), examples, model, 'digits',
                             attacks=[attack], min_clean_accuracy=0.5,
                             min_attacked_accuracy=0.99, clip_min=0.0,
                             clip_max=1.0)
+  assert len(loads) == 1, loads
   overall = report.load_accuracies(uri)['candidate']
   with open(os.path.join(uri, executor.CLASSES_JSON)) as f:
     classes = json.load(f)['candidate']

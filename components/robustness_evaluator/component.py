@@ -197,7 +197,8 @@ class RobustnessEvaluator(base_beam_component.BaseBeamComponent):
       head: what the model outputs (tfx_nsl.heads): 'auto' (inferred from
         the candidate's output layer), 'multiclass', 'multiclass_logits',
         'binary', 'binary_logits', 'regression'. The gated metric is
-        SparseCategoricalAccuracy (multiclass), BinaryAccuracy (binary,
+        SparseCategoricalAccuracy (multiclass; Keras' value, computed
+        natively by tfma_module), BinaryAccuracy (binary,
         reported with AUC) or MeanSquaredError (regression, reported with
         MeanAbsoluteError; the attacks then maximize the squared error).
       eval_config: your own tfma.EvalConfig: its metrics (e.g. AUC,

@@ -23,6 +23,7 @@ from tfx_nsl import beam_executor
 from tfx_nsl import heads
 from tfx_nsl.components.robustness_evaluator import attacks
 from tfx_nsl.components.robustness_evaluator import report
+from tfx_nsl.components.robustness_evaluator import tfma_module
 from tfx_nsl.components.robustness_evaluator.params import RobustnessParams
 
 TRANSFORM_GRAPH_KEY = 'transform_graph'
@@ -56,6 +57,32 @@ def _attack_settings(settings):
     yield
   finally:
     _CURRENT.settings = None
+
+
+# The models an execution in this process loaded for its checks, by
+# serving path, while it runs: TFMA's model loader takes them
+# (tfma_module.custom_eval_shared_model) instead of loading the SavedModel
+# once more; a worker in another process loads it.
+_LOADED = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def loaded_model(path):
+  with _LOADED_LOCK:
+    model = _LOADED.get(path)
+  return model if model is not None else tf.keras.models.load_model(
+      path, compile=False)
+
+
+@contextlib.contextmanager
+def _sharing(path, model):
+  with _LOADED_LOCK:
+    _LOADED[path] = model
+  try:
+    yield
+  finally:
+    with _LOADED_LOCK:
+      _LOADED.pop(path, None)
 
 
 def _threshold(lower_bound, max_drop, upper_bound=None, max_increase=None):
@@ -112,7 +139,7 @@ def robustness_eval_config(head, gates, user_config=None):
       spec.output_names for spec in user_config.metrics_specs):
     raise ValueError('eval_config metrics_specs must not set output_names: '
                      'RobustnessEvaluator names one output per attack')
-  # The models are Keras SavedModels (_serving_model loads them so): saying
+  # The models are Keras SavedModels (loaded_model loads them so): saying
   # so spares TFMA loading each one more time to find out.
   model_specs = [tfma.ModelSpec(name=report.CANDIDATE,
                                 label_key=gates.label_key,
@@ -135,8 +162,9 @@ def robustness_eval_config(head, gates, user_config=None):
              else gates.max_attacked_error.get(name))
     drop = gates.max_accuracy_drop if gates.with_baseline else None
     increase = gates.max_error_increase if gates.with_baseline else None
-    ours = {c: tfma.MetricConfig(class_name=c) for c in [gated, *others] + (
-        ['ExampleCount'] if clean else [])}
+    ours = {c: tfma.MetricConfig(
+        class_name=c, module=tfma_module.NATIVE_METRICS.get(c, ''))
+            for c in [gated, *others] + (['ExampleCount'] if clean else [])}
     if any(v is not None for v in (lower, drop, upper, increase)):
       ours[gated].threshold.CopyFrom(_threshold(lower, drop, upper,
                                                 increase))
@@ -156,10 +184,9 @@ def robustness_eval_config(head, gates, user_config=None):
   return config
 
 
-def _serving_model(model_artifact):
-  return tf.keras.models.load_model(path_utils.serving_model_path(
-      model_artifact.uri, path_utils.is_old_model_artifact(model_artifact)),
-                                    compile=False)
+def _serving_path(model_artifact):
+  return path_utils.serving_model_path(
+      model_artifact.uri, path_utils.is_old_model_artifact(model_artifact))
 
 
 def _check_model(model_artifact, settings, attack_names):
@@ -167,7 +194,7 @@ def _check_model(model_artifact, settings, attack_names):
   label, the model's inputs and the Transform graph do not fit together,
   or when white-box attacks meet a model without gradients (checked on
   the model's inputs; in the raw space the first batch tells)."""
-  model = _serving_model(model_artifact)
+  model = loaded_model(_serving_path(model_artifact))
   perturbed = attacks.ModelInputs(model, settings).perturbed
   if settings.attack_space != attacks.RAW:
     attacks.check_gradients(model, settings, attack_names)
@@ -286,9 +313,10 @@ class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
         if input_dict.get(TRANSFORM_GRAPH_KEY) else None)
     gates = params.gates(with_baseline=bool(input_dict.get(
         standard_component_specs.BASELINE_MODEL_KEY)))
-    _, head, perturbed = _check_model(artifact_utils.get_single_instance(
-        input_dict[standard_component_specs.MODEL_KEY]), settings,
-                                      gates.attack_names)
+    candidate = artifact_utils.get_single_instance(
+        input_dict[standard_component_specs.MODEL_KEY])
+    model, head, perturbed = _check_model(candidate, settings,
+                                          gates.attack_names)
     if input_dict.get(STATISTICS_KEY):
       if (settings.transform_graph and
           settings.attack_space != attacks.RAW):
@@ -314,9 +342,11 @@ class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
                  ', Transform applied' if settings.transform_graph else '')
     evaluation_uri = artifact_utils.get_single_uri(output_dict['evaluation'])
     counts_dir = os.path.join(evaluation_uri, _COUNTS_DIR)
-    with _attack_settings(dataclasses.replace(settings, head=head.name,
-                                              counts_dir=counts_dir)):
+    with _attack_settings(dataclasses.replace(
+        settings, head=head.name, counts_dir=counts_dir)), _sharing(
+            _serving_path(candidate), model):
       super().Do(input_dict, output_dict, exec_properties)
+    del model
     worker_counts = report.merge_worker_counts(counts_dir)
     grid_png = _example_grid(counts_dir, settings, head)
     if tf.io.gfile.isdir(counts_dir):

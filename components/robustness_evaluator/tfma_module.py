@@ -1,4 +1,5 @@
-"""TFMA hooks for the standard TFX Evaluator: attacked predictions.
+"""TFMA hooks for the standard TFX Evaluator: attacked predictions, and a
+native multi-class accuracy.
 
 The Evaluator imports `custom_extractors` from this module (its
 `module_path`). Our extractor replaces TFMA's PredictionsExtractor: for each
@@ -6,19 +7,25 @@ batch and each model (candidate, baseline) it returns one prediction per
 TFMA output name, `clean` and one per attack, so TFMA's own metrics,
 thresholds and baseline comparisons apply to attacked accuracy unchanged.
 """
+import functools
 import time
 
 from absl import logging
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 import numpy as np
+import tensorflow as tf
 from tensorflow_model_analysis import constants as tfma_constants
+from tensorflow_model_analysis.api import model_eval_lib
+from tensorflow_model_analysis.api import types as tfma_types
 from tensorflow_model_analysis.extractors import example_weights_extractor
 from tensorflow_model_analysis.extractors import extractor
 from tensorflow_model_analysis.extractors import features_extractor
 from tensorflow_model_analysis.extractors import labels_extractor
 from tensorflow_model_analysis.extractors import slice_key_extractor
 from tensorflow_model_analysis.extractors import unbatch_extractor
+from tensorflow_model_analysis.metrics import metric_types
+from tensorflow_model_analysis.metrics import metric_util
 from tensorflow_model_analysis.utils import config_util
 from tensorflow_model_analysis.utils import model_util
 from tensorflow_model_analysis.utils import util
@@ -34,6 +41,74 @@ NAMESPACE = 'tfx_nsl.Robustness'
 COUNTERS = {
     'examples_attacked': 'examples predicted under the attacks, per model',
 }
+
+class SparseCategoricalAccuracy(metric_types.Metric):
+  """Keras' sparse_categorical_accuracy as a native TFMA metric: the
+  weighted share of examples whose label equals the argmax of the
+  prediction (the first of tied maxima), 0 without examples.
+
+  TFMA has no native multi-class accuracy; its wrapper of the Keras metric
+  ran an eager TF update per batch and output, about 0.15 ms an example
+  and output, most of a clean digits evaluation (docs/benchmarks.md). Same
+  name and value, so thresholds and `load_metrics` see no change.
+  """
+
+  def __init__(self, name='sparse_categorical_accuracy'):
+    super().__init__(metric_util.merge_per_key_computations(
+        _accuracy_computations), name=name)
+
+
+def _accuracy_computations(name=None, eval_config=None, model_name='',
+                           output_name='', sub_key=None,
+                           example_weighted=False):
+  if sub_key is not None:
+    raise ValueError(f'{name} takes no binarization (sub key {sub_key}): it '
+                     'is the accuracy over all classes')
+  key = metric_types.MetricKey(name=name, model_name=model_name,
+                               output_name=output_name,
+                               example_weighted=example_weighted)
+  return [metric_types.MetricComputation(
+      keys=[key], preprocessors=None,
+      combiner=_AccuracyCombiner(key, eval_config, example_weighted))]
+
+
+class _AccuracyCombiner(beam.CombineFn):
+  """(weight of the correct examples, weight of all) -> accuracy."""
+
+  def __init__(self, key, eval_config, example_weighted):
+    self._key = key
+    self._eval_config = eval_config
+    self._example_weighted = example_weighted
+
+  def create_accumulator(self):
+    return np.zeros(2)
+
+  def add_input(self, accumulator, element):
+    for label, prediction, weight in (
+        metric_util.to_label_prediction_example_weight(
+            element, eval_config=self._eval_config,
+            model_name=self._key.model_name,
+            output_name=self._key.output_name,
+            example_weighted=self._example_weighted, flatten=False)):
+      label = np.reshape(label, -1)
+      prediction = np.reshape(prediction, (len(label), -1))
+      weight = np.broadcast_to(np.reshape(weight, -1), label.shape)
+      correct = label == np.argmax(prediction, axis=-1)
+      accumulator += (np.dot(weight, correct), weight.sum())
+    return accumulator
+
+  def merge_accumulators(self, accumulators):
+    return np.sum(list(accumulators), axis=0)
+
+  def extract_output(self, accumulator):
+    correct, total = accumulator
+    return {self._key: float(correct / total) if total else 0.0}
+
+
+# The metric classes of heads.Head.tfma_metrics() that this module computes
+# natively (MetricConfig.module); TFMA has native ones for the others.
+NATIVE_METRICS = {SparseCategoricalAccuracy.__name__: __name__}
+
 
 def attack_names(eval_config):
   names = []
@@ -165,6 +240,20 @@ def AttackedPredictionsExtractor(eval_shared_model, eval_config, settings):  # p
   return extractor.Extractor(
       stage_name='ExtractAttackedPredictions',
       ptransform=beam.ParDo(_AttackedPredictionsDoFn(models, names, settings)))
+
+
+def custom_eval_shared_model(eval_saved_model_path, model_name, eval_config,
+                             **kwargs):
+  """TFMA's shared model, loaded by executor.loaded_model: the model the
+  execution already loaded for its checks when the workers run in its
+  process, else the SavedModel (as TFMA would, without compiling it)."""
+  from tfx_nsl.components.robustness_evaluator import executor  # pylint: disable=g-import-not-at-top
+  return model_eval_lib.default_eval_shared_model(
+      eval_saved_model_path=eval_saved_model_path, model_name=model_name,
+      eval_config=eval_config, custom_model_loader=tfma_types.ModelLoader(
+          construct_fn=functools.partial(executor.loaded_model,
+                                         eval_saved_model_path),
+          tags=[tf.saved_model.SERVING]), **kwargs)
 
 
 def custom_extractors(eval_shared_model, eval_config, tensor_adapter_config):
