@@ -175,21 +175,40 @@ def test_eval_config_has_one_output_per_attack_with_thresholds():
   assert not config.options.include_default_metrics.value
 
 
+def _accuracy_of(computation, inputs, parts=3):
+  """A native metric computation's value over `inputs`, added in `parts`
+  accumulators and merged."""
+  combiner = computation.combiner
+  accumulators = []
+  for part in np.array_split(np.arange(len(inputs)), parts):
+    accumulator = combiner.create_accumulator()
+    for i in part:
+      accumulator = combiner.add_input(accumulator, inputs[i])
+    accumulators.append(accumulator)
+  return combiner.extract_output(combiner.merge_accumulators(
+      accumulators))[computation.keys[0]]
+
+
 @pytest.mark.parametrize('example_weighted', [False, True])
 def test_native_accuracy_equals_keras_sparse_categorical_accuracy(
     example_weighted):
   """The native metric against the Keras metric it replaces, per model and
-  output, with tied maxima, float labels, weights and an empty output."""
+  output: tied maxima, NaN scores, int and float labels of shape [] and
+  [1], weights, an empty output, and Keras' float32 division."""
   import tensorflow as tf
   import tensorflow_model_analysis as tfma
   from tensorflow_model_analysis.metrics import metric_types
   from tfx_nsl.components.robustness_evaluator import tfma_module
   rng = np.random.RandomState(0)
   n, classes = 300, 4
-  labels = rng.randint(classes, size=(n, 1)).astype(np.float32)
-  # Rounded, so that many rows have tied maxima.
-  predictions = {(m, o): np.round(rng.rand(n, classes), 1)
-                 for m in ('candidate', 'baseline') for o in ('clean', 'pgd')}
+  labels = rng.randint(classes, size=n)
+  # Rounded, so that many rows have tied maxima; some scores NaN.
+  predictions = {}
+  for m in ('candidate', 'baseline'):
+    for o in ('clean', 'pgd'):
+      p = np.round(rng.rand(n, classes), 1).astype(np.float32)
+      p[rng.rand(n, classes) < 0.05] = np.nan
+      predictions[(m, o)] = p
   weights = rng.rand(n).astype(np.float32)
   metric = tfma_module.SparseCategoricalAccuracy()
   config = tfma.EvalConfig(model_specs=[
@@ -199,31 +218,63 @@ def test_native_accuracy_equals_keras_sparse_categorical_accuracy(
       eval_config=config, model_names=['candidate', 'baseline'],
       output_names=['clean', 'pgd'], example_weighted=example_weighted)
   assert len(computations) == 4
+  inputs = [metric_types.StandardMetricInputs(
+      label=(np.int64(labels[i]) if i % 2 else
+             np.array([labels[i]], np.float32)),
+      prediction={m: {o: p[i] for (mm, o), p in predictions.items()
+                      if mm == m} for m in ('candidate', 'baseline')},
+      example_weight=np.array([weights[i]])) for i in range(n)]
   for computation in computations:
     key, = computation.keys
     assert key.name == 'sparse_categorical_accuracy'
     assert key.example_weighted == example_weighted
-    combiner = computation.combiner
-    parts = []
-    for part in np.array_split(np.arange(n), 3):
-      accumulator = combiner.create_accumulator()
-      for i in part:
-        accumulator = combiner.add_input(accumulator, (
-            metric_types.StandardMetricInputs(
-                label=labels[i],
-                prediction={m: {o: p[i] for (mm, o), p in predictions.items()
-                                if mm == m} for m in ('candidate', 'baseline')},
-                example_weight=np.array([weights[i]]))))
-      parts.append(accumulator)
-    value = combiner.extract_output(combiner.merge_accumulators(parts))[key]
     keras = tf.keras.metrics.SparseCategoricalAccuracy()
     keras.update_state(labels, predictions[(key.model_name, key.output_name)],
                        sample_weight=weights if example_weighted else None)
-    assert value == pytest.approx(float(keras.result().numpy()), abs=1e-6)
-    empty = combiner.extract_output(combiner.create_accumulator())[key]
-    assert empty == 0.0
+    expected = float(keras.result().numpy())
+    value = _accuracy_of(computation, inputs)
+    if example_weighted:  # float32 sums in Keras, float64 here
+      assert value == pytest.approx(expected, abs=1e-6)
+    else:
+      assert value == expected
+    combiner = computation.combiner
+    assert combiner.extract_output(combiner.create_accumulator())[key] == 0.0
+  # 9 of 10: 0.89999998 in Keras' float32, below a 0.9 threshold.
+  nine, = metric.computations(eval_config=config, model_names=['candidate'],
+                              output_names=['clean'])
+  value = _accuracy_of(nine, [metric_types.StandardMetricInputs(
+      label=np.array([int(i < 9)]), prediction={'candidate': {
+          'clean': np.array([0.2, 0.8], np.float32)}}) for i in range(10)])
+  assert value < 0.9 and value == pytest.approx(0.9)
+  with pytest.raises(ValueError, match=r'one class index per example.*'
+                     r"'clean'.*shape \(2,\)"):
+    _accuracy_of(nine, [metric_types.StandardMetricInputs(
+        label=np.array([0, 1]), prediction={'candidate': {
+            'clean': np.array([0.2, 0.8], np.float32)}})], parts=1)
   with pytest.raises(ValueError, match='binarization'):
     metric.computations(sub_keys=[metric_types.SubKey(class_id=1)])
+
+
+def test_tfma_loads_the_model_from_its_path_in_another_process(
+    digits_export):
+  """The model loader TFMA pickles to workers elsewhere loads the
+  SavedModel itself there (no execution shares one in that process)."""
+  import pickle
+  import tensorflow as tf
+  import tensorflow_model_analysis as tfma
+  from tfx_nsl.components.robustness_evaluator import executor
+  from tfx_nsl.components.robustness_evaluator import tfma_module
+  root, _, _ = digits_export
+  path = os.path.join(root, 'Format-Serving')
+  shared = tfma_module.custom_eval_shared_model(
+      path, '', tfma.EvalConfig(model_specs=[tfma.ModelSpec(
+          label_key='label', model_type=tfma.TF_KERAS)]))
+  assert shared.model_type == tfma.TF_KERAS
+  construct = pickle.loads(pickle.dumps(shared.model_loader.construct_fn))
+  assert executor._LOADED == {}  # pylint: disable=protected-access
+  model = construct()
+  assert isinstance(model, tf.keras.Model)
+  assert model.input_names == ['pixels']
 
 
 def test_component_validates_at_construction():
@@ -807,6 +858,7 @@ def test_report_per_class_gates_grid_and_configuration(tmp_path,
                             min_attacked_accuracy=0.99, clip_min=0.0,
                             clip_max=1.0)
   assert len(loads) == 1, loads
+  assert executor._LOADED == {}  # pylint: disable=protected-access
   overall = report.load_accuracies(uri)['candidate']
   with open(os.path.join(uri, executor.CLASSES_JSON)) as f:
     classes = json.load(f)['candidate']

@@ -540,12 +540,20 @@ def add_counts(total, part):
   return total
 
 
+def top_class(scores):
+  """Argmax over the last axis as TensorFlow's CPU argmax gives it (and so
+  Keras' accuracy): the first of tied maxima, NaN scores skipped (0 when
+  all are NaN)."""
+  scores = np.asarray(scores)
+  return np.argmax(np.where(np.isnan(scores), -np.inf, scores), axis=-1)
+
+
 def predicted_classes(predictions, head):
   """A classifier's class per example from its TFMA predictions, as TFMA's
-  accuracies decide it (argmax; a binary probability above 0.5)."""
+  accuracies decide it (top_class; a binary probability above 0.5)."""
   predictions = np.asarray(predictions)
   if head.kind == 'multiclass':
-    return predictions.argmax(axis=1)
+    return top_class(predictions)
   return (predictions.reshape(-1) > 0.5).astype(np.int64)
 
 

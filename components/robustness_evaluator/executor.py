@@ -82,7 +82,8 @@ def _sharing(path, model):
     yield
   finally:
     with _LOADED_LOCK:
-      _LOADED.pop(path, None)
+      if _LOADED.get(path) is model:  # not an overlapping execution's
+        del _LOADED[path]
 
 
 def _threshold(lower_bound, max_drop, upper_bound=None, max_increase=None):
@@ -346,7 +347,6 @@ class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
         settings, head=head.name, counts_dir=counts_dir)), _sharing(
             _serving_path(candidate), model):
       super().Do(input_dict, output_dict, exec_properties)
-    del model
     worker_counts = report.merge_worker_counts(counts_dir)
     grid_png = _example_grid(counts_dir, settings, head)
     if tf.io.gfile.isdir(counts_dir):

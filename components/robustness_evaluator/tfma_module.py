@@ -45,7 +45,9 @@ COUNTERS = {
 class SparseCategoricalAccuracy(metric_types.Metric):
   """Keras' sparse_categorical_accuracy as a native TFMA metric: the
   weighted share of examples whose label equals the argmax of the
-  prediction (the first of tied maxima), 0 without examples.
+  prediction (attacks.top_class: the first of tied maxima, NaN skipped), 0
+  without examples, divided in float32 as Keras does (9 of 10 is
+  0.89999998, below a 0.9 threshold, in both).
 
   TFMA has no native multi-class accuracy; its wrapper of the Keras metric
   ran an eager TF update per batch and output, about 0.15 ms an example
@@ -90,11 +92,17 @@ class _AccuracyCombiner(beam.CombineFn):
             model_name=self._key.model_name,
             output_name=self._key.output_name,
             example_weighted=self._example_weighted, flatten=False)):
-      label = np.reshape(label, -1)
-      prediction = np.reshape(prediction, (len(label), -1))
-      weight = np.broadcast_to(np.reshape(weight, -1), label.shape)
-      correct = label == np.argmax(prediction, axis=-1)
-      accumulator += (np.dot(weight, correct), weight.sum())
+      label, prediction = np.asarray(label), np.asarray(prediction)
+      if label.size != 1 or prediction.ndim != 1:
+        raise ValueError(
+            f'{self._key.name} takes one class index per example and one '
+            f'score per class; output {self._key.output_name!r} has a label '
+            f'of shape {label.shape} and a prediction of shape '
+            f'{prediction.shape} (one-hot labels: use CategoricalAccuracy '
+            'in your eval_config)')
+      weight = float(np.sum(weight))
+      accumulator += (weight * float(label.reshape(-1)[0] == attacks.top_class(
+          prediction)), weight)
     return accumulator
 
   def merge_accumulators(self, accumulators):
@@ -102,7 +110,8 @@ class _AccuracyCombiner(beam.CombineFn):
 
   def extract_output(self, accumulator):
     correct, total = accumulator
-    return {self._key: float(correct / total) if total else 0.0}
+    return {self._key: float(np.float32(correct) / np.float32(total))
+                       if total else 0.0}
 
 
 # The metric classes of heads.Head.tfma_metrics() that this module computes
