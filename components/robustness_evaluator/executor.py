@@ -190,12 +190,13 @@ def _serving_path(model_artifact):
       model_artifact.uri, path_utils.is_old_model_artifact(model_artifact))
 
 
-def _check_model(model_artifact, settings, attack_names):
-  """(the candidate, its head); fails before any data is read when the
-  label, the model's inputs and the Transform graph do not fit together,
-  or when white-box attacks meet a model without gradients (checked on
-  the model's inputs; in the raw space the first batch tells)."""
-  model = loaded_model(_serving_path(model_artifact))
+def _check_model(path, settings, attack_names):
+  """(the candidate at `path`, its head, its perturbed features); fails
+  before any data is read when the label, the model's inputs and the
+  Transform graph do not fit together, or when white-box attacks meet a
+  model without gradients (checked on the model's inputs; in the raw space
+  the first batch tells)."""
+  model = loaded_model(path)
   perturbed = attacks.ModelInputs(model, settings).perturbed
   if settings.attack_space != attacks.RAW:
     attacks.check_gradients(model, settings, attack_names)
@@ -314,9 +315,9 @@ class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
         if input_dict.get(TRANSFORM_GRAPH_KEY) else None)
     gates = params.gates(with_baseline=bool(input_dict.get(
         standard_component_specs.BASELINE_MODEL_KEY)))
-    candidate = artifact_utils.get_single_instance(
-        input_dict[standard_component_specs.MODEL_KEY])
-    model, head, perturbed = _check_model(candidate, settings,
+    candidate_path = _serving_path(artifact_utils.get_single_instance(
+        input_dict[standard_component_specs.MODEL_KEY]))
+    model, head, perturbed = _check_model(candidate_path, settings,
                                           gates.attack_names)
     if input_dict.get(STATISTICS_KEY):
       if (settings.transform_graph and
@@ -345,7 +346,7 @@ class Executor(beam_executor.BeamExecutor, evaluator_executor.Executor):
     counts_dir = os.path.join(evaluation_uri, _COUNTS_DIR)
     with _attack_settings(dataclasses.replace(
         settings, head=head.name, counts_dir=counts_dir)), _sharing(
-            _serving_path(candidate), model):
+            candidate_path, model):
       super().Do(input_dict, output_dict, exec_properties)
     worker_counts = report.merge_worker_counts(counts_dir)
     grid_png = _example_grid(counts_dir, settings, head)

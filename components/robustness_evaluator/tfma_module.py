@@ -42,6 +42,7 @@ COUNTERS = {
     'examples_attacked': 'examples predicted under the attacks, per model',
 }
 
+
 class SparseCategoricalAccuracy(metric_types.Metric):
   """Keras' sparse_categorical_accuracy as a native TFMA metric: the
   weighted share of examples whose label equals the argmax of the
