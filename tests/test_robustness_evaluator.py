@@ -190,11 +190,14 @@ def _accuracy_of(computation, inputs, parts=3):
 
 
 @pytest.mark.parametrize('example_weighted', [False, True])
+@pytest.mark.parametrize('plain', [True, False])
 def test_native_accuracy_equals_keras_sparse_categorical_accuracy(
-    example_weighted):
+    example_weighted, plain):
   """The native metric against the Keras metric it replaces, per model and
   output: tied maxima, NaN scores, int and float labels of shape [] and
-  [1], weights, an empty output, and Keras' float32 division."""
+  [1], weights, an empty output, and Keras' float32 division. Plain
+  extracts take the combiner's own lookup; scores under a prediction key
+  take TFMA's general one."""
   import tensorflow as tf
   import tensorflow_model_analysis as tfma
   from tensorflow_model_analysis.metrics import metric_types
@@ -211,21 +214,30 @@ def test_native_accuracy_equals_keras_sparse_categorical_accuracy(
       predictions[(m, o)] = p
   weights = rng.rand(n).astype(np.float32)
   metric = tfma_module.SparseCategoricalAccuracy()
+  key = '' if plain else 'probabilities'
   config = tfma.EvalConfig(model_specs=[
-      tfma.ModelSpec(name='candidate', label_key='label'),
-      tfma.ModelSpec(name='baseline', label_key='label', is_baseline=True)])
+      tfma.ModelSpec(name='candidate', label_key='label',
+                     prediction_key=key),
+      tfma.ModelSpec(name='baseline', label_key='label', is_baseline=True,
+                     prediction_key=key)])
   computations = metric.computations(
       eval_config=config, model_names=['candidate', 'baseline'],
       output_names=['clean', 'pgd'], example_weighted=example_weighted)
   assert len(computations) == 4
+  def by_model(value, i):  # as TFMA's extractors give multi-model values
+    return {'candidate': value, 'baseline': value} if i % 3 else value
+
   inputs = [metric_types.StandardMetricInputs(
-      label=(np.int64(labels[i]) if i % 2 else
-             np.array([labels[i]], np.float32)),
-      prediction={m: {o: p[i] for (mm, o), p in predictions.items()
-                      if mm == m} for m in ('candidate', 'baseline')},
-      example_weight=np.array([weights[i]])) for i in range(n)]
+      label=by_model(np.int64(labels[i]) if i % 2 else
+                     np.array([labels[i]], np.float32), i),
+      prediction={m: {o: p[i] if plain else {key: p[i]}
+                      for (mm, o), p in predictions.items() if mm == m}
+                  for m in ('candidate', 'baseline')},
+      example_weight=by_model(np.array([weights[i]]), i)) for i in range(n)]
   for computation in computations:
     key, = computation.keys
+    assert [computation.combiner._plain(x) is not None
+            for x in inputs] == [plain] * n
     assert key.name == 'sparse_categorical_accuracy'
     assert key.example_weighted == example_weighted
     keras = tf.keras.metrics.SparseCategoricalAccuracy()
