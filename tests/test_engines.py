@@ -216,6 +216,58 @@ def test_is_local_knows_exactly_the_in_process_runners():
     assert not beam_executor.runs_locally(engines.beam_args(name))
 
 
+def test_tfx_package_once_a_process_where_tfx_would_add_one(
+    tmp_path, monkeypatch):
+  """Remote runners get TFX's package where TFX would add it (the same
+  decision, checked against TFX's own function), built once a process and
+  its folder removed at exit; TFX then adds no second one."""
+  import atexit
+  from tfx.dsl.components.base import base_beam_executor
+  from tfx.utils import dependency_utils
+  built, at_exit = [], []
+
+  def build():  # as TFX's: <mkdtemp>/build/tfx/dist/<sdist>
+    dist = tmp_path / f'tmp{len(built)}' / 'build' / 'tfx' / 'dist'
+    dist.mkdir(parents=True)
+    (dist / 'tfx_ephemeral-1.16.0.tar.gz').write_text('sdist')
+    built.append(str(dist / 'tfx_ephemeral-1.16.0.tar.gz'))
+    return built[-1]
+
+  monkeypatch.setattr(dependency_utils, 'build_ephemeral_package', build)
+  monkeypatch.setattr(beam_executor, '_PACKAGE', {})
+  monkeypatch.setattr(atexit, 'register',
+                      lambda fn, *a, **k: at_exit.append((fn, a, k)))
+  flink = engines.beam_args('flink')
+  cases = [flink] + [flink + [f'--{flag}=x'] for flag in (
+      'extra_package=a.tar.gz', 'setup_file=./setup.py',
+      'requirements_file=r.txt', 'sdk_container_image=img',
+      'worker_harness_container_image=img')]
+  for args in cases:
+    tfx_adds = dependency_utils.make_beam_dependency_flags(list(args)) != args
+    ours = beam_executor.with_tfx_package(args)
+    assert (ours != args) == tfx_adds, args
+    if tfx_adds:
+      assert ours == args + [f'--extra_package={built[-1]}']
+  assert len(built) == 2  # TFX's, then ours once for every later call
+  package = beam_executor.tfx_package()
+  # No job endpoint: the executor would check that its server answers.
+  remote = [a for a in flink if not a.startswith('--job_endpoint')]
+  context = base_beam_executor.BaseBeamExecutor.Context(
+      beam_pipeline_args=remote, tmp_dir=str(tmp_path / 'tmp'))
+  executor = graph_executor.Executor(context)
+  assert [a for a in executor._beam_pipeline_args
+          if a.startswith('--extra_package')] == [f'--extra_package={package}']
+  assert len(built) == 2 and len(at_exit) == 1
+  fn, fn_args, fn_kwargs = at_exit[0]
+  fn(*fn_args, **fn_kwargs)
+  assert not (tmp_path / 'tmp1').exists() and (tmp_path / 'tmp0').exists()
+  assert beam_executor.tfx_package() != package  # gone: built again
+  # The DirectRunner gets none.
+  local = graph_executor.Executor(base_beam_executor.BaseBeamExecutor.Context(
+      beam_pipeline_args=DIRECT, tmp_dir=str(tmp_path / 'tmp')))
+  assert local._beam_pipeline_args == DIRECT and len(built) == 3
+
+
 def test_job_server_down_is_a_clear_error_not_a_hang(tmp_path, monkeypatch):
   monkeypatch.setitem(engines.PORTS['flink'], 'job', 1)  # Nothing there.
   with pytest.raises(engines.EngineError,

@@ -1,6 +1,11 @@
-"""What the tfx-nsl Beam executors share: local start-up and Beam counters."""
+"""What the tfx-nsl Beam executors share: local start-up, TFX's package for
+remote workers, and Beam counters."""
+import atexit
 import copy
+import os
+import shutil
 import sys
+import threading
 from typing import Dict
 
 from absl import flags
@@ -10,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import PortableOptions
 from apache_beam.options.pipeline_options import StandardOptions
 from tfx.dsl.components.base import base_beam_executor
+from tfx.utils import dependency_utils
 
 from tfx_nsl import engines
 
@@ -76,19 +82,61 @@ def check_job_endpoint(beam_pipeline_args) -> None:
     engines.check_reachable(endpoint)
 
 
-class BeamExecutor(base_beam_executor.BaseBeamExecutor):
-  """TFX's Beam executor, minus its ephemeral sdist on the DirectRunner.
+# The options that make TFX's make_beam_dependency_flags leave the args
+# alone (tfx/utils/dependency_utils.py, TFX 1.16): they say how workers get
+# their code. Without any, TFX builds an sdist of the installed TFX for
+# them.
+_DEPENDENCY_OPTIONS = ('extra_packages', 'setup_file', 'requirements_file',
+                       'worker_harness_container_image', 'sdk_container_image')
+_PACKAGE = {}
+_PACKAGE_LOCK = threading.Lock()
 
-  TFX packages itself (a `setup.py sdist` subprocess, 1 to 2 s) for remote
-  Beam workers unless the args already name a dependency. DirectRunner
-  workers, in process or subprocesses, import from this environment, so that
-  is skipped there; any other runner gets TFX's usual behaviour.
+
+def tfx_package() -> str:
+  """TFX's ephemeral sdist of the installed TFX, built once a process and
+  removed when it exits. TFX builds one per executor (a `setup.py sdist`
+  subprocess of seconds) in a temp folder it never removes (about 50 MB
+  each)."""
+  with _PACKAGE_LOCK:
+    path = _PACKAGE.get('path')
+    if path is None or not os.path.exists(path):
+      path = dependency_utils.build_ephemeral_package()
+      # <mkdtemp()>/build/tfx/dist/<sdist>
+      root = os.path.dirname(os.path.dirname(os.path.dirname(
+          os.path.dirname(path))))
+      atexit.register(shutil.rmtree, root, ignore_errors=True)
+      _PACKAGE['path'] = path
+    return path
+
+
+def with_tfx_package(beam_pipeline_args):
+  """The args with `--extra_package` of tfx_package() where TFX would add
+  its own (no option of _DEPENDENCY_OPTIONS set), else unchanged."""
+  options = PipelineOptions(list(beam_pipeline_args)).get_all_options()
+  if any(options.get(name) for name in _DEPENDENCY_OPTIONS):
+    return list(beam_pipeline_args)
+  return list(beam_pipeline_args) + [f'--extra_package={tfx_package()}']
+
+
+class BeamExecutor(base_beam_executor.BaseBeamExecutor):
+  """TFX's Beam executor, its ephemeral sdist built once a process.
+
+  TFX packages itself for remote Beam workers unless the args already say
+  how workers get their code; it does so in every executor and leaves the
+  package in a temp folder. Here the DirectRunner skips it (its workers, in
+  process or subprocesses, import from this environment) and other runners
+  share one package per process, removed at exit (tfx_package).
   """
 
   def __init__(self, context=None):
     args = getattr(context, 'beam_pipeline_args', None)
-    if not args or not runs_locally(args):
-      check_job_endpoint(args or [])
+    if not args:
+      super().__init__(context)
+      return
+    if not runs_locally(args):
+      check_job_endpoint(args)
+      context = copy.copy(context)
+      context.beam_pipeline_args = with_tfx_package(args)
       super().__init__(context)
       return
     local = copy.copy(context)
