@@ -258,6 +258,11 @@ def test_native_accuracy_equals_keras_sparse_categorical_accuracy(
       label=np.array([int(i < 9)]), prediction={'candidate': {
           'clean': np.array([0.2, 0.8], np.float32)}}) for i in range(10)])
   assert value < 0.9 and value == pytest.approx(0.9)
+  # Scores of shape [1, classes]: TFMA squeezes them, as before.
+  assert _accuracy_of(nine, [metric_types.StandardMetricInputs(
+      label=np.array([int(i < 9)]), prediction={'candidate': {
+          'clean': np.array([[0.2, 0.8]], np.float32)}}) for i in range(10)
+                             ]) == value
   with pytest.raises(ValueError, match=r'one class index per example.*'
                      r"'clean'.*shape \(2,\)"):
     _accuracy_of(nine, [metric_types.StandardMetricInputs(

@@ -111,7 +111,8 @@ class _AccuracyCombiner(beam.CombineFn):
     else:
       return None
     if (isinstance(label, _NUMBERS) and isinstance(prediction, np.ndarray)
-        and label.dtype.kind in 'biuf' and prediction.dtype.kind == 'f'):
+        and label.dtype.kind in 'biuf' and prediction.dtype.kind == 'f'
+        and prediction.ndim == 1):  # TFMA squeezes others
       return [(label, prediction, weight)]
     return None
 
