@@ -258,8 +258,11 @@ def test_tfx_package_once_a_process_where_tfx_would_add_one(
   assert [a for a in executor._beam_pipeline_args
           if a.startswith('--extra_package')] == [f'--extra_package={package}']
   assert len(built) == 2 and len(at_exit) == 1
-  fn, fn_args, fn_kwargs = at_exit[0]
-  fn(*fn_args, **fn_kwargs)
+  fn, (pid, root), _ = at_exit[0]
+  assert root == str(tmp_path / 'tmp1')
+  fn(pid + 1, root)  # a forked child exiting leaves it
+  assert (tmp_path / 'tmp1').exists()
+  fn(pid, root)
   assert not (tmp_path / 'tmp1').exists() and (tmp_path / 'tmp0').exists()
   assert beam_executor.tfx_package() != package  # gone: built again
   # The DirectRunner gets none.

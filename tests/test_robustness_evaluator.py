@@ -263,6 +263,20 @@ def test_native_accuracy_equals_keras_sparse_categorical_accuracy(
       label=np.array([int(i < 9)]), prediction={'candidate': {
           'clean': np.array([[0.2, 0.8]], np.float32)}}) for i in range(10)
                              ]) == value
+
+  def one(label, scores=(0.2, 0.8)):
+    return _accuracy_of(nine, [metric_types.StandardMetricInputs(
+        label=label, prediction={'candidate': {'clean': np.asarray(
+            scores)}})], parts=1)
+
+  # TFMA looks the label key up before the model name.
+  assert one({'label': np.int64(0), 'candidate': np.int64(1)}) == 0.0
+  assert one({'candidate': np.int64(1)}) == 1.0
+  # TFMA's errors, as before: squeezed label shapes, non-numeric scores.
+  with pytest.raises(ValueError, match=r'label of shape \(2,\)'):
+    one(np.array([[0], [1]]))
+  with pytest.raises(TypeError):
+    one(np.array([1]), np.array([0.2, 0.8], object))
   with pytest.raises(ValueError, match=r'one class index per example.*'
                      r"'clean'.*shape \(2,\)"):
     _accuracy_of(nine, [metric_types.StandardMetricInputs(

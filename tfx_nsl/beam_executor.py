@@ -101,12 +101,23 @@ def tfx_package() -> str:
     path = _PACKAGE.get('path')
     if path is None or not os.path.exists(path):
       path = dependency_utils.build_ephemeral_package()
-      # <mkdtemp()>/build/tfx/dist/<sdist>
+      # TFX 1.16 builds it in <mkdtemp()>/build/tfx/dist/.
       root = os.path.dirname(os.path.dirname(os.path.dirname(
           os.path.dirname(path))))
-      atexit.register(shutil.rmtree, root, ignore_errors=True)
+      if os.path.relpath(path, root).split(os.sep)[:3] == [
+          'build', 'tfx', 'dist']:
+        atexit.register(_remove_in, os.getpid(), root)
+      else:
+        logging.warning('TFX built its package at %s, not where TFX 1.16 '
+                        'puts it: left in place', path)
       _PACKAGE['path'] = path
     return path
+
+
+def _remove_in(pid, root):
+  """Removes `root` in process `pid` only (not in a fork that exits)."""
+  if os.getpid() == pid:
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def with_tfx_package(beam_pipeline_args):

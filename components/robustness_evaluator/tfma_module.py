@@ -85,18 +85,27 @@ class _AccuracyCombiner(beam.CombineFn):
     self._eval_config = eval_config
     self._example_weighted = example_weighted
     self._names = [n for n in (key.model_name, key.output_name) if n]
+    # The model's label_key, as TFMA finds it (looked up before the names).
+    specs = list(eval_config.model_specs) if eval_config else []
+    self._label_key = next((spec.label_key for spec in specs if (
+        spec.name if len(specs) > 1 else '') == key.model_name), '')
 
   def create_accumulator(self):
     return np.zeros(2)
 
   def _plain(self, element):
     """[(label, prediction, weight)] when the extracts are plain: each model
-    and output name a key of a dict, numeric arrays under them. Else None,
-    and TFMA's to_label_prediction_example_weight decides (prediction keys,
-    label vocabularies, sparse labels, prefixed keys, its errors): it costs
-    about 25 us an example and output, most of a clean digits run's
-    metrics (docs/benchmarks.md)."""
+    and output name a key of a dict, numeric arrays of at most one
+    dimension under them. Else None, and TFMA's
+    to_label_prediction_example_weight decides (label and prediction keys,
+    label vocabularies, sparse labels, prefixed keys, squeezing, its
+    errors): it costs about 25 us an example and output, most of a clean
+    digits run's metrics (docs/benchmarks.md)."""
     label, prediction = element.label, element.prediction
+    if self._label_key and isinstance(label, Mapping) and any(
+        str(k) == self._label_key or str(k).startswith(self._label_key + '/')
+        for k in label):
+      return None
     weight = element.example_weight if self._example_weighted else None
     for name in self._names:
       if not isinstance(prediction, Mapping) or name not in prediction:
@@ -106,13 +115,14 @@ class _AccuracyCombiner(beam.CombineFn):
                        name in value else value for value in (label, weight))
     if weight is None:
       weight = 1.0
-    elif isinstance(weight, _NUMBERS) and np.size(weight) == 1:
+    elif (isinstance(weight, _NUMBERS) and weight.dtype.kind in 'biuf' and
+          np.size(weight) == 1):
       weight = float(np.sum(weight))
     else:
       return None
     if (isinstance(label, _NUMBERS) and isinstance(prediction, np.ndarray)
         and label.dtype.kind in 'biuf' and prediction.dtype.kind == 'f'
-        and prediction.ndim == 1):  # TFMA squeezes others
+        and label.ndim <= 1 and prediction.ndim == 1):
       return [(label, prediction, weight)]
     return None
 
@@ -132,8 +142,9 @@ class _AccuracyCombiner(beam.CombineFn):
             f'of shape {label.shape} and a prediction of shape '
             f'{prediction.shape} (one-hot labels: use CategoricalAccuracy '
             'in your eval_config)')
-      top = prediction.argmax()
-      if prediction[top] != prediction[top]:  # NaN: argmax stops at it
+      # A float row's argmax unless it stops at a NaN; top_class otherwise.
+      top = prediction.argmax() if prediction.dtype.kind == 'f' else None
+      if top is None or prediction[top] != prediction[top]:
         top = attacks.top_class(prediction)
       if not isinstance(weight, float):
         weight = float(np.sum(weight))
