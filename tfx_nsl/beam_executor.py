@@ -141,21 +141,19 @@ class BeamExecutor(base_beam_executor.BaseBeamExecutor):
 
   def __init__(self, context=None):
     args = getattr(context, 'beam_pipeline_args', None)
-    if not args:
-      super().__init__(context)
+    if args and runs_locally(args):
+      local = copy.copy(context)
+      local.beam_pipeline_args = []
+      super().__init__(local)
+      self._beam_pipeline_args = list(args)
+      # As the base class does (b/174174381).
+      flags.FLAGS(sys.argv + self._beam_pipeline_args, known_only=True)
       return
-    if not runs_locally(args):
+    if args:
       check_job_endpoint(args)
       context = copy.copy(context)
       context.beam_pipeline_args = with_tfx_package(args)
-      super().__init__(context)
-      return
-    local = copy.copy(context)
-    local.beam_pipeline_args = []
-    super().__init__(local)
-    self._beam_pipeline_args = list(args)
-    # As the base class does (b/174174381).
-    flags.FLAGS(sys.argv + self._beam_pipeline_args, known_only=True)
+    super().__init__(context)
 
 
 def read_counters(result, namespace) -> Dict[str, int]:
