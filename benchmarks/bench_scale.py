@@ -130,7 +130,8 @@ def kmeans_sweep(data_dir, settings, k):
     num = len(x) // size
     points = x[np.sort(np.random.RandomState(0).choice(
         len(x), min(len(x), per * num), replace=False))]
-    centroids = g.partition_centroids(points, num, 0, iterations=iterations)
+    centroids = g.partition_centroids(points, num, 0,
+                                      schedule=((per, iterations),))
     kmeans_s = time.time() - start
     recall, error = g.recall_by_probes(
         exact, sample, g.nearest_partitions(x[sample], centroids, 64),

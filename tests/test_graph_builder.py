@@ -8,6 +8,7 @@ import types
 import apache_beam as beam
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from graph_testing import (clustered_embeddings, linear_embedding_model,
                            read_graph, write_examples_artifact)
@@ -346,10 +347,20 @@ def test_distributed_kmeans_is_the_one_process_kmeans(tmp_path):
   ids = np.arange(2000)
   start = corpus_lib.id_hash(corpus_lib.encode_ids(
       [f'n{i}' for i in ids]), 1)
+  # Nested samples for 10 centroids of 4000 nodes (these are 2000 of them):
+  # a node's phase is the first whose sampling rate takes it.
+  schedule = graph_core.KMEANS_SCHEDULE
+  phases = graph_core.kmeans_phases(corpus_lib.id_hash(corpus_lib.encode_ids(
+      [f'n{i}' for i in ids]), 0), 10, 4000)
+  rates = [points * 10 / 4000 for points, _ in schedule] + [1]
+  np.testing.assert_allclose(
+      np.bincount(phases, minlength=len(rates)) / 2000,
+      np.diff(np.r_[0, rates]), atol=0.04)
   def files(bounds):
     return [scoring.SampleFile(corpus_lib.store_arrays(
         str(tmp_path), 'sample', ids=ids[a:b], vectors=vectors[a:b],
-        start=start[a:b]), 30) for a, b in zip(bounds[:-1], bounds[1:])]
+        phases=phases[a:b], start=start[a:b]), 30)
+            for a, b in zip(bounds[:-1], bounds[1:])]
   parts = files([0, 700, 1500, 2000])
   first = scoring.initial_centroids(parts)
   np.testing.assert_array_equal(
@@ -358,19 +369,20 @@ def test_distributed_kmeans_is_the_one_process_kmeans(tmp_path):
   np.testing.assert_array_equal(
       first, graph_core.unit_rows(vectors[chosen]).astype(np.float32))
   distributed = whole = first
-  for step in range(5):
+  last = len(schedule) - 1
+  for step, phase in enumerate([0, 1, min(2, last), last, last]):
     sums_files = []
     for bundle in ([parts[2], parts[0]], [parts[1]]) if step % 2 else (
         [parts[:1], parts[1:]]):
-      fn = scoring.LloydSums(str(tmp_path))
+      fn = scoring.LloydSums(str(tmp_path), phase)
       fn.start_bundle()
       for part in bundle:
         assert not list(fn.process(part, distributed) or [])
       sums_files += [v.value for v in fn.finish_bundle()]
     assert len(sums_files) == 2
     distributed = scoring.lloyd_update(sums_files[::-1], distributed)
-    whole = graph_core.lloyd_update(whole, graph_core.lloyd_sums(vectors,
-                                                                 whole))
+    whole = graph_core.lloyd_update(whole, graph_core.lloyd_sums(
+        vectors[phases <= phase], whole))
     np.testing.assert_array_equal(distributed, whole)
   assert not np.allclose(distributed, first, atol=1e-3)  # the steps moved
   # The one-process k-means is the same steps.
@@ -641,6 +653,35 @@ def test_ids_from_a_null_typed_column_are_derived():
   found, derived = executor._ids_from(batch, 'id')
   assert list(found) == [graph_io.node_id([], r) for r in raw]
   assert derived == 2
+
+
+@pytest.mark.parametrize('weights', [
+    # Ties at the 6th decimal (1/128 = 0.0078125), signed zeros and what
+    # rounds to them, rounding up to the next unit, the largest fast-path
+    # weights and the float32 neighbours of 1.
+    [1 / 128, 3 / 128, -1 / 128, 0.0, -0.0, -1e-9, 4e-7, 0.9999996,
+     -0.9999996, 1.0, np.nextafter(np.float32(1), np.float32(2)),
+     np.nextafter(np.float32(1), np.float32(0)), 9.0e9, -9.0e9, 1e-30],
+    # The Python format: past the fast path, or not finite.
+    [0.5, 1e10, -3.4e38], [0.5, np.nan], [np.inf, -np.inf]])
+def test_edge_lines_are_python_percent_f(weights):
+  """graph_io.edge_lines writes what EDGE_LINE's '%f' writes, byte for byte:
+  ids of any UTF-8 length, weights rounded half to even."""
+  rng = np.random.default_rng(0)
+  weights = np.r_[np.asarray(weights, np.float32),
+                  rng.normal(0, 1, 2000).astype(np.float32),
+                  rng.uniform(-1, 1, 2000).astype(np.float32)]
+  names = np.array([b'a', b'node-\xc3\xa9', b'x' * 40, b'7'], 'S')
+  sources = names[rng.integers(0, len(names), len(weights))]
+  targets = names[rng.integers(0, len(names), len(weights))]
+  assert graph_io.edge_lines(sources, targets, weights) == b''.join(
+      graph_io.EDGE_LINE % row for row in zip(
+          sources.tolist(), targets.tolist(), weights.tolist()))
+  assert graph_io.edge_lines(sources[:0], targets[:0], weights[:0]) == b''
+  # float64 weights are not scaled exactly: Python formats them.
+  assert graph_io.edge_lines(sources[:3], targets[:3], weights[:3].astype(
+      np.float64)) == b''.join(graph_io.EDGE_LINE % row for row in zip(
+          sources[:3].tolist(), targets[:3].tolist(), weights[:3].tolist()))
 
 
 @pytest.mark.parametrize('offset', [0, 1 << 32])  # past uint32: lexsort
@@ -1287,12 +1328,23 @@ def test_routed_rows_travel_as_files(tmp_path):
 
 
 @pytest.mark.parametrize('gap', [0, 100, 1 << 20])
-def test_runs_load_the_same_rows_in_stretches(tmp_path, monkeypatch, gap):
+@pytest.mark.parametrize('filesystem', ['local', 'ram://'])
+def test_runs_load_the_same_rows_in_stretches(tmp_path, monkeypatch, gap,
+                                              filesystem):
   """load_runs reads neighbouring runs of a file in one stretch (skipping
   the runs between that were not asked for) and gives each asked run's
-  rows, whatever the gap allowed."""
+  rows, whatever the gap allowed; on local paths through built-in files,
+  elsewhere (here TensorFlow's in-memory ram://) through tf.io.gfile."""
   from tfx_nsl.components.graph_builder import corpus
   monkeypatch.setattr(corpus, '_RUN_GAP_BYTES', gap)
+  opened, real_gfile = [], tf.io.gfile.GFile
+  def gfile(path, mode):
+    opened.append(path)
+    return real_gfile(path, mode)
+  monkeypatch.setattr(corpus.tf.io.gfile, 'GFile', gfile)
+  if filesystem != 'local':
+    tmp_path = f'ram://{tmp_path}'
+    tf.io.gfile.makedirs(tmp_path)
   rng = np.random.RandomState(5)
   keys = rng.randint(0, 6, 500)
   ids = np.arange(500, dtype=np.int64)
@@ -1314,6 +1366,10 @@ def test_runs_load_the_same_rows_in_stretches(tmp_path, monkeypatch, gap):
                                 vectors[rows][expected])
   np.testing.assert_array_equal(loaded['probes'][order],
                                 probes[rows][expected])
+  path = corpus.store_arrays(str(tmp_path), 'a', x=vectors)
+  np.testing.assert_array_equal(corpus.load_arrays(path)['x'], vectors)
+  # 2 runs files and 1 arrays file written, 2 + 1 read.
+  assert len(opened) == (0 if filesystem == 'local' else 6)
 
 
 def test_duplicate_ids_meet_in_one_shard(tmp_path):

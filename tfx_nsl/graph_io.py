@@ -11,6 +11,8 @@ too. Weights are written with '%f', as `nsl.tools.build_graph` does.
 import json
 import os
 
+import numpy as np
+
 EDGE_FILE_GLOB = '*.tsv'
 STATS_FILE = 'stats.json'
 
@@ -22,6 +24,49 @@ def edge_shard_name(index, num_shards):
 # % (source, target, weight), the ids as UTF-8 bytes: formatting bytes skips
 # decoding every id (a third of the writing time).
 EDGE_LINE = b'%b\t%b\t%f\n'
+# Below this magnitude a float32 weight times 1e6 is an exact float64
+# integer after rounding (24 + 14 significant bits; 1e6 = 2**6 * 15625).
+_SCALED_EXACTLY = 2.0**53 / 1e6
+
+
+def edge_lines(sources, targets, weights):
+  """The TSV lines of parallel arrays (ids as UTF-8 bytes, float32 weights):
+  the bytes b''.join(EDGE_LINE % row for row in zip(...)) gives, built by
+  arrow kernels. '%f' is the value rounded half to even to 6 decimals,
+  which np.rint of weight * 1e6 (exact for float32) is too; a Python format
+  per line took 0.7 us, 7 s of a 1M-node top-10 graph."""
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.compute as pc  # pylint: disable=g-import-not-at-top
+  weights = np.asarray(weights)
+  if not len(weights):
+    return b''
+  if weights.dtype != np.float32 or not (
+      np.abs(weights, dtype=np.float64) < _SCALED_EXACTLY).all():
+    # Other dtypes, NaN, infinities and huge dot products: Python's format.
+    return b''.join(map(EDGE_LINE.__mod__, zip(
+        np.asarray(sources).tolist(), np.asarray(targets).tolist(),
+        weights.tolist())))
+  whole, fraction = np.divmod(
+      np.abs(np.rint(weights.astype(np.float64) * 1e6)).astype(np.int64),
+      1_000_000)
+  binary = lambda a: pa.array(a).cast(pa.large_binary())  # may be chunked
+  text = lambda a: pc.cast(pa.array(a), pa.large_string()).cast(
+      pa.large_binary())
+  literal = lambda b: pa.scalar(b, pa.large_binary())
+  tab = literal(b'\t')
+  lines = pc.binary_join_element_wise(
+      binary(sources), tab, binary(targets), tab,
+      # '%f' keeps the sign of -0.0 and of what rounds to it.
+      pc.if_else(pa.array(np.signbit(weights)), literal(b'-'), literal(b'')),
+      text(whole), literal(b'.'),
+      pc.utf8_lpad(pc.cast(pa.array(fraction), pa.large_string()), 6,
+                   '0').cast(pa.large_binary()),
+      literal(b'\n'), literal(b''))
+  if isinstance(lines, pa.ChunkedArray):
+    lines = lines.combine_chunks()
+  offsets = np.frombuffer(lines.buffers()[1], np.int64)
+  return lines.buffers()[2].to_pybytes()[offsets[lines.offset]:offsets[
+      lines.offset + len(lines)]]
 DERIVED_ID_PREFIX = 'sha256-'
 
 

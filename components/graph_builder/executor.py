@@ -415,11 +415,10 @@ class _WriteShard(beam.DoFn):
     _, names, _ = layout.nodes(shard, scoring.cache_bytes(self._params))
     path = os.path.join(self._output_dir,
                         graph_io.edge_shard_name(shard, layout.num_shards))
-    sources = names[edges.src - layout.offsets[shard]].tolist()
-    targets = edges.tgt_id.tolist() if edges.tgt_id is not None else []
+    targets = edges.tgt_id if edges.tgt_id is not None else names[:0]
     with tf.io.gfile.GFile(path, 'wb') as f:
-      f.write(b''.join(map(graph_io.EDGE_LINE.__mod__, zip(
-          sources, targets, edges.weight.tolist()))))
+      f.write(graph_io.edge_lines(names[edges.src - layout.offsets[shard]],
+                                  targets, edges.weight))
     scoring.counter('edges_written').inc(len(edges.src))
     part = graph_core.stats_part(edges)
     roots, members = part.forest
@@ -744,10 +743,12 @@ class Executor(beam_executor.BeamExecutor):
     centroids = (samples
                  | 'CollectSamples' >> beam.combiners.ToList()
                  | 'KmeansStart' >> beam.Map(scoring.initial_centroids))
-    for step in range(graph_core.KMEANS_ITERATIONS):
+    steps = [phase for phase, (_, iterations) in enumerate(
+        graph_core.KMEANS_SCHEDULE) for _ in range(iterations)]
+    for step, phase in enumerate(steps):
       centroids = (samples
                    | f'Lloyd{step}' >> beam.ParDo(
-                       scoring.LloydSums(corpus_dir),
+                       scoring.LloydSums(corpus_dir, phase),
                        beam.pvalue.AsSingleton(centroids))
                    | f'CollectLloyd{step}' >> beam.combiners.ToList()
                    | f'Update{step}' >> beam.Map(

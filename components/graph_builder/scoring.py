@@ -175,13 +175,14 @@ def kmeans_sample(shard, layout, directory, params):
   depend on the sharding (nor does `start`, the other hash that picks the
   starting centroids)."""
   ids, names, vectors = layout.nodes(shard, cache_bytes(params))
-  rate = min(1.0, graph_core.KMEANS_POINTS_PER_CENTROID *
-             _num_partitions(layout, params) / layout.num_nodes)
-  keep = corpus.id_hash(names, params.mode.seed) < rate * 2.0**32
+  phases = graph_core.kmeans_phases(corpus.id_hash(names, params.mode.seed),
+                                    _num_partitions(layout, params),
+                                    layout.num_nodes)
+  keep = phases < len(graph_core.KMEANS_SCHEDULE)
   return SampleFile(corpus.store_arrays(
       directory, f'sample{shard}', ids=ids[keep], vectors=vectors[keep],
-      start=corpus.id_hash(np.char.add(b'start:', names[keep]),
-                           params.mode.seed)),
+      phases=phases[keep], start=corpus.id_hash(
+          np.char.add(b'start:', names[keep]), params.mode.seed)),
                     _num_partitions(layout, params))
 
 
@@ -205,19 +206,22 @@ def initial_centroids(samples):
 
 
 class LloydSums(beam.DoFn):
-  """A Lloyd step's sums over a bundle's sample files, stored as one file
-  (its path): a partitions x d array would pass the size that a Flink
-  sort buffer takes as one record (10 MB at 20,000 x 64 failed)."""
+  """A Lloyd step's sums over a bundle's sample files (the rows of `phase`'s
+  sample), stored as one file (its path): a partitions x d array would pass
+  the size that a Flink sort buffer takes as one record (10 MB at 20,000 x
+  64 failed)."""
 
-  def __init__(self, directory):
+  def __init__(self, directory, phase):
     self._directory = directory
+    self._phase = phase
 
   def start_bundle(self):
     self._sums = None
 
   def process(self, sample, centroids):
-    sums = graph_core.lloyd_sums(corpus.load_arrays(sample.path)['vectors'],
-                                 centroids)
+    stored = corpus.load_arrays(sample.path)
+    sums = graph_core.lloyd_sums(
+        stored['vectors'][stored['phases'] <= self._phase], centroids)
     self._sums = sums if self._sums is None else self._sums + sums
 
   def finish_bundle(self):
