@@ -18,6 +18,19 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+# numpy's and faiss's OpenBLAS pick their kernels by CPU model; a VM that
+# hides the model (these machines report "Intel(R) Xeon(R) Processor") gets
+# the generic Prescott kernels, whose sgemm is 3x to 5x slower
+# (docs/benchmarks.md). Unless set, name the kernels the CPU's flags allow.
+ifeq ($(origin OPENBLAS_CORETYPE),undefined)
+OPENBLAS_CORETYPE := $(shell if grep -qw avx512f /proc/cpuinfo 2>/dev/null; \
+  then echo SkylakeX; elif grep -qw avx2 /proc/cpuinfo 2>/dev/null; \
+  then echo Haswell; fi)
+endif
+ifneq ($(OPENBLAS_CORETYPE),)
+export OPENBLAS_CORETYPE
+endif
+
 # First candidate that really runs Python 3.10 with venv: a pyenv shim on
 # PATH may exist and still refuse to run, so each one is tried.
 find_python310 = $(firstword $(foreach p,$(PYTHON) python3.10 \
