@@ -23,6 +23,11 @@ interleaved within each repeat so that machine noise hits all of them alike:
   partition-kernel  partition mode's scoring kernel alone, faiss's against
          the former numpy one, on the same groups (the before/after of
          scoring with faiss), in this process.
+  kmeans  partition mode's k-means alone (graph_core.partition_centroids)
+         on the lsh benchmark's data, for each --kmeans-schedules schedule
+         and --kmeans-seeds seeds: its time and the recall@k that 1 to 6
+         probes give a node sample (graph_core.recall_by_probes), in this
+         process.
   faiss-sweep  builds each faiss index of the lsh benchmark once and prints
          recall@k on its node sample for each --ivf-nprobe-sweep and
          --hnsw-ef-search-sweep value: the pre-run that picks --ivf-nprobe and
@@ -850,6 +855,44 @@ def bench_partition_kernel(args, work):
                                      medians['numpy (before)']}
 
 
+def _schedule(text):
+  """'12x6+25x4' -> ((12, 6), (25, 4)): (points a centroid, Lloyd steps)."""
+  return tuple(tuple(int(v) for v in phase.split('x'))
+               for phase in text.split('+'))
+
+
+def bench_kmeans(args, work):
+  from tfx_nsl.components.graph_builder import graph_core  # pylint: disable=g-import-not-at-top
+  root = os.path.join(work, f'data-{args.lsh_n}x{args.lsh_d}')
+  write_dataset(root, args.lsh_n, args.lsh_d, 3, 8)
+  x = _normalize(np.load(os.path.join(root, 'data.npy')))
+  sample = recall_sample(len(x), args.recall_sample)
+  keys, _ = sample_truth(x, sample, args.k, -1.0)
+  exact = graph_core.Edges(keys // len(x), keys % len(x),
+                           np.zeros(len(keys), np.float32))
+  homes_of = lambda c: graph_core.nearest_partitions(x[exact.tgt], c, 1)[:, 0]
+  out = {}
+  for text in args.kmeans_schedules.split(';'):
+    runs = []
+    for seed in range(args.kmeans_seeds):
+      start = time.perf_counter()
+      centroids = graph_core.partition_centroids(
+          x, len(x) // args.partition_size, seed, _schedule(text))
+      seconds = time.perf_counter() - start
+      recall, _ = graph_core.recall_by_probes(
+          exact, sample, graph_core.nearest_partitions(x[sample], centroids, 6),
+          homes_of(centroids))
+      runs.append({'seed': seed, 'seconds': seconds,
+                   'recall_by_probes': recall.round(4).tolist()})
+      print(text, runs[-1], flush=True)
+    out[text] = {'runs': runs,
+                 'median_s': float(np.median([r['seconds'] for r in runs])),
+                 'mean_recall_by_probes': np.mean(
+                     [r['recall_by_probes'] for r in runs], axis=0).round(
+                         4).tolist()}
+  return out
+
+
 def bench_nsl_lsh(args, work):
   root = os.path.join(work, f'data-{args.nsl_lsh_n}x{args.nsl_d}')
   data = write_dataset(root, args.nsl_lsh_n, args.nsl_d, 2, 1)
@@ -895,7 +938,8 @@ def main():
   parser.add_argument('--quick', action='store_true',
                       help='small sizes, one repeat: a couple of minutes')
   parser.add_argument('--only', default='exact,nsl,lsh',
-                      help='also: nsl-lsh, faiss-sweep, partition-kernel')
+                      help='also: nsl-lsh, faiss-sweep, partition-kernel, '
+                      'kmeans')
   parser.add_argument('--work-dir', default='/tmp/tfx_nsl_bench_graph')
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--k', type=int, default=10)
@@ -966,6 +1010,11 @@ def main():
                       help="our modes in nsl-lsh, ';'-separated: a mode name "
                       'or the JSON of a section, e.g. \'{"lsh": {"rounds": '
                       "16}}'")
+  parser.add_argument('--kmeans-schedules',
+                      default='100x10;12x6+25x4+50x3+100x3',
+                      help="kmeans: ';'-separated schedules, each phases of "
+                      "points a centroid x Lloyd steps joined by '+'")
+  parser.add_argument('--kmeans-seeds', type=int, default=4)
   args = parser.parse_args()
   if args.quick:
     args.repeats = 1
@@ -979,7 +1028,8 @@ def main():
     results[name] = {'exact': bench_exact, 'nsl': bench_nsl, 'lsh': bench_lsh,
                      'nsl-lsh': bench_nsl_lsh,
                      'faiss-sweep': bench_faiss_sweep,
-                     'partition-kernel': bench_partition_kernel}[name](args, work)
+                     'partition-kernel': bench_partition_kernel,
+                     'kmeans': bench_kmeans}[name](args, work)
     results[name]['bench_seconds'] = time.time() - start
     print(json.dumps({name: results[name]}, indent=1, default=str), flush=True)
     with open(os.path.join(work, 'results.json'), 'w') as f:
