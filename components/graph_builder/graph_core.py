@@ -448,12 +448,13 @@ def bucket_edges(ids, vectors, max_neighbors, threshold, names=None,
 # Spherical k-means of partition mode: phases of (sample points per
 # centroid, Lloyd iterations), each phase's sample inside the next one's,
 # so the cheap early steps on a small sample warm-start the full one. On
-# bench_graph's 1M x 64 data (size 500; 4 seeds) this schedule took 7.4 s
-# where 10 steps on the full sample took 12.2 s, for a recall@10 at 3 probes
-# of 0.970 against 0.972 (the seeds spread 0.005). 100 points instead of 40
-# raised the recall of 8 probes from 0.973 to 0.987 at 1M and from 0.935 to
-# 0.950 at 10M (docs/benchmarks.md, section e); the steps are distributed,
-# so the sample is bounded by disk, not by a worker's memory.
+# bench_graph's 1M x 64 data (size 500; `--only kmeans`, 4 seeds) this
+# schedule took 3.1 s where 10 steps on the full sample took 4.9 s, for a
+# recall@10 at 3 probes of 0.971 against 0.969 (the seeds spread 0.006).
+# 100 points instead of 40 raised the recall of 8 probes from 0.973 to
+# 0.987 at 1M and from 0.935 to 0.950 at 10M (docs/benchmarks.md, section
+# e); the steps are distributed, so the sample is bounded by disk, not by a
+# worker's memory.
 KMEANS_SCHEDULE = ((12, 6), (25, 4), (50, 3), (100, 3))
 KMEANS_POINTS_PER_CENTROID = KMEANS_SCHEDULE[-1][0]
 
