@@ -30,8 +30,10 @@ _SCALED_EXACTLY = 2.0**53 / 1e6
 
 
 def edge_lines(sources, targets, weights):
-  """The TSV lines of parallel arrays (ids as UTF-8 bytes, float32 weights):
-  the bytes b''.join(EDGE_LINE % row for row in zip(...)) gives, built by
+  """The TSV lines of parallel arrays (ids as UTF-8 bytes without NUL, as
+  node_id makes them: arrow ends a numpy 'S' value at its first NUL;
+  float32 weights): the bytes b''.join(EDGE_LINE % row for row in
+  zip(...)) gives, built by
   arrow kernels. '%f' is the value rounded half to even to 6 decimals,
   which np.rint of weight * 1e6 (exact for float32) is too; a Python format
   per line took 0.7 us, 7 s of a 1M-node top-10 graph."""
