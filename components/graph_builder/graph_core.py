@@ -513,14 +513,14 @@ def partition_centroids(corpus, num_partitions, seed,
   num_partitions = max(1, min(num_partitions, len(corpus)))
   phases = kmeans_phases(rng.randint(0, 2**32, len(corpus), np.uint64),
                          num_partitions, len(corpus), schedule)
-  sample, phases = corpus[phases < len(schedule)], phases[
-      phases < len(schedule)]
+  keep = phases < len(schedule)
+  sample, phases = corpus[keep], phases[keep]
   centroids = unit_rows(sample[rng.choice(len(sample), num_partitions,
                                           replace=False)]).astype(np.float32)
   for phase, (_, iterations) in enumerate(schedule):
+    rows = sample[phases <= phase]  # once a phase, not a step
     for _ in range(iterations):
-      centroids = lloyd_update(centroids, lloyd_sums(
-          sample[phases <= phase], centroids))
+      centroids = lloyd_update(centroids, lloyd_sums(rows, centroids))
   return centroids
 
 
