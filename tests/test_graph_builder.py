@@ -134,6 +134,27 @@ def test_select_neighbors_is_exact_with_long_rows_and_ties(seed):
       scores, rows, np.arange(cols), k, threshold)
 
 
+@pytest.mark.parametrize('cols,groups,share', [
+    (4096, 2048, 0.001), (5000, 2048, 0.001), (5000, 2048, 0.3),
+    (700, 700, 0.01), (3, 2, 0.5)])
+def test_passing_reads_only_groups_that_reach_the_bound(cols, groups, share):
+  """The same (rows, cols) as np.nonzero, in its order, whether few groups
+  reach the bound (read again) or many (one full pass); the tail columns
+  past a multiple of `groups` belong to the first groups; None past the
+  limit."""
+  rng = np.random.RandomState(cols)
+  scores = rng.standard_normal((50, cols)).astype(np.float32)
+  bound = np.quantile(scores, 1 - share, axis=1).astype(np.float32)
+  maxima = graph_core._group_maxima(scores, groups)
+  assert np.array_equal(maxima, [[row[g::groups].max() for g in range(groups)]
+                                 for row in scores])
+  expected = np.nonzero(scores >= bound[:, None])
+  found = graph_core._passing(scores, bound, maxima, limit=scores.size)
+  assert all(np.array_equal(f, e) for f, e in zip(found, expected))
+  assert graph_core._passing(scores, bound, maxima,
+                             limit=len(expected[0]) - 1) is None
+
+
 @pytest.mark.parametrize('probes', [3, 25])
 def test_nearest_partitions_by_score_then_index(probes):
   """The centroids by decreasing score, ties to the lower index, in

@@ -21,9 +21,13 @@ SIMILARITIES = (COSINE, DOT)
 # Entries of one similarity chunk (rows x corpus): ~128 MB of float32 per
 # scoring thread.
 MAX_CHUNK_ENTRIES = 1 << 25
-# Top-k selection: columns sampled for a per-row lower bound of the k-th
-# score, and the most candidates a row (times k) before the exact tie path.
-_TOP_K_SAMPLE = 4096
+# Top-k selection from a chunk of scores: column c of a row is in group
+# c % groups, groups = max(_COLUMN_GROUPS, 16 * k) (at most the row
+# length); one pass takes each group's maximum, and only the groups whose
+# maximum reaches the row's bound are read again. Past
+# _MAX_CANDIDATES_PER_K * k candidates a row (many exact ties), the exact
+# tie path takes over.
+_COLUMN_GROUPS = 2048
 _MAX_CANDIDATES_PER_K = 64
 
 # tgt_id: the targets' ids as UTF-8 bytes, so that the worker writing a
@@ -146,17 +150,42 @@ def _reaching(rows, cols, weights, threshold, vectors, unit):
   return rows[keep], cols[keep], weights[keep], np.unique(rows[lost])
 
 
-def _top_k_lower_bound(scores, k):
-  """Per row, a value that at least k of the row's scores reach.
+def _group_maxima(scores, groups):
+  """[rows, groups]: each row's maximum over its columns c with
+  c % groups == g. One pass over the chunk, and the k-th largest of a
+  row's maxima is a lower bound of its k-th score (k groups reach it)."""
+  rows_n, cols_n = scores.shape
+  whole = cols_n - cols_n % groups
+  maxima = scores[:, :whole].reshape(rows_n, -1, groups).max(axis=1)
+  tail = cols_n - whole
+  np.maximum(maxima[:, :tail], scores[:, whole:], out=maxima[:, :tail])
+  return maxima
 
-  The k-th largest score of a strided sample of the columns: cheap (the
-  sample is small), and every one of the row's true top-k scores is >= it,
-  so `scores >= bound` keeps all of them plus a few more candidates.
-  """
-  cols = scores.shape[1]
-  sample_size = min(cols, max(_TOP_K_SAMPLE, 16 * k))
-  sample = scores[:, ::max(1, cols // sample_size)]
-  return np.partition(sample, sample.shape[1] - k, axis=1)[:, -k]
+
+def _passing(scores, bound, maxima, limit):
+  """np.nonzero(scores >= bound[:, None]) (in its row-major order), or
+  None if more than `limit` pass. Reads again only the column groups
+  whose maximum (`maxima`) reaches the row's bound; where many do, makes
+  one full pass."""
+  cols_n = scores.shape[1]
+  groups = maxima.shape[1]
+  members = -(-cols_n // groups)
+  group_rows, group = _sparse_nonzero(maxima >= bound[:, None])
+  if len(group) * members * 8 > scores.size:
+    mask = scores >= bound[:, None]
+    if np.count_nonzero(mask) > limit:
+      return None
+    return _sparse_nonzero(mask)
+  cols = group[:, None] + groups * np.arange(members)
+  inside = cols < cols_n
+  values = scores[group_rows[:, None], np.where(inside, cols, 0)]
+  keep = inside & (values >= bound[group_rows, None])
+  rows = np.broadcast_to(group_rows[:, None], cols.shape)[keep]
+  cols = cols[keep]
+  if len(rows) > limit:
+    return None
+  order = np.argsort(rows * cols_n + cols)
+  return rows[order], cols[order]
 
 
 def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold,
@@ -175,10 +204,11 @@ def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold,
       near the threshold are decided in float64 (reach_threshold); None:
       in float32. unit: the vectors are unit (cosine).
 
-  Exact, and cheap when k is small against the row length: one comparison
-  pass with a per-row lower bound of the k-th score (from a column sample)
-  leaves a few candidates a row, and only those are sorted. No full-row
-  argpartition, no copies of the chunk.
+  Exact, and cheap when k is small against the row length: one pass takes
+  the maxima of column groups (_group_maxima), whose k-th largest bounds
+  the row's k-th score; the groups that reach the bound hold a few
+  candidates a row, and only those are sorted. No full-row argpartition,
+  no copies of the chunk.
   """
   _self_mask(scores, row_ids, col_ids)
   rows_n, cols_n = scores.shape
@@ -187,12 +217,13 @@ def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold,
   if k is None or k >= cols_n - 1 or not rows_n:
     rows, cols = _sparse_nonzero(scores >= low)
   else:
-    bound = np.maximum(_top_k_lower_bound(scores, k), low)
-    passing = scores >= bound[:, None]
-    if np.count_nonzero(passing) <= _MAX_CANDIDATES_PER_K * k * rows_n:
-      rows, cols = _sparse_nonzero(passing)
-    else:  # many exact ties (e.g. duplicate vectors): exact k-th per row
-      rows, cols = _ties_top_k(scores, k, low)
+    maxima = _group_maxima(scores, min(cols_n, max(_COLUMN_GROUPS, 16 * k)))
+    kth = maxima.shape[1] - k
+    bound = np.maximum(np.partition(maxima, kth, axis=1)[:, kth], low)
+    found = _passing(scores, bound, maxima,
+                     limit=_MAX_CANDIDATES_PER_K * k * rows_n)
+    # None: many exact ties (e.g. duplicate vectors): exact k-th per row.
+    rows, cols = found if found is not None else _ties_top_k(scores, k, low)
   weights = scores[rows, cols]
   if vectors is not None:
     rows, cols, weights, short = _reaching(rows, cols, weights, threshold,
