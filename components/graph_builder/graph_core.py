@@ -217,9 +217,13 @@ def select_neighbors(scores, row_ids, col_ids, max_neighbors, threshold,
   if k is None or k >= cols_n - 1 or not rows_n:
     rows, cols = _sparse_nonzero(scores >= low)
   else:
-    maxima = _group_maxima(scores, min(cols_n, max(_COLUMN_GROUPS, 16 * k)))
-    kth = maxima.shape[1] - k
-    bound = np.maximum(np.partition(maxima, kth, axis=1)[:, kth], low)
+    groups = min(cols_n, max(_COLUMN_GROUPS, 16 * k))
+    maxima = _group_maxima(scores, groups)
+    # The k-th largest maximum of coarser groups (unions of groups) is a
+    # lower bound too, a little looser, and 8x cheaper to select.
+    coarse = _group_maxima(maxima, max(groups // 8, min(groups, 2 * k)))
+    kth = coarse.shape[1] - k
+    bound = np.maximum(np.partition(coarse, kth, axis=1)[:, kth], low)
     found = _passing(scores, bound, maxima,
                      limit=_MAX_CANDIDATES_PER_K * k * rows_n)
     # None: many exact ties (e.g. duplicate vectors): exact k-th per row.
@@ -364,10 +368,16 @@ def cross_edges(query_ids, queries, col_ids, columns, max_neighbors,
   among `columns` (node indices `col_ids`, sorted): one matrix product per
   chunk of queries; memory is the columns plus one chunk of scores."""
   step = chunk_rows(len(columns), max_entries)
+  # One buffer for every chunk's scores: a fresh 128 MB array a chunk
+  # costs its page faults, about a tenth of the product's time.
+  buffer = np.empty((min(step, len(query_ids)), len(columns)),
+                    np.result_type(queries, columns))
   parts = []
   for start in range(0, len(query_ids), step):
     chunk = queries[start:start + step]
-    parts.append(select_neighbors(chunk @ columns.T,
+    scores = buffer[:len(chunk)]
+    np.matmul(chunk, columns.T, out=scores)
+    parts.append(select_neighbors(scores,
                                   query_ids[start:start + step], col_ids,
                                   max_neighbors, threshold, col_names,
                                   (chunk, columns), unit))
