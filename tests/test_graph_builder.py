@@ -134,6 +134,25 @@ def test_select_neighbors_is_exact_with_long_rows_and_ties(seed):
       scores, rows, np.arange(cols), k, threshold)
 
 
+@pytest.mark.parametrize('cols,k', [(5000, 2), (5000, 3), (4099, 10),
+                                    (20000, 500), (9000, 5000)])
+def test_select_neighbors_top_k_of_continuous_scores(cols, k):
+  """Few ties: exactly each row's k largest scores, so a bound a little
+  too high (e.g. the (k-1)-th group maximum) fails here, where heavy ties
+  hide it; one row is the last column, whose self-masked score falls in
+  the groups' tail."""
+  rng = np.random.RandomState(k)
+  scores = rng.standard_normal((3, cols)).astype(np.float32)
+  rows = np.array([0, cols // 2, cols - 1])
+  found = graph_core.select_neighbors(scores.copy(), rows, np.arange(cols), k,
+                                      -10.0)
+  masked = scores.copy()
+  masked[np.arange(3), rows] = -np.inf
+  expected = np.argsort(-masked, axis=1, kind='stable')[:, :k]  # ties: index
+  assert np.array_equal(found.src, np.repeat(rows, k))
+  assert np.array_equal(found.tgt.reshape(3, k), expected)
+
+
 @pytest.mark.parametrize('cols,groups,share', [
     (4096, 2048, 0.001), (5000, 2048, 0.001), (5000, 2048, 0.3),
     (700, 700, 0.01), (3, 2, 0.5)])
