@@ -51,7 +51,8 @@ def _role(process, driver):
 
 
 class Sampler(threading.Thread):
-  """Peak RSS per process (by role) and peak bytes under a folder."""
+  """Peak RSS per process of this process's tree (by role) and peak bytes
+  under a folder."""
 
   def __init__(self, folder, interval):
     super().__init__(daemon=True)
@@ -63,12 +64,18 @@ class Sampler(threading.Thread):
     self.peak_disk = 0
 
   def run(self):
-    driver = os.getpid()
+    driver = psutil.Process()
     tick = 0
     while not self._done.is_set():
       total = 0
-      for process in psutil.process_iter():
-        role = _role(process, driver)
+      # This process's tree only (the clusters it starts, their workers):
+      # a CI or another cluster beside it must not count.
+      try:
+        tree = [driver] + driver.children(recursive=True)
+      except psutil.Error:
+        tree = [driver]
+      for process in tree:
+        role = _role(process, driver.pid)
         if role is None:
           continue
         try:
