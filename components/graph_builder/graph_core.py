@@ -21,12 +21,9 @@ SIMILARITIES = (COSINE, DOT)
 # Entries of one similarity chunk (rows x corpus): ~128 MB of float32 per
 # scoring thread.
 MAX_CHUNK_ENTRIES = 1 << 25
-# Top-k selection from a chunk of scores: column c of a row is in group
-# c % groups, groups = max(_COLUMN_GROUPS, 16 * k) (at most the row
-# length); one pass takes each group's maximum, and only the groups whose
-# maximum reaches the row's bound are read again. Past
-# _MAX_CANDIDATES_PER_K * k candidates a row (many exact ties), the exact
-# tie path takes over.
+# Top-k selection (select_neighbors): the fewest column groups a row's
+# maxima are taken over, and the most candidates a row (times k) before
+# the exact tie path.
 _COLUMN_GROUPS = 2048
 _MAX_CANDIDATES_PER_K = 64
 
@@ -361,24 +358,31 @@ def chunk_rows(num_corpus, max_entries=MAX_CHUNK_ENTRIES):
   return max(1, min(num_corpus, max_entries // max(1, num_corpus)))
 
 
+def _chunk_products(queries, columns, max_entries):
+  """(first row, chunk of queries, chunk @ columns.T) per chunk, every
+  product in one buffer, so each chunk's scores are overwritten by the
+  next: a fresh 128 MB array a chunk costs its page faults, about a tenth
+  of the product's time."""
+  step = chunk_rows(len(columns), max_entries)
+  buffer = np.empty((min(step, len(queries)), len(columns)),
+                    np.result_type(queries, columns))
+  for start in range(0, len(queries), step):
+    chunk = queries[start:start + step]
+    scores = buffer[:len(chunk)]
+    np.matmul(chunk, columns.T, out=scores)
+    yield start, chunk, scores
+
+
 def cross_edges(query_ids, queries, col_ids, columns, max_neighbors,
                 threshold, col_names=None, max_entries=MAX_CHUNK_ENTRIES,
                 unit=True):
   """Edges from the `queries` (node indices `query_ids`) to their neighbors
   among `columns` (node indices `col_ids`, sorted): one matrix product per
   chunk of queries; memory is the columns plus one chunk of scores."""
-  step = chunk_rows(len(columns), max_entries)
-  # One buffer for every chunk's scores: a fresh 128 MB array a chunk
-  # costs its page faults, about a tenth of the product's time.
-  buffer = np.empty((min(step, len(query_ids)), len(columns)),
-                    np.result_type(queries, columns))
   parts = []
-  for start in range(0, len(query_ids), step):
-    chunk = queries[start:start + step]
-    scores = buffer[:len(chunk)]
-    np.matmul(chunk, columns.T, out=scores)
+  for start, chunk, scores in _chunk_products(queries, columns, max_entries):
     parts.append(select_neighbors(scores,
-                                  query_ids[start:start + step], col_ids,
+                                  query_ids[start:start + len(chunk)], col_ids,
                                   max_neighbors, threshold, col_names,
                                   (chunk, columns), unit))
   return concat_edges(parts)
@@ -424,13 +428,11 @@ def cross_pair_edges(query_ids, queries, query_names, col_ids, columns,
   """pair_edges between two disjoint node sets: every pair (query, column)
   with similarity >= threshold, as both directed edges, each scored once."""
   parts = []
-  step = chunk_rows(len(columns), max_entries)
-  for a in range(0, len(query_ids), step):
-    scores = queries[a:a + step] @ columns.T
+  for a, chunk, scores in _chunk_products(queries, columns, max_entries):
     rows, cols = _sparse_nonzero(scores >= lowered(threshold))
     rows, cols, weights, _ = _reaching(
         rows, cols, scores[rows, cols].astype(np.float32), threshold,
-        (queries[a:a + step], columns), unit)
+        (chunk, columns), unit)
     src, tgt = query_ids[a + rows], col_ids[cols]
     parts.append(Edges(np.r_[src, tgt].astype(np.int64),
                        np.r_[tgt, src].astype(np.int64),
